@@ -1,0 +1,38 @@
+import type { OperatorFunction } from 'rxjs'
+import type { Config } from '../src/config.js'
+import { dualStateProblems, initialDualState, stepDual } from '../src/math/dual.js'
+import type { DualBatch, DualState, MeasuredBatch } from '../src/types.js'
+import { operate, OperatorSubscriber } from './internal/operate.js'
+
+export interface DualAscentOptions {
+  /** Dual state to resume from (step counter and controllers); default: λ = init, step 0. */
+  initialState?: DualState
+}
+
+/**
+ * Updates each constraint's Lagrange multiplier from the batch's measured violation and
+ * numbers the batch (`step`). Each emitted batch carries λ before and after, and the whole
+ * dual state after the step, which is what a store persists with the batch to resume exactly.
+ *
+ * @example
+ * batches$.pipe(measureConstraints(config), dualAscent(config, { initialState: saved }))
+ */
+export function dualAscent<P>(config: Pick<Config, 'constraints'>, options: DualAscentOptions = {}): OperatorFunction<MeasuredBatch<P>, DualBatch<P>> {
+  if (options.initialState !== undefined) {
+    const problems = dualStateProblems(options.initialState, config.constraints)
+    if (problems.length > 0) throw new Error(`dualAscent: the initial state does not fit the config:\n  ${problems.join('\n  ')}`)
+  }
+  return operate((source, subscriber) => {
+    // controllers and step counter, advanced once per batch
+    let state = options.initialState ?? initialDualState(config.constraints)
+    source.subscribe(
+      new OperatorSubscriber<MeasuredBatch<P>>(subscriber, {
+        next: (batch) => {
+          const result = stepDual(state, config.constraints, batch.constraints, batch.windows)
+          state = result.state
+          subscriber.next({ ...batch, step: state.step, lambda: result.lambda, dualState: state })
+        },
+      }),
+    )
+  })
+}

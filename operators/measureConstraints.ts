@@ -1,0 +1,50 @@
+import type { OperatorFunction } from 'rxjs'
+import { configChannels, type Config } from '../src/config.js'
+import { batchColumns } from '../src/math/columns.js'
+import { measureBatch } from '../src/math/score.js'
+import { initialDualState } from '../src/math/dual.js'
+import type { Batch, DualState, MeasuredBatch } from '../src/types.js'
+import { operate, OperatorSubscriber } from './internal/operate.js'
+
+export interface MeasureConstraintsOptions {
+  /** Dual state to resume from (its constraint windows are used); default: empty windows. */
+  initialState?: DualState
+}
+
+/**
+ * Measures every configured constraint on each batch: J (pooled over the constraint's
+ * window of batches), the violation e, and the per-sample violation rate. The batch is
+ * laid out as float64 columns once here and the columns travel with it.
+ *
+ * A reward that is neither a finite number nor null errors the stream with the rollout id
+ * and channel.
+ *
+ * @example
+ * batches$.pipe(measureConstraints(config), dualAscent(config), groupAdvantages(config))
+ */
+export function measureConstraints<P>(
+  config: Pick<Config, 'objectives' | 'constraints'>,
+  options: MeasureConstraintsOptions = {},
+): OperatorFunction<Batch<P>, MeasuredBatch<P>> {
+  const channels = configChannels(config)
+  return operate((source, subscriber) => {
+    // the windows of previous batches, per constraint
+    let state: DualState = options.initialState ?? initialDualState(config.constraints)
+    source.subscribe(
+      new OperatorSubscriber<Batch<P>>(subscriber, {
+        next: (batch) => {
+          const columns = batchColumns(batch.groups, channels)
+          const measured = measureBatch(columns, config, state)
+          state = withWindows(state, measured.windows)
+          subscriber.next({ ...batch, constraints: measured.constraints, columns, windows: measured.windows })
+        },
+      }),
+    )
+  })
+}
+
+function withWindows(state: DualState, windows: MeasuredBatch['windows']): DualState {
+  const constraints: DualState['constraints'] = {}
+  for (const [channel, entry] of Object.entries(state.constraints)) constraints[channel] = { ...entry, window: windows[channel] ?? entry.window }
+  return { step: state.step, constraints }
+}

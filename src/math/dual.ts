@@ -1,0 +1,134 @@
+/**
+ * Dual controllers for the Lagrange multipliers (DESIGN §3). Each is a pure step function
+ * over a plain, JSON-serialisable state, so the state can be persisted with every batch
+ * and a restart resumes exactly.
+ */
+import type { ConstraintSpec, DualRule } from '../config.js'
+import type { ConstraintMeasure, ControllerState, DualState, LambdaChange } from '../types.js'
+
+type Rule = DualRule & { max: number }
+
+const clip = (x: number, max: number): number => Math.min(Math.max(x, 0), max)
+
+/** The state a controller starts from (λ = init). */
+export function initialControllerState(rule: Rule): ControllerState {
+  switch (rule.rule) {
+    case 'sgd':
+      return { rule: 'sgd', lambda: clip(rule.init, rule.max) }
+    case 'log':
+      return { rule: 'log', logLambda: Math.min(Math.log(rule.init), Math.log(rule.max)) }
+    case 'pid':
+      return {
+        rule: 'pid',
+        integral: rule.init,
+        proportional: 0,
+        derivativeEma: 0,
+        history: new Array<number>(rule.delay).fill(0),
+        lambda: clip(rule.init, rule.max),
+      }
+  }
+}
+
+/** The multiplier a controller state stands for; never negative. */
+export function lambdaOf(state: ControllerState): number {
+  return state.rule === 'log' ? Math.exp(state.logLambda) : state.lambda
+}
+
+/**
+ * One dual step on the violation e (positive = violated); a NaN violation (no data this
+ * batch) leaves the state unchanged.
+ *
+ * - `sgd`: λ ← clip(λ + η·e, 0, λmax)
+ * - `log`: log λ ← min(log λ + η·λ·e, log λmax)   (safe-rlhf)
+ * - `pid`: I ← max(0, I + Kᵢe); P ← αₚP + (1−αₚ)e; C ← α_d·C + (1−α_d)e;
+ *   D = max(0, C − C_{t−delay}) (history seeded with zeros); λ = clip(KₚP + I + K_d·D, 0, λmax)
+ *   (Stooke et al. 2020, as OmniSafe's CPPOPID, on e so that it serves both senses)
+ *
+ * @example
+ * stepController({ rule: 'sgd', lr: 0.05, init: 0, max: 1 }, { rule: 'sgd', lambda: 0 }, 0.25) // { rule: 'sgd', lambda: 0.0125 }
+ */
+export function stepController(rule: Rule, state: ControllerState, violation: number): ControllerState {
+  if (violation !== violation) return state
+  if (rule.rule === 'sgd' && state.rule === 'sgd') {
+    return { rule: 'sgd', lambda: clip(state.lambda + rule.lr * violation, rule.max) }
+  }
+  if (rule.rule === 'log' && state.rule === 'log') {
+    const lambda = Math.exp(state.logLambda)
+    return { rule: 'log', logLambda: Math.min(state.logLambda + rule.lr * lambda * violation, Math.log(rule.max)) }
+  }
+  if (rule.rule === 'pid' && state.rule === 'pid') {
+    const integral = Math.max(0, state.integral + rule.ki * violation)
+    const proportional = rule.alphaP * state.proportional + (1 - rule.alphaP) * violation
+    const derivativeEma = rule.alphaD * state.derivativeEma + (1 - rule.alphaD) * violation
+    const derivative = Math.max(0, derivativeEma - state.history[0])
+    return {
+      rule: 'pid',
+      integral,
+      proportional,
+      derivativeEma,
+      history: [...state.history.slice(1), derivativeEma],
+      lambda: clip(rule.kp * proportional + integral + rule.kd * derivative, rule.max),
+    }
+  }
+  throw new TypeError(`dual state of rule "${state.rule}" cannot be stepped by a "${rule.rule}" controller`)
+}
+
+/** The dual state before the first batch. */
+export function initialDualState(constraints: readonly ConstraintSpec[]): DualState {
+  const out: DualState = { step: 0, constraints: {} }
+  for (const c of constraints) out.constraints[c.channel] = { controller: initialControllerState(c.dual), window: [] }
+  return out
+}
+
+/** Current λ of every constraint. */
+export function lambdasOf(state: DualState): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [channel, entry] of Object.entries(state.constraints)) out[channel] = lambdaOf(entry.controller)
+  return out
+}
+
+/**
+ * Checks that a restored dual state matches the configured constraints: same channels, same
+ * rules, a pid history as long as its delay. Returns the problems, empty when it fits.
+ */
+export function dualStateProblems(state: DualState, constraints: readonly ConstraintSpec[]): string[] {
+  const problems: string[] = []
+  for (const c of constraints) {
+    const entry = state.constraints[c.channel]
+    if (entry === undefined) {
+      problems.push(`constraint "${c.channel}": no saved dual state`)
+    } else if (entry.controller.rule !== c.dual.rule) {
+      problems.push(`constraint "${c.channel}": saved state is for rule "${entry.controller.rule}", config says "${c.dual.rule}"`)
+    } else if (entry.controller.rule === 'pid' && c.dual.rule === 'pid' && entry.controller.history.length !== c.dual.delay) {
+      problems.push(`constraint "${c.channel}": saved pid history has ${entry.controller.history.length} entries, config delay is ${c.dual.delay}`)
+    }
+  }
+  return problems
+}
+
+/** The result of one dual step over all constraints of a batch. */
+export interface DualStepResult {
+  state: DualState
+  lambda: Record<string, LambdaChange>
+}
+
+/**
+ * Advances every controller on its constraint's measured violation and the step counter.
+ * `windows` are the constraint windows after measuring this batch.
+ */
+export function stepDual(
+  state: DualState,
+  constraints: readonly ConstraintSpec[],
+  measures: Record<string, ConstraintMeasure>,
+  windows: Record<string, DualState['constraints'][string]['window']>,
+): DualStepResult {
+  const next: DualState = { step: state.step + 1, constraints: {} }
+  const lambda: Record<string, LambdaChange> = {}
+  for (const c of constraints) {
+    const before = state.constraints[c.channel].controller
+    const after = stepController(c.dual, before, measures[c.channel].violation)
+    next.constraints[c.channel] = { controller: after, window: windows[c.channel] }
+    lambda[c.channel] = { before: lambdaOf(before), after: lambdaOf(after) }
+  }
+  return { state: next, lambda }
+}

@@ -84,7 +84,7 @@ export interface DualBatch<P = unknown> extends MeasuredBatch<P> {
 export interface ScoredBatch<P = unknown> extends DualBatch<P> {
   /** One advantage per rollout, aligned with `groups.flatMap(g => g.rollouts)`. */
   advantages: Float64Array
-  /** Per channel, fraction of groups that carried no signal (fewer than 2 values or std < minStd). */
+  /** Per channel, fraction of groups that carried no signal (fewer than 2 values or std <= minStd). */
   fracZeroStd: Record<string, number>
   /** Per objective channel, mean of the valid values in the batch (NaN when none). */
   objectiveMeans: Record<string, number>

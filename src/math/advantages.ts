@@ -83,7 +83,7 @@ export function computeAdvantages(batch: BatchColumns, settings: AdvantageSettin
 /** Standardises the advantages over the whole batch; a flat batch becomes all zeros. */
 function whiten(advantages: Float64Array, normalize: Normalize): void {
   const stats = rangeStats(advantages, 0, advantages.length, normalize.std === 'population')
-  if (!(stats.std >= normalize.minStd)) {
+  if (!(stats.std > normalize.minStd)) {
     advantages.fill(0)
     return
   }

@@ -7,12 +7,12 @@ import { rangeStats } from './stats.js'
 
 /**
  * Normalises one channel of a batch in place into `out` and returns how many groups carried
- * no signal for it (fewer than two valid values, or a group std below `minStd`).
+ * no signal for it (fewer than two valid values, or a group std not above `minStd`).
  *
  * `values` holds one entry per rollout, NaN where the channel was not scored; groups are
  * the ranges `offsets[g] .. offsets[g + 1]`. Unscored entries get 0. A group with fewer than
- * two valid values contributes 0, and so does a group whose std is below `minStd` when the
- * centre or the scale is per group; a batch std below `minStd` with `scale: 'batch'` makes
+ * two valid values contributes 0, and so does a group whose std is not above `minStd` when the
+ * centre or the scale is per group; a batch std not above `minStd` with `scale: 'batch'` makes
  * the whole channel contribute 0. With `scale: 'none'` there is no division at all, so the
  * result is exactly x − c.
  *
@@ -26,14 +26,14 @@ export function normalizeChannel(values: Float64Array, offsets: Int32Array, opts
   const needsBatch = opts.center === 'batch' || opts.scale === 'batch'
   const batch = needsBatch ? rangeStats(values, 0, offsets[offsets.length - 1], population) : undefined
   // with scale 'batch', a (near-)constant batch carries no signal at all
-  const batchDead = opts.scale === 'batch' && !(batch!.std >= opts.minStd)
+  const batchDead = opts.scale === 'batch' && !(batch!.std > opts.minStd)
   const groupLevel = opts.center === 'group' || opts.scale === 'group'
   let silentGroups = 0
   for (let g = 0; g + 1 < offsets.length; g++) {
     const start = offsets[g]
     const end = offsets[g + 1]
     const group = rangeStats(values, start, end, population)
-    const flat = !(group.std >= opts.minStd)
+    const flat = !(group.std > opts.minStd)
     if (group.count < 2 || flat) silentGroups++
     if (group.count < 2 || batchDead || (flat && groupLevel)) {
       out.fill(0, start, end)

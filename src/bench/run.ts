@@ -1,0 +1,51 @@
+/**
+ * `npm run bench`: prints a table of throughputs and writes them as JSON.
+ *
+ *   npm run bench -- --rollouts 1000000 --runs 5 --json bench-results.json
+ */
+import { writeFileSync } from 'node:fs'
+import { availableParallelism, cpus } from 'node:os'
+import { Command } from 'commander'
+import { benchCore } from './core.js'
+import { formatTable, type Throughput } from './measure.js'
+
+export interface BenchOptions {
+  rollouts: number
+  runs: number
+  warmup: number
+  json?: string
+  log?: (line: string) => void
+}
+
+export interface BenchReport {
+  date: string
+  node: string
+  cpus: string
+  results: Throughput[]
+}
+
+/** Runs every benchmark and returns the report (also printed through `log`, and written to `json`). */
+export async function runBenchmarks(options: BenchOptions): Promise<BenchReport> {
+  const log = options.log ?? console.log
+  const results = await benchCore(options)
+  const report: BenchReport = { date: new Date().toISOString(), node: process.version, cpus: `${availableParallelism()} × ${cpus()[0]?.model ?? 'unknown'}`, results }
+  log(`dualstream bench — ${report.node}, ${report.cpus}, median of ${options.runs} runs after ${options.warmup} warm-up`)
+  log(formatTable(results))
+  if (options.json !== undefined) {
+    writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`)
+    log(`wrote ${options.json}`)
+  }
+  return report
+}
+
+/* c8 ignore start */
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const program = new Command('bench')
+    .option('--rollouts <n>', 'rollouts per run', (v) => Number.parseInt(v, 10), 1_000_000)
+    .option('--runs <n>', 'measured runs per benchmark', (v) => Number.parseInt(v, 10), 5)
+    .option('--warmup <n>', 'unmeasured warm-up runs', (v) => Number.parseInt(v, 10), 2)
+    .option('--json <file>', 'write the results as JSON', 'bench-results.json')
+    .parse()
+  await runBenchmarks(program.opts<BenchOptions>())
+}
+/* c8 ignore stop */

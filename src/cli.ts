@@ -1,0 +1,97 @@
+/**
+ * The `dualstream` command line: `replay` (and the commands added by the engine: `serve`,
+ * `train`, `eval`, `bench`).
+ */
+import { createReadStream, createWriteStream } from 'node:fs'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { ConfigError, loadConfig } from './config.js'
+import { replay, ReplayInputError, type ReplaySummary } from './engine/replay.js'
+
+/** Exit codes: 1 for bad data in the input, 2 for a bad invocation or config. */
+export const EXIT_DATA = 1
+export const EXIT_USAGE = 2
+
+/** What the CLI needs from its process; tests pass their own. */
+export interface CliIO {
+  stdin: NodeJS.ReadableStream
+  stdout: NodeJS.WritableStream
+  stderr: NodeJS.WritableStream
+}
+
+/** An error from the operating system (a file that cannot be opened, a closed pipe). */
+const isSystemError = (error: unknown): error is NodeJS.ErrnoException =>
+  error instanceof Error && typeof (error as NodeJS.ErrnoException).code === 'string' && typeof (error as NodeJS.ErrnoException).syscall === 'string'
+
+function formatSummary(summary: ReplaySummary): string {
+  const dropped = Object.entries(summary.dropped)
+    .map(([reason, n]) => `${reason} ${n}`)
+    .join(', ')
+  const lambda = Object.entries(summary.lambda)
+    .map(([channel, value]) => `${channel}=${value.toPrecision(4)}`)
+    .join(' ')
+  const lines = [
+    `replay: ${summary.lines} rollouts read → ${summary.batches} batches holding ${summary.inBatches}; dropped: ${dropped}`,
+    `replay: last step ${summary.step}${lambda === '' ? '' : `, λ ${lambda}`}`,
+  ]
+  for (const sample of summary.invalidSamples) lines.push(`replay: skipped ${sample}`)
+  return `${lines.join('\n')}\n`
+}
+
+/** Builds the program; `run` parses argv and resolves to the exit code. */
+export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Command {
+  const program = new Command('dualstream')
+    .description('Online constrained RL (GRPO / Faithful GRPO) as a stream of rollouts.')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
+
+  program
+    .command('replay')
+    .description('Run recorded rollouts (JSON Lines) through the pipeline; one JSON line per batch out.')
+    .requiredOption('-c, --config <file>', 'engine config (JSON)')
+    .option('-i, --input <file>', 'rollouts, one JSON object per line ("-" = stdin)', '-')
+    .option('-o, --out <file>', 'batch records, one JSON object per line ("-" = stdout)', '-')
+    .addOption(new Option('--on-invalid <mode>', 'what to do with a malformed line or rollout').choices(['error', 'skip']).default('error'))
+    .action(async (opts: { config: string; input: string; out: string; onInvalid: 'error' | 'skip' }) => {
+      const config = loadConfig(opts.config)
+      const input = opts.input === '-' ? io.stdin : createReadStream(opts.input)
+      const output = opts.out === '-' ? io.stdout : createWriteStream(opts.out)
+      try {
+        const summary = await replay({
+          config,
+          input: input as never,
+          output: output as never,
+          inputName: opts.input === '-' ? 'stdin' : opts.input,
+          onInvalid: opts.onInvalid,
+        })
+        io.stderr.write(formatSummary(summary))
+      } catch (error) {
+        if (error instanceof ReplayInputError) {
+          io.stderr.write(`dualstream replay: ${error.message}\n(use --on-invalid skip to skip and count such lines)\n`)
+        } else if (isSystemError(error)) {
+          io.stderr.write(`dualstream replay: ${error.message}\n`)
+        } else {
+          throw error
+        }
+        setExitCode(EXIT_DATA)
+      }
+    })
+  return program
+}
+
+/** Runs the CLI on argv (without node and script) and resolves to the exit code. */
+export async function run(argv: string[], io: CliIO): Promise<number> {
+  let code = 0
+  const program = buildProgram(io, (c) => (code = c))
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      io.stderr.write(`dualstream: ${error.message}\n`)
+      return EXIT_USAGE
+    }
+    const exit = error as { code?: string; exitCode?: number }
+    if (typeof exit.code === 'string' && exit.code.startsWith('commander.')) return exit.exitCode === 0 ? 0 : EXIT_USAGE
+    throw error
+  }
+  return code
+}

@@ -1,0 +1,68 @@
+import t from 'tap'
+import { parseConfig } from '../../src/config.js'
+import { batchColumns, describe } from '../../src/math/columns.js'
+import { initialDualState } from '../../src/math/dual.js'
+import { measureBatch, scoreGroups } from '../../src/math/score.js'
+import type { Group } from '../../src/types.js'
+
+const group = (promptId: string, rewards: Record<string, number | null>[]): Group => ({
+  promptId,
+  partial: false,
+  ts: 0,
+  rollouts: rewards.map((r, i) => ({ id: `${promptId}-${i}`, promptId, rewards: r })),
+})
+
+const config = parseConfig({
+  groupSize: 2,
+  batchGroups: 2,
+  objectives: [{ channel: 'acc' }],
+  constraints: [{ channel: 'cons', sense: '>=', threshold: 0.95, sampleThreshold: 0.5, dual: { rule: 'sgd', lr: 0.05, max: 10 } }],
+})
+
+t.test('one step: measure, update λ, then advantages with the updated λ', (t) => {
+  const groups = [
+    group('p', [
+      { acc: 1, cons: 1 },
+      { acc: 0, cons: 0 },
+    ]),
+    group('q', [
+      { acc: 1, cons: 1 },
+      { acc: 1, cons: null },
+    ]),
+  ]
+  const state = initialDualState(config.constraints)
+  const result = scoreGroups(groups, config, state)
+  t.equal(result.step, 1)
+  t.same(result.constraints.cons, { mean: 2 / 3, violation: 0.95 - 2 / 3, sampleViolationRate: 1 / 3, count: 3 })
+  const lambda = 0.05 * (0.95 - 2 / 3)
+  t.same(result.lambda, { cons: { before: 0, after: lambda } })
+  const a = 0.5 / (Math.SQRT1_2 + 1e-6)
+  t.same(Array.from(result.advantages), [a + lambda * a, -a - lambda * a, 0, 0])
+  t.same(result.fracZeroStd, { acc: 0.5, cons: 0.5 })
+  t.same(result.objectiveMeans, { acc: 0.75 })
+  t.equal(result.rolloutCount, 4)
+  t.equal(result.advantageMean, 0)
+  t.ok(result.advantageStd > 0)
+  t.equal(state.step, 0, 'pure: the input state is untouched')
+  t.end()
+})
+
+t.test('an empty batch and a constraint with no saved window', (t) => {
+  const result = scoreGroups([], config, initialDualState(config.constraints))
+  t.equal(result.rolloutCount, 0)
+  t.ok(Number.isNaN(result.advantageMean))
+  t.same(result.lambda, { cons: { before: 0, after: 0 } }, 'no data holds λ')
+  const measured = measureBatch({ offsets: Int32Array.of(0, 1), columns: {} }, config, { step: 0, constraints: {} })
+  t.equal(measured.constraints.cons.count, 0)
+  t.end()
+})
+
+t.test('a non-finite reward from a user step upstream is an error naming the rollout and channel', (t) => {
+  t.throws(() => batchColumns([group('p', [{ acc: NaN }])], ['acc']), { name: 'RangeError', message: 'rollout "p-0" (prompt "p"): rewards.acc is NaN, expected a finite number or null' })
+  const bad = group('p', [{ acc: 1 }])
+  ;(bad.rollouts[0].rewards as Record<string, unknown>).acc = 'yes'
+  t.throws(() => batchColumns([bad], ['acc']), { message: /rewards\.acc is the string "yes"/ })
+  t.equal(describe({}), 'object')
+  t.equal(describe(null), 'null')
+  t.end()
+})

@@ -2,7 +2,6 @@ import { pipe, type Observable, type OperatorFunction, type SchedulerLike } from
 import type { Config } from '../src/config.js'
 import type { DropEvent, DualState, Rollout, ScoredBatch } from '../src/types.js'
 import { completeGroups } from './completeGroups.js'
-import { dropDuplicates, type SeenIds } from './dropDuplicates.js'
 import { dropStale } from './dropStale.js'
 import { dualAscent } from './dualAscent.js'
 import { groupAdvantages } from './groupAdvantages.js'
@@ -16,8 +15,6 @@ export interface FgrpoOptions {
   policyVersions?: Observable<number>
   /** Watermarks that advance event time while nothing arrives (group timeouts, batch waits). */
   watermarks?: Observable<number>
-  /** Memory of rollout ids for deduplication (default: a Set). */
-  seen?: SeenIds
   /** Event time of a rollout (default: its `ts`, else the scheduler's clock). */
   eventTime?: (rollout: Rollout) => number
   /** Clock for rollouts without `ts`. */
@@ -27,10 +24,13 @@ export interface FgrpoOptions {
 }
 
 /**
- * The whole Faithful-GRPO pipeline from rollouts to scored batches: deduplicate ids, drop
- * stale rollouts (when `maxStaleness` is set), complete groups by prompt, window them into
- * batches, measure the constraints, update the multipliers, compute the advantages.
- * With no constraints it is plain GRPO (or Dr. GRPO with `scale: 'none'`).
+ * The whole Faithful-GRPO pipeline from rollouts to scored batches: drop stale rollouts
+ * (when `maxStaleness` is set), complete groups by prompt, window them into batches, measure
+ * the constraints, update the multipliers, compute the advantages. With no constraints it is
+ * plain GRPO (or Dr. GRPO with `scale: 'none'`).
+ *
+ * Ids are expected to be unique already: the durable engine deduplicates against its LMDB
+ * index at ingest; put `dropDuplicates()` in front for any other untrusted source.
  *
  * @example
  * const config = loadConfig('fgrpo.json')
@@ -44,7 +44,6 @@ export function fgrpo<P>(config: Config, options: FgrpoOptions = {}): OperatorFu
       ? (source) => source
       : dropStale<P>({ maxStaleness: config.maxStaleness, policyVersions: options.policyVersions, onDrop })
   return pipe(
-    dropDuplicates<P>({ seen: options.seen, onDrop }),
     stale,
     completeGroups<P>({
       groupSize: config.groupSize,

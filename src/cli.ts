@@ -6,6 +6,9 @@ import { createReadStream, createWriteStream } from 'node:fs'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { ConfigError, loadConfig } from './config.js'
 import { replay, ReplayInputError, type ReplaySummary } from './engine/replay.js'
+import { LogNotFoundError, replayLog } from './engine/logReplay.js'
+import { batchRecord } from './engine/batchRecord.js'
+import { JsonLinesWriter } from '../streams/jsonLines.js'
 
 /** Exit codes: 1 for bad data in the input, 2 for a bad invocation or config. */
 export const EXIT_DATA = 1
@@ -49,12 +52,26 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     .description('Run recorded rollouts (JSON Lines) through the pipeline; one JSON line per batch out.')
     .requiredOption('-c, --config <file>', 'engine config (JSON)')
     .option('-i, --input <file>', 'rollouts, one JSON object per line ("-" = stdin)', '-')
+    .option('-l, --log <dir>', "instead of --input: the ingest log in a `serve` data folder (read-only)")
     .option('-o, --out <file>', 'batch records, one JSON object per line ("-" = stdout)', '-')
     .addOption(new Option('--on-invalid <mode>', 'what to do with a malformed line or rollout').choices(['error', 'skip']).default('error'))
-    .action(async (opts: { config: string; input: string; out: string; onInvalid: 'error' | 'skip' }) => {
+    .action(async (opts: { config: string; input: string; log?: string; out: string; onInvalid: 'error' | 'skip' }) => {
       const config = loadConfig(opts.config)
-      const input = opts.input === '-' ? io.stdin : createReadStream(opts.input)
       const output = opts.out === '-' ? io.stdout : createWriteStream(opts.out)
+      if (opts.log !== undefined) {
+        const writer = new JsonLinesWriter(output as never)
+        try {
+          const result = await replayLog(config, opts.log, (batch) => writer.write(batchRecord(batch)))
+          io.stderr.write(`replay: ${result.records} log records → ${result.batches} batches\n`)
+        } catch (error) {
+          if (!(error instanceof LogNotFoundError)) throw error
+          io.stderr.write(`dualstream replay: ${error.message}\n`)
+          setExitCode(EXIT_DATA)
+        }
+        await writer.end()
+        return
+      }
+      const input = opts.input === '-' ? io.stdin : createReadStream(opts.input)
       try {
         const summary = await replay({
           config,

@@ -27,26 +27,32 @@ export function constraintsRecord(constraints: Record<string, ConstraintMeasure>
   return out
 }
 
-/** Builds the record of a batch: counts, λ before/after, measurements and each rollout's advantage by id. */
-export function batchRecord(batch: ScoredBatch): BatchRecord {
-  const advantages: Record<string, number> = {}
-  let i = 0
-  let partialGroups = 0
-  for (const group of batch.groups) {
-    if (group.partial) partialGroups++
-    for (const rollout of group.rollouts) advantages[rollout.id] = batch.advantages[i++]
-  }
+/** A batch's summary: everything in its record but the per-rollout advantages. */
+export type BatchSummary = Omit<BatchRecord, 'advantages'> & { advantageMean: number | null; advantageStd: number | null }
+
+/** Summarises a batch: counts, λ before/after, measurements, objective means, advantage mean and std. */
+export function batchSummary(batch: ScoredBatch): BatchSummary {
   const objectives: Record<string, number | null> = {}
   for (const [channel, mean] of Object.entries(batch.objectiveMeans)) objectives[channel] = finiteOrNull(mean)
   return {
     step: batch.step,
     groups: batch.groups.length,
     rollouts: batch.rolloutCount,
-    partialGroups,
+    partialGroups: batch.groups.reduce((n, g) => n + (g.partial ? 1 : 0), 0),
     lambda: batch.lambda,
     constraints: constraintsRecord(batch.constraints),
     objectives,
     fracZeroStd: batch.fracZeroStd,
-    advantages,
+    advantageMean: finiteOrNull(batch.advantageMean),
+    advantageStd: finiteOrNull(batch.advantageStd),
   }
+}
+
+/** Builds the record of a batch as `replay` writes it: the summary and each rollout's advantage by id. */
+export function batchRecord(batch: ScoredBatch): BatchRecord {
+  const advantages: Record<string, number> = {}
+  let i = 0
+  for (const group of batch.groups) for (const rollout of group.rollouts) advantages[rollout.id] = batch.advantages[i++]
+  const { advantageMean: _mean, advantageStd: _std, ...summary } = batchSummary(batch)
+  return { ...summary, advantages }
 }

@@ -18,7 +18,7 @@ export function columnOf(groups: Cell[][]): { values: Float64Array; offsets: Int
 export function columnsOf(channels: Record<string, Cell[][]>): BatchColumns {
   const entries = Object.entries(channels)
   const columns: Record<string, Float64Array> = {}
-  let offsets = new Int32Array(1)
+  let offsets: Int32Array = new Int32Array(1)
   for (const [name, groups] of entries) {
     const c = columnOf(groups)
     columns[name] = c.values

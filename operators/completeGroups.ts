@@ -40,7 +40,7 @@ export function completeGroups<P>(options: CompleteGroupsOptions): OperatorFunct
     // the largest event time seen: the clock every timeout is measured on
     let watermark = -Infinity
 
-    const release = (promptId: string, rollouts: Rollout<P>[], partial: boolean) => {
+    const release = (promptId: string, rollouts: Rollout<P>[], partial: boolean, expected = groupSize) => {
       if (!partial || rollouts.length >= minGroupSize) {
         subscriber.next({ promptId, rollouts, partial, ts: watermark })
         return
@@ -50,7 +50,7 @@ export function completeGroups<P>(options: CompleteGroupsOptions): OperatorFunct
         rollouts,
         count: rollouts.length,
         promptId,
-        detail: `group "${promptId}" had ${rollouts.length} of ${groupSize} rollouts when cut short (minGroupSize ${minGroupSize})`,
+        detail: `group "${promptId}" had ${rollouts.length} of ${expected} rollouts when cut short (minGroupSize ${minGroupSize})`,
       })
     }
     const advance = (time: number) => {
@@ -60,7 +60,7 @@ export function completeGroups<P>(options: CompleteGroupsOptions): OperatorFunct
       for (const [promptId, group] of pending) {
         if (group.deadline > watermark) break
         pending.delete(promptId)
-        release(promptId, group.rollouts, true)
+        release(promptId, group.rollouts, true, group.expected)
       }
     }
 
@@ -82,7 +82,7 @@ export function completeGroups<P>(options: CompleteGroupsOptions): OperatorFunct
         },
         complete: () => {
           // end of input: nothing more will arrive for the pending groups
-          for (const [promptId, group] of pending) release(promptId, group.rollouts, true)
+          for (const [promptId, group] of pending) release(promptId, group.rollouts, true, group.expected)
           pending.clear()
           subscriber.complete()
         },

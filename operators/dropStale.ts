@@ -6,7 +6,7 @@ export interface DropStaleOptions {
   /** Largest accepted lag, in policy versions, behind the trainer's current version. */
   maxStaleness: number
   /**
-   * The trainer's policy versions as they are published; the latest one counts. Default: the
+   * The trainer's policy versions as they are published; the highest one counts. Default: the
    * newest `policyVersion` seen in the stream itself (what a replay of a log can know).
    */
   policyVersions?: Observable<number>

@@ -41,7 +41,7 @@ export function mlpParamSpecs(cfg: MlpConfig): ParamSpec[] {
 }
 
 /**
- * Initialisation of the prototype: hidden weights N(0, 1/fan_in), output weights N(0, 0.01²)
+ * Initialisation of the prototype: hidden weights normal with std 1/√fan_in, output weights std 0.01
  * so the initial policy is close to uniform over legal tokens, biases 0.
  */
 export function initMlpParams(cfg: MlpConfig, rng: Rng): ParamValues {

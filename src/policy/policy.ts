@@ -3,6 +3,7 @@
  * one MLP whose parameters are graph inputs owned here as Float32Arrays. Adam updates
  * `policy.params` in place and the next call simply feeds the new values.
  */
+import { writeFile } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
 import { Rng } from '../spatialgrid/rng.js';
 import { buildForwardGraph, buildNllGradientGraph, buildSurrogateGradientGraph, resolveSurrogateOptions, type ResolvedSurrogateOptions, type SurrogateOptions } from './graphs.js';
@@ -196,6 +197,11 @@ export class OnnxPolicy {
   /** A standalone .onnx model (inputs: features, mask; output: logProbs) with the current parameters baked in. */
   exportOnnx(): Uint8Array {
     return buildForwardGraph(this.network, this.params);
+  }
+
+  /** Write {@link OnnxPolicy.exportOnnx} to a .onnx file any onnxruntime (or Netron) can open. */
+  async saveOnnx(path: string): Promise<void> {
+    await writeFile(path, this.exportOnnx());
   }
 
   async release(): Promise<void> {

@@ -88,8 +88,8 @@ export function lambdasOf(state: DualState): Record<string, number> {
 }
 
 /**
- * Checks that a restored dual state matches the configured constraints: same channels, same
- * rules, a pid history as long as its delay. Returns the problems, empty when it fits.
+ * Checks that a restored dual state matches the configured constraints: the same channels,
+ * the same rules, a pid history as long as its delay. Returns the problems, empty when it fits.
  */
 export function dualStateProblems(state: DualState, constraints: readonly ConstraintSpec[]): string[] {
   const problems: string[] = []
@@ -102,6 +102,10 @@ export function dualStateProblems(state: DualState, constraints: readonly Constr
     } else if (entry.controller.rule === 'pid' && c.dual.rule === 'pid' && entry.controller.history.length !== c.dual.delay) {
       problems.push(`constraint "${c.channel}": saved pid history has ${entry.controller.history.length} entries, config delay is ${c.dual.delay}`)
     }
+  }
+  const configured = new Set(constraints.map((c) => c.channel))
+  for (const channel of Object.keys(state.constraints)) {
+    if (!configured.has(channel)) problems.push(`constraint "${channel}": in the saved state, not in the config`)
   }
   return problems
 }

@@ -86,6 +86,16 @@ t.test('files in and out; bad config or arguments exit 2', async (t) => {
   t.match(missing.stderr, /dualstream replay: ENOENT: no such file or directory, open '.*nope\.jsonl'/)
 })
 
+t.test('replay() reports each batch to onBatch with the running summary', async (t) => {
+  const { Readable, PassThrough } = await import('node:stream')
+  const { replay } = await import('../../src/engine/replay.js')
+  const { loadConfig } = await import('../../src/config.js')
+  const steps: number[] = []
+  const summary = await replay({ config: loadConfig(configPath), input: Readable.from([input]), output: new PassThrough(), onBatch: (b, s) => steps.push(b.step, s.batches) })
+  t.same(steps, [1, 1, 2, 2])
+  t.equal(summary.inBatches, 6)
+})
+
 t.test('the real process: stdin to stdout, exit codes', async (t) => {
   const ok = await spawnCli(['replay', '-c', configPath], input)
   t.equal(ok.code, 0, ok.stderr)

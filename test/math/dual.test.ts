@@ -146,6 +146,7 @@ t.test('dual state: initial, step, and the checks made before restoring one', (t
     'constraint "b": saved pid history has 1 entries, config delay is 3',
   ])
   t.same(dualStateProblems({ step: 0, constraints: {} }, config.constraints).length, 2)
+  t.same(dualStateProblems(state, []), ['constraint "a": in the saved state, not in the config', 'constraint "b": in the saved state, not in the config'])
   t.throws(() => stepController(config.constraints[0].dual, state.constraints.b.controller, 1), /dual state of rule "pid" cannot be stepped by a "sgd" controller/)
   t.end()
 })

@@ -1,0 +1,149 @@
+/**
+ * The `train` (what `npm start` runs) and `eval` (what `npm run eval` runs) commands.
+ */
+import { writeFileSync } from 'node:fs'
+import { basename, join, resolve } from 'node:path'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { loadConfig, parseConfig } from '../config.js'
+import { createProgress, fixed, percent } from '../progress.js'
+import { DEFAULT_RL_STEPS, DEFAULT_TRAIN_SETTINGS, PRESETS, type Method } from './presets.js'
+import { SpatialGridTrainer, type EvalMetrics, type StepReport } from './trainer.js'
+import { formatEvaluation, runEvaluation } from './evaluation.js'
+
+export interface CommandIO {
+  stdout: NodeJS.WritableStream
+  stderr: NodeJS.WritableStream
+}
+
+export const positiveInteger = (name: string) => (value: string): number => {
+  const n = Number(value)
+  if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0`)
+  return n
+}
+
+export interface TrainCommandOptions {
+  method: Method
+  config?: string
+  steps: number
+  seed: number
+  data?: string
+  /** Stops after the current step (Ctrl-C). */
+  signal?: AbortSignal
+  /** Called with every step report (telemetry). */
+  onStep?: (report: StepReport, trainer: SpatialGridTrainer) => void
+}
+
+/** The summary table printed at the end of a training run. */
+export function formatTrainSummary(rows: { label: string; metrics: EvalMetrics }[], lambda: Record<string, number>): string {
+  const lines = [
+    `${'held-out'.padEnd(22)}  accuracy  inconsistency  grounding`,
+    ...rows.map((r) => `${r.label.padEnd(22)}  ${percent(r.metrics.accuracy).padStart(8)}  ${percent(r.metrics.inconsistencyRate).padStart(13)}  ${percent(r.metrics.grounding).padStart(9)}`),
+  ]
+  const lambdas = Object.entries(lambda)
+  lines.push(lambdas.length === 0 ? 'λ: none (no constraints)' : `λ at the end: ${lambdas.map(([k, v]) => `${k} ${fixed(v)}`).join(', ')}`)
+  return lines.join('\n')
+}
+
+/** Runs warm start (once per data folder), `steps` RL steps, the held-out evaluation, and exports the policy. */
+export async function trainCommand(options: TrainCommandOptions, io: CommandIO): Promise<void> {
+  const config = options.config !== undefined ? loadConfig(options.config) : parseConfig(PRESETS[options.method])
+  const label = options.config !== undefined ? basename(options.config, '.json') : options.method
+  const dataDir = resolve(options.data ?? join('data', label))
+  const trainer = await SpatialGridTrainer.create({ config, seed: options.seed, dataDir })
+  const say = (line: string) => io.stdout.write(`${line}\n`)
+  try {
+    const constraints = config.constraints.map((c) => `${c.channel} ${c.sense} ${c.threshold}`).join(', ') || 'none'
+    say(`dualstream train — ${label}: objectives ${config.objectives.map((o) => `${o.channel}×${o.weight}`).join(', ')}; constraints ${constraints}`)
+    say(`state: ${dataDir} (${trainer.rlSteps > 0 ? `resuming after RL step ${trainer.rlSteps}` : trainer.warmStarted ? 'warm start done' : 'new run'})`)
+    const rows: { label: string; metrics: EvalMetrics }[] = []
+    if (!trainer.warmStarted) {
+      const bar = createProgress({ format: 'warm start {bar} {value}/{total} steps', total: DEFAULT_TRAIN_SETTINGS.sftSteps, stream: io.stderr })
+      await trainer.warmStart((done) => bar.update(done))
+      bar.stop()
+      rows.push({ label: 'after warm start', metrics: await trainer.evaluate() })
+    } else {
+      rows.push({ label: `at RL step ${trainer.rlSteps}`, metrics: await trainer.evaluate() })
+    }
+    const first = trainer.rlSteps
+    const bar = createProgress({
+      format: 'RL {bar} step {step} | {rate} steps/s | acc {acc} incons {incons} ground {ground} | λ {lambda}',
+      total: options.steps,
+      stream: io.stderr,
+    })
+    const started = performance.now()
+    await trainer.train(
+      options.steps,
+      (report) => {
+        options.onStep?.(report, trainer)
+        if (!bar.active) return
+        const lambda = Object.entries(report.batch.lambda).map(([k, v]) => `${k[0]} ${fixed(v.after, 2)}`).join(' ') || '–'
+        bar.update(report.step - first, {
+          step: report.step,
+          rate: fixed((report.step - first) / ((performance.now() - started) / 1000), 0),
+          acc: percent(report.metrics.accuracy),
+          incons: percent(report.metrics.inconsistencyRate),
+          ground: percent(report.metrics.grounding),
+          lambda,
+        })
+      },
+      options.signal,
+    )
+    bar.stop()
+    const seconds = (performance.now() - started) / 1000
+    const done = trainer.rlSteps - first
+    say(`RL: ${done} steps in ${seconds.toFixed(1)} s (${(done / Math.max(seconds, 1e-9)).toFixed(0)} steps/s, ${config.batchGroups}×${config.groupSize} rollouts each); now at RL step ${trainer.rlSteps}`)
+    rows.push({ label: `at RL step ${trainer.rlSteps}`, metrics: await trainer.evaluate() })
+    const onnx = join(dataDir, 'policy.onnx')
+    await trainer.exportOnnx(onnx)
+    say('')
+    say(formatTrainSummary(rows, trainer.lambda))
+    say(`policy exported to ${onnx}; run again to continue from step ${trainer.rlSteps}`)
+  } finally {
+    await trainer.close()
+  }
+}
+
+/** Adds `train` and `eval` to the program. */
+export function addTrainCommands(program: Command, io: CommandIO): void {
+  program
+    .command('train')
+    .description('Built-in online training on SpatialGrid (warm start, then GRPO/FGRPO); resumes from --data.')
+    .addOption(new Option('-m, --method <method>', 'preset engine config').choices(['fgrpo', 'grpo']).default('fgrpo'))
+    .option('-c, --config <file>', 'engine config (JSON) instead of a preset')
+    .option('-s, --steps <n>', 'RL steps to run now', positiveInteger('--steps'), DEFAULT_RL_STEPS)
+    .option('--seed <n>', 'seed of a new run', positiveInteger('--seed'), 0)
+    .option('-d, --data <dir>', 'state folder (default data/<method or config name>)')
+    .action(async (opts: TrainCommandOptions) => {
+      const abort = new AbortController()
+      const stop = () => abort.abort()
+      process.once('SIGINT', stop)
+      try {
+        await trainCommand({ ...opts, signal: abort.signal }, io)
+      } finally {
+        process.off('SIGINT', stop)
+      }
+    })
+
+  program
+    .command('eval')
+    .description('Train GRPO and FGRPO on several seeds with identical settings; the held-out table.')
+    .option('--seeds <list>', 'comma-separated seeds', (v) => v.split(',').map((s) => positiveInteger('--seeds')(s.trim())), [0, 1, 2])
+    .option('-s, --steps <n>', 'RL steps per run', positiveInteger('--steps'), DEFAULT_RL_STEPS)
+    .option('--parallel <n>', 'trainings at a time (default: one per core)', positiveInteger('--parallel'))
+    .option('--json <file>', 'write the results as JSON')
+    .action(async (opts: { seeds: number[]; steps: number; parallel?: number; json?: string }) => {
+      io.stdout.write(`dualstream eval — GRPO and FGRPO, seeds ${opts.seeds.join(', ')}, ${opts.steps} RL steps each, identical settings\n`)
+      const report = await runEvaluation({
+        seeds: opts.seeds,
+        steps: opts.steps,
+        parallel: opts.parallel,
+        onResult: (r, done, total) =>
+          io.stdout.write(`  [${done}/${total}] ${r.method} seed ${r.seed}: accuracy ${percent(r.final.accuracy)}, inconsistency ${percent(r.final.inconsistencyRate)}, grounding ${percent(r.final.grounding)} (${r.seconds.toFixed(0)} s)\n`),
+      })
+      io.stdout.write(`\n${formatEvaluation(report)}\n`)
+      if (opts.json !== undefined) {
+        writeFileSync(opts.json, `${JSON.stringify(report, null, 2)}\n`)
+        io.stdout.write(`wrote ${opts.json}\n`)
+      }
+    })
+}

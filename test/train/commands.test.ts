@@ -1,0 +1,62 @@
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { acceptanceChecks, formatEvaluation, runEvaluation } from '../../src/train/evaluation.js'
+import { formatTrainSummary } from '../../src/train/commands.js'
+import { runCli } from '../support/cli.js'
+
+const tempDir = () => mkdtempSync(join(tmpdir(), 'dualstream-cmd-'))
+
+t.test('train: warm start, RL steps, summary table, exported policy; a second run continues', async (t) => {
+  const data = tempDir()
+  const first = await runCli(['train', '--steps', '3', '--data', data])
+  t.equal(first.code, 0, first.stderr)
+  t.match(first.stdout, 'dualstream train — fgrpo: objectives accuracy×1; constraints consistency >= 0.98, grounding >= 0.95')
+  t.match(first.stdout, `state: ${data} (new run)`)
+  t.match(first.stdout, /after warm start +\d+\.\d% +\d+\.\d% +\d+\.\d%/)
+  t.match(first.stdout, /at RL step 3 /)
+  t.match(first.stdout, /λ at the end: consistency \d\.\d{3}, grounding \d\.\d{3}/)
+  t.ok(existsSync(join(data, 'policy.onnx')))
+  const second = await runCli(['train', '--steps', '2', '--data', data])
+  t.equal(second.code, 0, second.stderr)
+  t.match(second.stdout, `state: ${data} (resuming after RL step 3)`)
+  t.match(second.stdout, /now at RL step 5/)
+  t.notMatch(second.stdout, 'after warm start', 'the warm start is not repeated')
+
+  const config = join(data, 'grpo.json')
+  writeFileSync(config, JSON.stringify({ groupSize: 4, batchGroups: 2, objectives: [{ channel: 'accuracy' }] }))
+  const custom = await runCli(['train', '--config', config, '--steps', '1', '--data', join(data, 'custom')])
+  t.equal(custom.code, 0, custom.stderr)
+  t.match(custom.stdout, 'dualstream train — grpo: objectives accuracy×1; constraints none')
+  t.match(custom.stdout, 'λ: none (no constraints)')
+  t.equal((await runCli(['train', '--steps', 'many'])).code, 2)
+})
+
+t.test('eval: both methods per seed in child processes, the table and the JSON', async (t) => {
+  const json = join(tempDir(), 'eval.json')
+  const result = await runCli(['eval', '--seeds', '4', '--steps', '2', '--parallel', '2', '--json', json])
+  t.equal(result.code, 0, result.stderr)
+  t.match(result.stdout, 'dualstream eval — GRPO and FGRPO, seeds 4, 2 RL steps each')
+  t.match(result.stdout, /\[2\/2\] (grpo|fgrpo) seed 4/)
+  t.match(result.stdout, /method +seed +accuracy +inconsistency +grounding +λ at the end/)
+  t.match(result.stdout, /FGRPO +mean/)
+  t.match(result.stdout, /(PASS|FAIL) {2}FGRPO inconsistency ≤ 2%/)
+  const report = JSON.parse(readFileSync(json, 'utf8'))
+  t.same(Object.keys(report.grpo), ['accuracy', 'inconsistencyRate', 'grounding', 'lambda'])
+  t.same(report.seeds, [4])
+  t.equal(report.runs.length, 2)
+  t.same(report.grpo.lambda, {})
+  t.same(Object.keys(report.fgrpo.lambda), ['consistency', 'grounding'])
+})
+
+t.test('in-process evaluation, the checks and the table', async (t) => {
+  const report = await runEvaluation({ seeds: [0], steps: 1, settings: { sftSteps: 5, sftBatch: 8, hidden: [8], evalScenes: 50 }, parallel: 1, inProcess: true })
+  t.equal(report.runs.length, 2)
+  t.equal(report.runs[0].settings?.evalScenes, 50)
+  t.match(formatEvaluation(report), 'held-out scenes per run: 50; 1 RL steps per run')
+  const checks = acceptanceChecks({ accuracy: 0.999, inconsistencyRate: 0.25, grounding: 0.4 }, { accuracy: 0.995, inconsistencyRate: 0.01, grounding: 0.95 })
+  t.same(checks.map((c) => c.pass), [true, true, true, true])
+  t.same(acceptanceChecks({ accuracy: 1, inconsistencyRate: 0.1, grounding: 0.9 }, { accuracy: 0.9, inconsistencyRate: 0.05, grounding: 0.9 }).map((c) => c.pass), [false, false, false, false])
+  t.match(formatTrainSummary([{ label: 'x', metrics: { accuracy: NaN, inconsistencyRate: 0, grounding: 1 } }], {}), /x +– +0\.0% +100\.0%/)
+})

@@ -9,6 +9,11 @@ import { replay, ReplayInputError, type ReplaySummary } from './engine/replay.js
 import { LogNotFoundError, replayLog } from './engine/logReplay.js'
 import { batchRecord } from './engine/batchRecord.js'
 import { JsonLinesWriter } from '../streams/jsonLines.js'
+import { addTrainCommands } from './train/commands.js'
+import { serve, ServeError } from './serve/serve.js'
+import { tokensFromEnv } from '../streams/auth.js'
+import { SERVER_DEFAULTS } from '../streams/engineServer.js'
+import { DEFAULT_WIRE_LIMITS } from '../streams/wire.js'
 
 /** Exit codes: 1 for bad data in the input, 2 for a bad invocation or config. */
 export const EXIT_DATA = 1
@@ -92,7 +97,62 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
         setExitCode(EXIT_DATA)
       }
     })
+
+  program
+    .command('serve')
+    .description('Run the durable engine (LMDB) behind WebSocket endpoints: /ingest for producers, /batches for the trainer, GET /healthz.')
+    .requiredOption('-c, --config <file>', 'engine config (JSON)')
+    .requiredOption('-d, --data <dir>', 'data folder: ingest log, batches and state (LMDB; created if missing, restored if not)')
+    .option('--host <host>', 'interface to listen on (beyond loopback only with tokens)', '127.0.0.1')
+    .option('-p, --port <n>', 'port (0 = any free port)', integerOption(0, 65535), 8787)
+    .option('--credit <n>', 'rollouts a producer may have unacknowledged', integerOption(1), SERVER_DEFAULTS.credit)
+    .option('--max-outbox <n>', 'unacknowledged batches at which producers are paused (credit shrinks from half of it)', integerOption(1), SERVER_DEFAULTS.maxOutbox)
+    .option('--max-frame-bytes <n>', 'largest frame accepted', integerOption(1024), DEFAULT_WIRE_LIMITS.maxFrameBytes)
+    .option('--heartbeat-ms <n>', 'ping period; peers silent for a whole period are dropped (0 = off)', integerOption(0), SERVER_DEFAULTS.heartbeatMs)
+    .addHelpText('after', '\nTokens per role from the environment: DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN (Authorization: Bearer … or ?token=…).')
+    .action(async (opts: { config: string; data: string; host: string; port: number; credit: number; maxOutbox: number; maxFrameBytes: number; heartbeatMs: number }) => {
+      const config = loadConfig(opts.config)
+      const stop = new AbortController()
+      const onSignal = () => stop.abort()
+      process.once('SIGINT', onSignal)
+      process.once('SIGTERM', onSignal)
+      try {
+        const code = await serve(
+          {
+            config,
+            dataDir: opts.data,
+            host: opts.host,
+            port: opts.port,
+            tokens: tokensFromEnv(process.env),
+            credit: opts.credit,
+            maxOutbox: opts.maxOutbox,
+            heartbeatMs: opts.heartbeatMs,
+            limits: { maxFrameBytes: opts.maxFrameBytes },
+          },
+          io,
+          stop.signal,
+        )
+        setExitCode(code)
+      } catch (error) {
+        if (!(error instanceof ServeError)) throw error
+        io.stderr.write(`dualstream serve: ${error.message}\n`)
+        setExitCode(EXIT_USAGE)
+      } finally {
+        process.off('SIGINT', onSignal)
+        process.off('SIGTERM', onSignal)
+      }
+    })
+  addTrainCommands(program, io)
   return program
+}
+
+/** A commander parser for an integer option within bounds. */
+function integerOption(min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
+  return (value) => {
+    const n = Number(value)
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(max === Number.MAX_SAFE_INTEGER ? `must be an integer >= ${min}.` : `must be an integer from ${min} to ${max}.`)
+    return n
+  }
 }
 
 /** Runs the CLI on argv (without node and script) and resolves to the exit code. */

@@ -7,12 +7,15 @@ import { writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
 import { Command } from 'commander'
 import { benchCore } from './core.js'
+import { benchDurable } from './durable.js'
 import { formatTable, type Throughput } from './measure.js'
 
 export interface BenchOptions {
   rollouts: number
   runs: number
   warmup: number
+  /** Rollouts per frame in the durable bench. */
+  frame?: number
   json?: string
   log?: (line: string) => void
 }
@@ -27,7 +30,7 @@ export interface BenchReport {
 /** Runs every benchmark and returns the report (also printed through `log`, and written to `json`). */
 export async function runBenchmarks(options: BenchOptions): Promise<BenchReport> {
   const log = options.log ?? console.log
-  const results = await benchCore(options)
+  const results = [...(await benchCore(options)), ...(await benchDurable(options))]
   const report: BenchReport = { date: new Date().toISOString(), node: process.version, cpus: `${availableParallelism()} × ${cpus()[0]?.model ?? 'unknown'}`, results }
   log(`dualstream bench — ${report.node}, ${report.cpus}, median of ${options.runs} runs after ${options.warmup} warm-up`)
   log(formatTable(results))
@@ -44,6 +47,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     .option('--rollouts <n>', 'rollouts per run', (v) => Number.parseInt(v, 10), 1_000_000)
     .option('--runs <n>', 'measured runs per benchmark', (v) => Number.parseInt(v, 10), 5)
     .option('--warmup <n>', 'unmeasured warm-up runs', (v) => Number.parseInt(v, 10), 2)
+    .option('--frame <n>', 'rollouts per WebSocket frame in the durable bench', (v) => Number.parseInt(v, 10), 1000)
     .option('--json <file>', 'write the results as JSON', 'bench-results.json')
     .parse()
   await runBenchmarks(program.opts<BenchOptions>())

@@ -90,6 +90,7 @@ export class DurableEngine {
   private feedChain: Promise<void> = Promise.resolve()
   private commitChain: Promise<void> = Promise.resolve()
   private outboxSize: number
+  private readonly acknowledging = new Set<number>()
   private failure: unknown
   private watermarkTimer: NodeJS.Timeout | undefined
   private closed = false
@@ -240,7 +241,16 @@ export class DurableEngine {
    * step that was not pending.
    */
   async acknowledge(step: number, policyVersion?: number): Promise<boolean> {
-    const known = await this.store.acknowledge(step)
+    // the same step acknowledged again before the first removal is on disk counts once
+    let known = false
+    if (!this.acknowledging.has(step)) {
+      this.acknowledging.add(step)
+      try {
+        known = await this.store.acknowledge(step)
+      } finally {
+        this.acknowledging.delete(step)
+      }
+    }
     if (known) this.outboxSize--
     if (policyVersion !== undefined) {
       const record: LogRecord = { kind: 'policy', seq: this.nextSeq++, ts: this.stamp(), version: policyVersion }

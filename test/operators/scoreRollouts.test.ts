@@ -14,7 +14,7 @@ const sumModel: ScoringModel = (features, rows) => {
   return of(out)
 }
 const options = { channel: 'judge', featureDim: 2, features: (r: Rollout<Payload>) => r.payload!.x, model: sumModel }
-const newScheduler = (t: Tap.Test) => new TestScheduler((actual, expected) => t.same(actual, expected))
+const newScheduler = (t: { same: (a: unknown, b: unknown) => boolean }) => new TestScheduler((actual, expected) => t.same(actual, expected))
 
 t.test('values: batches of batchSize scored in order, the last partial batch at completion', (t) => {
   newScheduler(t).run(({ cold, expectObservable, expectSubscriptions }) => {
@@ -47,15 +47,15 @@ t.test('errors: features of the wrong size, too few scores, a non-finite score, 
     expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => of([]) }))).toBe('-#', undefined, new RangeError('scoreRollouts(judge): the model returned 0 scores for 1 rollouts'))
     expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => of([NaN]) }))).toBe('-#', undefined, new RangeError('scoreRollouts(judge): the model scored rollout "a" NaN'))
     expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => throwError(() => 'model down') }))).toBe('-#', undefined, 'model down')
-    expectObservable(cold('-#', undefined, 'source down').pipe(scoreRollouts(options))).toBe('-#', undefined, 'source down')
+    expectObservable(cold<Rollout<Payload>>('-#', undefined, 'source down').pipe(scoreRollouts(options))).toBe('-#', undefined, 'source down')
   })
   t.end()
 })
 
 t.test('empty and never sources; early unsubscribe', (t) => {
   newScheduler(t).run(({ cold, expectObservable, expectSubscriptions }) => {
-    expectObservable(cold('|').pipe(scoreRollouts(options))).toBe('|')
-    const never = cold('-')
+    expectObservable(cold<Rollout<Payload>>('|').pipe(scoreRollouts(options))).toBe('|')
+    const never = cold<Rollout<Payload>>('-')
     expectObservable(never.pipe(scoreRollouts(options))).toBe('-')
     const source = cold('-a-a-a-|', { a: rollout('a', [1, 2]) })
     expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 1 })), '^--!').toBe('-a-', { a: { ...rollout('a', [1, 2]), rewards: { accuracy: 1, judge: 3 } } })

@@ -1,0 +1,344 @@
+/**
+ * The engine's network surface (DESIGN §6): one HTTP server; WebSocket endpoints `/ingest`
+ * (producers) and `/batches` (the trainer), `GET /healthz`. Tokens are checked in the HTTP
+ * `upgrade` handler, before any frame; a peer that stops answering pings is terminated.
+ *
+ * Flow control: each producer may have `credit` rollouts unanswered. While the trainer
+ * outbox (unacknowledged batches) holds more than half of `maxOutbox` the credit shrinks in
+ * eighths, down to 0 at `maxOutbox`, so producers pause when the trainer lags.
+ *
+ * One trainer connection at a time: a new one replaces the old (closed with 4001), so a
+ * trainer that reconnects after a network failure is not locked out by its own ghost, and
+ * it first receives every unacknowledged batch.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
+import type { Subscription } from 'rxjs'
+import { WebSocketServer, type WebSocket } from 'ws'
+import type { CommittedBatch, DurableEngine } from '../src/engine/durableEngine.js'
+import type { IngestCounters, PipelineCounters } from '../src/store/engineStore.js'
+import { authorize, refuseUpgrade, type Role, type RoleTokens } from './auth.js'
+import { TrainerConnection } from './batchesEndpoint.js'
+import { ProducerConnection } from './ingestEndpoint.js'
+import { DEFAULT_WIRE_LIMITS, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
+
+export interface EngineServerOptions {
+  engine: DurableEngine
+  tokens?: RoleTokens
+  /** Rollouts a producer may have unanswered while the trainer keeps up. */
+  credit?: number
+  /** Unacknowledged batches at which producers get no credit at all. */
+  maxOutbox?: number
+  /** Most rollouts in one frame (a larger frame is refused whole). */
+  maxRolloutsPerFrame?: number
+  /** Most item errors reported in one `rejected` frame. */
+  maxErrorsPerFrame?: number
+  limits?: Partial<WireLimits>
+  /** Ping period; a peer that has not answered the previous ping is terminated (0 = no heartbeat). */
+  heartbeatMs?: number
+  /** Bytes buffered towards the trainer above which sending waits. */
+  trainerHighWaterBytes?: number
+  /** How long `close()` waits for peers to complete the closing handshake before cutting them off. */
+  closeTimeoutMs?: number
+  /** The engine failed (a store write): the server keeps answering but cannot log anything. */
+  onFailure?: (error: unknown) => void
+}
+
+export const SERVER_DEFAULTS = {
+  // enough frames in flight to cover a flush, few enough that acks (and batches) are not queued behind seconds of writes
+  credit: 4096,
+  maxOutbox: 256,
+  maxRolloutsPerFrame: 10_000,
+  maxErrorsPerFrame: 1000,
+  heartbeatMs: 30_000,
+  trainerHighWaterBytes: 4 * 1024 * 1024,
+  closeTimeoutMs: 2000,
+}
+
+/** What `/healthz` answers. */
+export interface HealthReport {
+  status: 'ok' | 'failed'
+  error?: string
+  step: number
+  lambda: Record<string, number>
+  /** Unacknowledged batches. */
+  outbox: number
+  /** Rollouts inside the pipeline (pending groups, the batch being filled). */
+  pendingRollouts: number
+  ingest: IngestCounters
+  pipeline: PipelineCounters
+  /** The credit each producer has now. */
+  credit: number
+  producers: number
+  trainer: boolean
+  /** Batches sent to trainers (redeliveries included). */
+  delivered: number
+  /** Error frames sent, by code. */
+  frameErrors: Record<string, number>
+  /** Times a producer went past its credit and was paused. */
+  pauses: number
+}
+
+/** A WebSocket endpoint: who may open it and what to do with a connection. */
+export interface Endpoint {
+  role: Role
+  connect(ws: WebSocket, format: WireFormat, url: URL): void
+}
+
+/** A plain HTTP route. */
+export type HttpRoute = (request: IncomingMessage, response: ServerResponse, url: URL) => void
+
+// a server request always has a URL (the type allows none)
+const parseUrl = (raw: string | undefined): URL | undefined => {
+  try {
+    return new URL(raw as string, 'http://localhost')
+  } catch {
+    return undefined
+  }
+}
+
+/** Answers with a JSON body. */
+export function sendJson(response: ServerResponse, status: number, body: unknown): void {
+  response.writeHead(status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' })
+  response.end(`${JSON.stringify(body)}\n`)
+}
+
+export class EngineServer {
+  readonly http: Server
+  private readonly wss: WebSocketServer
+  private readonly engine: DurableEngine
+  private readonly settings: typeof SERVER_DEFAULTS
+  private readonly limits: WireLimits
+  private readonly endpoints = new Map<string, Endpoint>()
+  private readonly routes = new Map<string, HttpRoute>()
+  private readonly producers = new Set<ProducerConnection>()
+  private trainer: TrainerConnection | undefined
+  private readonly alive = new WeakMap<WebSocket, boolean>()
+  private readonly frameErrors: Record<string, number> = {}
+  private readonly subscription: Subscription
+  private readonly heartbeat: NodeJS.Timeout | undefined
+  private outbox: number
+  private durable: number
+  private delivered = 0
+  private pauses = 0
+  // acknowledgements under way (shutdown waits for them)
+  private readonly acks = new Set<Promise<void>>()
+  private failure: unknown
+  private closing: Promise<void> | undefined
+
+  constructor(private readonly options: EngineServerOptions) {
+    this.engine = options.engine
+    const defined = Object.fromEntries(Object.entries(options).filter(([key, value]) => key in SERVER_DEFAULTS && value !== undefined))
+    this.settings = { ...SERVER_DEFAULTS, ...defined }
+    this.limits = { ...DEFAULT_WIRE_LIMITS, ...options.limits }
+    const stats = this.engine.stats()
+    this.outbox = stats.outbox
+    this.durable = stats.step
+    // frames above the limit get an error frame; far above it ws closes with 1009 without reading them
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: 2 * this.limits.maxFrameBytes, skipUTF8Validation: true })
+    this.http = createServer((request, response) => this.onRequest(request, response))
+    this.http.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(request, socket, head))
+    this.addWebSocketEndpoint('/ingest', { role: 'producer', connect: (ws, format) => this.connectProducer(ws, format) })
+    this.addWebSocketEndpoint('/batches', { role: 'trainer', connect: (ws, format) => this.connectTrainer(ws, format) })
+    this.addHttpRoute('/healthz', (_request, response) => {
+      const report = this.health()
+      sendJson(response, report.status === 'ok' ? 200 : 503, report)
+    })
+    this.subscription = this.engine.committed.subscribe((committed) => this.onCommitted(committed))
+    if (this.settings.heartbeatMs > 0) {
+      this.heartbeat = setInterval(() => this.beat(), this.settings.heartbeatMs)
+      this.heartbeat.unref()
+    }
+  }
+
+  /**
+   * Serves a WebSocket endpoint at `path`, open to `role` (token checked at the upgrade).
+   * Connections get the server's heartbeat; `connect` attaches the protocol.
+   */
+  addWebSocketEndpoint(path: string, endpoint: Endpoint): void {
+    this.endpoints.set(path, endpoint)
+  }
+
+  /** Serves plain HTTP requests at `path` (`/healthz` here; a dashboard or `/metrics` alongside). */
+  addHttpRoute(path: string, route: HttpRoute): void {
+    this.routes.set(path, route)
+  }
+
+  /** Starts listening; resolves to the actual address (`port: 0` picks a free port). */
+  listen(port: number, host: string): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.http.once('error', reject)
+      this.http.listen(port, host, () => {
+        this.http.off('error', reject)
+        const address = this.http.address() as AddressInfo
+        resolve({ host, port: address.port })
+      })
+    })
+  }
+
+  /** The credit every producer has now, from the size of the trainer outbox. */
+  credit(): number {
+    const { credit, maxOutbox } = this.settings
+    const half = maxOutbox / 2
+    if (this.outbox <= half) return credit
+    if (this.outbox >= maxOutbox) return 0
+    return Math.floor((credit * Math.floor((8 * (maxOutbox - this.outbox)) / (maxOutbox - half))) / 8)
+  }
+
+  health(): HealthReport {
+    const stats = this.engine.stats()
+    const report: HealthReport = {
+      status: this.failure === undefined ? 'ok' : 'failed',
+      step: stats.step,
+      lambda: stats.lambda,
+      outbox: this.outbox,
+      pendingRollouts: stats.pendingRollouts,
+      ingest: stats.ingest,
+      pipeline: stats.pipeline,
+      credit: this.credit(),
+      producers: this.producers.size,
+      trainer: this.trainer !== undefined,
+      delivered: this.delivered + (this.trainer?.delivered ?? 0),
+      frameErrors: { ...this.frameErrors },
+      pauses: [...this.producers].reduce((n, p) => n + p.pauses, this.pauses),
+    }
+    if (this.failure !== undefined) report.error = String(this.failure)
+    return report
+  }
+
+  private countError = (code: FrameErrorCode): void => {
+    this.frameErrors[code] = (this.frameErrors[code] ?? 0) + 1
+  }
+
+  private fail = (error: unknown): void => {
+    if (this.failure !== undefined) return
+    this.failure = error
+    this.options.onFailure?.(error)
+  }
+
+  private onRequest(request: IncomingMessage, response: ServerResponse): void {
+    const url = parseUrl(request.url)
+    if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
+    const route = this.routes.get(url.pathname)
+    if (route !== undefined) return route(request, response, url)
+    if (this.endpoints.has(url.pathname)) return sendJson(response, 426, { error: `${url.pathname} is a WebSocket endpoint: connect with a WebSocket client` })
+    sendJson(response, 404, { error: `no such endpoint: ${url.pathname} (try ${[...this.routes.keys()].join(', ')}, or WebSocket ${[...this.endpoints.keys()].join(', ')})` })
+  }
+
+  private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // a client that resets before the handshake must not take the process down
+    socket.on('error', () => socket.destroy())
+    const url = parseUrl(request.url)
+    if (url === undefined) return refuseUpgrade(socket, 400, 'malformed request URL')
+    const endpoint = this.endpoints.get(url.pathname)
+    if (endpoint === undefined) return refuseUpgrade(socket, 404, `no WebSocket endpoint at ${url.pathname} (try ${[...this.endpoints.keys()].join(', ')})`)
+    if (this.closing !== undefined) return refuseUpgrade(socket, 503, 'the server is shutting down')
+    const problem = authorize(request, url, endpoint.role, this.options.tokens ?? {})
+    if (problem !== undefined) return refuseUpgrade(socket, 401, problem)
+    const format: WireFormat = url.searchParams.get('format') === 'json' ? 'json' : 'msgpack'
+    this.wss.handleUpgrade(request, socket, head, (ws) => {
+      this.alive.set(ws, true)
+      ws.on('pong', () => this.alive.set(ws, true))
+      // ws reports protocol errors (oversized or malformed frames) here, then closes with their code
+      ws.on('error', (error: Error & { code?: string }) => this.countError(error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'too-large' : 'protocol'))
+      endpoint.connect(ws, format, url)
+    })
+  }
+
+  private connectProducer(ws: WebSocket, format: WireFormat): void {
+    const producer = new ProducerConnection(ws, format, {
+      engine: this.engine,
+      limits: this.limits,
+      maxRolloutsPerFrame: this.settings.maxRolloutsPerFrame,
+      maxErrorsPerFrame: this.settings.maxErrorsPerFrame,
+      credit: () => this.credit(),
+      countError: this.countError,
+      onEngineFailure: (error) => {
+        this.fail(error)
+        ws.close(1011, 'engine failure')
+      },
+    })
+    this.producers.add(producer)
+    ws.on('close', () => {
+      this.producers.delete(producer)
+      this.pauses += producer.pauses
+    })
+  }
+
+  private connectTrainer(ws: WebSocket, format: WireFormat): void {
+    const previous = this.trainer
+    if (previous !== undefined) previous.ws.close(4001, 'replaced by a newer trainer connection')
+    const trainer = new TrainerConnection(
+      ws,
+      format,
+      {
+        limits: this.limits,
+        highWaterBytes: this.settings.trainerHighWaterBytes,
+        durableStep: () => this.durable,
+        acknowledge: (step, policyVersion) => this.acknowledge(step, policyVersion),
+        countError: this.countError,
+      },
+      this.engine.pendingBatches(),
+    )
+    this.trainer = trainer
+    ws.on('close', () => {
+      this.delivered += trainer.delivered
+      if (this.trainer === trainer) this.trainer = undefined
+    })
+  }
+
+  private acknowledge(step: number, policyVersion: number | undefined): void {
+    const done = this.engine.acknowledge(step, policyVersion).then((known) => {
+      if (known) {
+        this.outbox--
+        this.flowAll()
+      }
+    }, this.fail)
+    this.acks.add(done)
+    done.finally(() => this.acks.delete(done))
+  }
+
+  private onCommitted({ outbox }: CommittedBatch): void {
+    this.durable = outbox.step
+    this.outbox++
+    this.trainer?.enqueue(outbox)
+    this.flowAll()
+  }
+
+  private flowAll(): void {
+    for (const producer of this.producers) producer.flow()
+  }
+
+  private beat(): void {
+    for (const ws of this.wss.clients) {
+      // a producer we stopped reading cannot answer: it is not the one to blame
+      if (this.alive.get(ws) === false && !ws.isPaused) {
+        ws.terminate()
+        continue
+      }
+      this.alive.set(ws, false)
+      ws.ping()
+    }
+  }
+
+  /** Closes every connection (1001), stops listening and waits for pending acknowledgements. The engine stays open. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown()
+    return this.closing
+  }
+
+  private async shutdown(): Promise<void> {
+    if (this.heartbeat !== undefined) clearInterval(this.heartbeat)
+    this.subscription.unsubscribe()
+    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()))
+    for (const ws of this.wss.clients) ws.close(1001, 'server shutting down')
+    // peers that do not complete the closing handshake in time are cut off
+    const cutoff = setTimeout(() => {
+      for (const ws of this.wss.clients) ws.terminate()
+    }, this.settings.closeTimeoutMs)
+    await closed
+    clearTimeout(cutoff)
+    await Promise.all(this.acks)
+  }
+}

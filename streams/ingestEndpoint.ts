@@ -1,0 +1,102 @@
+/**
+ * `/ingest`: one producer connection. Rollout frames go to the durable engine; each
+ * well-formed `rollouts` frame is answered, in order, by one `ack` (the ids now durable on
+ * disk) preceded by one `rejected` frame when some of its items were refused. Credit-based
+ * flow control: the producer is told how many rollouts it may have unanswered; past that
+ * the socket is no longer read until answers free credit.
+ */
+import type { WebSocket } from 'ws'
+import type { DurableEngine, IngestOutcome } from '../src/engine/durableEngine.js'
+import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
+
+/** What a producer connection needs from the server around it. */
+export interface IngestContext {
+  engine: DurableEngine
+  limits: WireLimits
+  maxRolloutsPerFrame: number
+  /** Most `rejected` errors reported for one frame (the rest are counted in `truncated`). */
+  maxErrorsPerFrame: number
+  /** The credit every producer has now (shrinks while the trainer outbox is large). */
+  credit(): number
+  /** Counts an error frame sent, by code. */
+  countError(code: FrameErrorCode): void
+  /** The engine failed: the connection is closed with 1011. */
+  onEngineFailure(error: unknown): void
+}
+
+export class ProducerConnection {
+  /** Rollouts received and not yet answered. */
+  outstanding = 0
+  /** The credit last announced to the producer. */
+  announced = -1
+  /** Times reading was paused because the producer went past its credit. */
+  pauses = 0
+
+  constructor(
+    readonly ws: WebSocket,
+    private readonly format: WireFormat,
+    private readonly context: IngestContext,
+  ) {
+    ws.on('message', (data: Buffer, isBinary) => this.onFrame(data, isBinary))
+    this.flow()
+  }
+
+  private send(frame: object): void {
+    if (this.ws.readyState === this.ws.OPEN) this.ws.send(encodeFrame(frame, this.format))
+  }
+
+  private refuse(code: FrameErrorCode, reason: string): void {
+    this.context.countError(code)
+    this.send(errorFrame(code, reason))
+  }
+
+  private onFrame(data: Buffer, isBinary: boolean): void {
+    const decoded = decodeFrame(data, isBinary, this.context.limits)
+    if (!decoded.ok) return this.refuse(decoded.code, decoded.reason)
+    const frame = decoded.frame
+    if (frame.type !== 'rollouts') return this.refuse('unknown-type', `unknown frame type ${JSON.stringify(frame.type.slice(0, 40))} on /ingest (expected "rollouts")`)
+    const items = frame.rollouts
+    if (!Array.isArray(items)) return this.refuse('bad-frame', `rollouts: must be an array of rollouts, got ${describeValue(items)}`)
+    if (items.length > this.context.maxRolloutsPerFrame) {
+      return this.refuse('too-many-rollouts', `rollouts: ${items.length} items in one frame, at most ${this.context.maxRolloutsPerFrame} are accepted (split the frame)`)
+    }
+    this.ingest(items)
+  }
+
+  private ingest(items: unknown[]): void {
+    this.outstanding += items.length
+    this.flow()
+    // a synchronous throw (a closed store) becomes a rejection like any other failure
+    new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items))).then(
+      (outcome) => {
+        if (outcome.rejected.length > 0) {
+          const max = this.context.maxErrorsPerFrame
+          const errors = outcome.rejected.length > max ? outcome.rejected.slice(0, max) : outcome.rejected
+          this.send(outcome.rejected.length > max ? { type: 'rejected', errors, truncated: outcome.rejected.length - max } : { type: 'rejected', errors })
+        }
+        this.send({ type: 'ack', ids: outcome.acked })
+        this.outstanding -= items.length
+        this.flow()
+      },
+      (error: unknown) => {
+        this.refuse('engine', `the engine could not log this frame: ${String(error)}`)
+        this.context.onEngineFailure(error)
+      },
+    )
+  }
+
+  /** Announces a changed credit and pauses or resumes reading the socket. */
+  flow(): void {
+    const credit = this.context.credit()
+    if (credit !== this.announced) {
+      this.announced = credit
+      this.send({ type: 'credit', credit })
+    }
+    if (this.outstanding > credit) {
+      if (!this.ws.isPaused) {
+        this.pauses++
+        this.ws.pause()
+      }
+    } else if (this.ws.isPaused) this.ws.resume()
+  }
+}

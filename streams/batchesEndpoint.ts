@@ -7,7 +7,8 @@
  * step.
  */
 import type { WebSocket } from 'ws'
-import type { OutboxBatch } from '../src/store/engineStore.js'
+import { wireUnpackr } from '../src/codec.js'
+import type { Delivery } from '../src/store/engineStore.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What the trainer connection needs from the server around it. */
@@ -25,7 +26,7 @@ export interface BatchesContext {
 const isCount = (value: unknown, min: number): value is number => Number.isSafeInteger(value) && (value as number) >= min
 
 export class TrainerConnection {
-  private readonly queue: OutboxBatch[]
+  private readonly queue: Delivery[]
   /** The last step queued for this connection; newer commits are queued after it. */
   private lastQueued: number
   delivered = 0
@@ -35,7 +36,7 @@ export class TrainerConnection {
     readonly ws: WebSocket,
     private readonly format: WireFormat,
     private readonly context: BatchesContext,
-    pending: OutboxBatch[],
+    pending: Delivery[],
   ) {
     const durable = context.durableStep()
     this.queue = pending.filter((batch) => batch.step <= durable)
@@ -45,7 +46,7 @@ export class TrainerConnection {
   }
 
   /** A newly durable batch. */
-  enqueue(batch: OutboxBatch): void {
+  enqueue(batch: Delivery): void {
     if (batch.step <= this.lastQueued) return
     this.lastQueued = batch.step
     this.queue.push(batch)
@@ -56,8 +57,10 @@ export class TrainerConnection {
     while (this.queue.length > 0 && this.ws.readyState === this.ws.OPEN && this.ws.bufferedAmount < this.context.highWaterBytes) {
       const batch = this.queue.shift()!
       this.delivered++
+      // stored as MessagePack: sent as it is, or re-encoded for a JSON trainer
+      const frame = this.format === 'msgpack' ? batch.bytes : encodeFrame(wireUnpackr.unpack(batch.bytes) as object, 'json')
       // the callback fires once the frame is handed to the socket: room for the next ones
-      this.ws.send(encodeFrame(batch, this.format), () => this.pump())
+      this.ws.send(frame, () => this.pump())
     }
   }
 

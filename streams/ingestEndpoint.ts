@@ -60,14 +60,14 @@ export class ProducerConnection {
     if (items.length > this.context.maxRolloutsPerFrame) {
       return this.refuse('too-many-rollouts', `rollouts: ${items.length} items in one frame, at most ${this.context.maxRolloutsPerFrame} are accepted (split the frame)`)
     }
-    this.ingest(items)
+    this.ingest(items, data, isBinary)
   }
 
-  private ingest(items: unknown[]): void {
+  private ingest(items: unknown[], data: Buffer, isBinary: boolean): void {
     this.outstanding += items.length
     this.flow()
     // a synchronous throw (a closed store) becomes a rejection like any other failure
-    new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items))).then(
+    new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items, { bytes: data, format: isBinary ? 'msgpack' : 'json' }))).then(
       (outcome) => {
         if (outcome.rejected.length > 0) {
           const max = this.context.maxErrorsPerFrame

@@ -7,8 +7,10 @@
  * reason, never in an exception.
  */
 import { isUtf8 } from 'node:buffer'
-import { Packr, Unpackr } from 'msgpackr'
 import { describe } from '../src/math/columns.js'
+import { wirePackr as packr, wireUnpackr as unpackr, type WireFormat } from '../src/codec.js'
+
+export type { WireFormat }
 
 /** Why a frame was refused as a whole (the `code` of an error frame). */
 export type FrameErrorCode = 'too-large' | 'decode' | 'bad-frame' | 'unknown-type' | 'too-many-rollouts' | 'bad-ack' | 'engine' | 'protocol'
@@ -27,12 +29,6 @@ export type Frame = Record<string, unknown> & { type: string }
 
 export type Decoded = { ok: true; frame: Frame } | { ok: false; code: FrameErrorCode; reason: string }
 
-/** How a connection wants its outgoing frames. */
-export type WireFormat = 'msgpack' | 'json'
-
-const packr = new Packr({ useRecords: false })
-// 64-bit integers become numbers (never BigInt, which JSON and most consumers cannot take)
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' })
 
 /** MessagePack timestamp: the one extension type accepted (msgpackr encodes a Date with it). */
 const TIMESTAMP_EXT = -1

@@ -13,7 +13,7 @@ import { dirname, extname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Packr } from 'msgpackr'
 import { DurableEngine } from '../engine/durableEngine.js'
-import { EngineStore, type LogRecord } from '../store/engineStore.js'
+import { EngineStore } from '../store/engineStore.js'
 import type { Rollout } from '../types.js'
 import { EngineServer } from '../../streams/engineServer.js'
 import { decodeFrame } from '../../streams/wire.js'
@@ -81,7 +81,11 @@ async function durableRun(rollouts: number, frame: number): Promise<ClientReport
   }
 }
 
-/** The floor: decode the same frames and append them to an LMDB log with flush, as the engine does, pipelined. */
+/**
+ * The floor: what ingest cannot avoid — decode the same frames (with the wire's checks) and
+ * log them as the engine does (the frame's bytes, one id-index entry per rollout, flush),
+ * pipelined; no validation, no pipeline, no network.
+ */
 async function floorRun(frames: Buffer[]): Promise<number> {
   const dataDir = mkdtempSync(join(tmpdir(), 'dualstream-bench-floor-'))
   const store = EngineStore.open(dataDir)
@@ -90,8 +94,14 @@ async function floorRun(frames: Buffer[]): Promise<number> {
     const writes: Promise<void>[] = []
     for (const data of frames) {
       const items = (decodeFrame(data, true) as { frame: unknown } as { frame: { rollouts: Rollout[] } }).frame.rollouts
-      const records: LogRecord[] = items.map((rollout) => ({ kind: 'rollout', seq: (rollout.seq = seq++), rollout }))
-      writes.push(store.append(records, { ingested: seq, rejected: {}, duplicate: 0 }))
+      writes.push(
+        store.transact((tx) => {
+          for (const rollout of items) tx.claim(rollout.id)
+          tx.append({ kind: 'frame', seq: tx.nextSeq, count: items.length, ts: 0, format: 'msgpack', bytes: data })
+          seq += items.length
+          return { ingested: seq, rejected: {}, duplicate: 0 }
+        }),
+      )
     }
     await Promise.all(writes)
     return seq

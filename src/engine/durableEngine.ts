@@ -9,10 +9,13 @@ import type { Config } from '../config.js'
 import { initialDualState, lambdasOf } from '../math/dual.js'
 import type { DropEvent, Rollout, ScoredBatch } from '../types.js'
 import { DEFAULT_LIMITS, validateRollout, type ValidationLimits } from '../validate.js'
+import { wireUnpackr, type WireFormat } from '../codec.js'
 import {
   EngineStore,
   emptyPipelineCounters,
+  type Delivery,
   type EngineMeta,
+  type FrameEntry,
   type IngestCounters,
   type LogRecord,
   type OutboxBatch,
@@ -20,6 +23,7 @@ import {
 } from '../store/engineStore.js'
 import { batchSummary, constraintsRecord } from './batchRecord.js'
 import { EnginePipeline } from './pipeline.js'
+import { encodeBatchForTrainer } from './outboxEncoder.js'
 
 /** One refused item of an ingest frame. */
 export interface RejectedItem {
@@ -39,9 +43,18 @@ export interface IngestOutcome {
 /** What the engine tells its observers after each batch is durable. */
 export interface CommittedBatch {
   batch: ScoredBatch
-  outbox: OutboxBatch
+  /** The trainer's view of the batch (built on access). */
+  readonly outbox: OutboxBatch
+  /** The outbox batch as MessagePack bytes, as stored and as sent to trainers. */
+  delivery: Delivery
   /** Milliseconds from the newest rollout's ingest to the batch being durable. */
   latencyMs: number
+}
+
+/** The bytes of an ingest frame as it arrived, whose `rollouts` are the items: logged as they are. */
+export interface RawFrame {
+  bytes: Uint8Array
+  format: WireFormat
 }
 
 export interface EngineStats {
@@ -82,15 +95,14 @@ export class DurableEngine {
   private ingestCounters: IngestCounters
   private pipelineCounters: PipelineCounters
   private dualState: EngineMeta['dualState']
-  private nextSeq: number
   private lastTs: number
-  // ids accepted but not yet durable, so a duplicate arriving meanwhile is caught
-  private readonly inflightIds = new Set<string>()
   // keeps feeding and commits in seq order whatever order the writes resolve in
   private feedChain: Promise<void> = Promise.resolve()
   private commitChain: Promise<void> = Promise.resolve()
-  private outboxSize: number
-  private readonly acknowledging = new Set<number>()
+  // unacknowledged steps that are durable (what a trainer may acknowledge)
+  private readonly outboxSteps: Set<number>
+  // consumption records still stored, to prune once the low-water mark passes them
+  private consumption: { step: number; maxSeq: number }[]
   private failure: unknown
   private watermarkTimer: NodeJS.Timeout | undefined
   private closed = false
@@ -106,9 +118,10 @@ export class DurableEngine {
     this.dualState = meta?.dualState ?? initialDualState(config.constraints)
     this.pipelineCounters = meta?.pipeline ?? emptyPipelineCounters()
     this.ingestCounters = store.ingestCounters()
-    this.nextSeq = store.nextSeq()
     this.lastTs = store.lastTs()
-    this.outboxSize = store.outbox.getCount()
+    this.outboxSteps = new Set(store.outbox.getKeys())
+    const consumption = store.consumption()
+    this.consumption = consumption.map(({ step, maxSeq }) => ({ step, maxSeq }))
     const lowWater = meta?.lowWater ?? 0
     this.pipeline = new EnginePipeline(config, {
       initialState: this.dualState,
@@ -125,7 +138,7 @@ export class DurableEngine {
       onError: (error) => this.fail(error),
     })
     // restart: everything not consumed by a committed batch goes through the pipeline again
-    const consumed = store.consumedSeqs()
+    const consumed = new Set(consumption.flatMap((c) => c.seqs))
     for (const record of store.records(lowWater)) {
       if (record.kind === 'rollout' && consumed.has(record.seq)) continue
       this.pipeline.feed(record)
@@ -159,80 +172,129 @@ export class DurableEngine {
    * Validates a frame of rollouts, logs the new ones durably and resolves once they are on
    * disk (only then may the producer be acknowledged). Invalid items are rejected one by
    * one; the valid items of the same frame are still accepted. Duplicate ids are
-   * acknowledged and counted, not logged again.
+   * acknowledged and counted, not logged again. With `raw` (the frame's bytes, whose
+   * `rollouts` are `items`, e.g. straight from the wire), the log keeps those bytes instead
+   * of encoding the rollouts again; the items are then owned by the engine.
    */
-  ingest(items: readonly unknown[]): Promise<IngestOutcome> {
+  ingest(items: readonly unknown[], raw?: RawFrame): Promise<IngestOutcome> {
     if (this.closed) return Promise.reject(new Error('the engine is closed'))
     if (this.failure !== undefined) return Promise.reject(this.failure)
     const rejected: RejectedItem[] = []
     const acked: string[] = []
-    const records: LogRecord[] = []
+    const valid: Rollout[] = []
+    const validIndex: number[] = []
+    for (let index = 0; index < items.length; index++) {
+      const result = validateRollout(items[index], this.limits, raw !== undefined)
+      if (result.ok) {
+        acked.push(result.rollout.id)
+        valid.push(result.rollout)
+        validIndex.push(index)
+        continue
+      }
+      for (const error of result.errors) rejected.push({ index, ...error })
+      const reason = rejectionReason(result.errors[0].field)
+      this.ingestCounters.rejected[reason] = (this.ingestCounters.rejected[reason] ?? 0) + 1
+    }
+    const ts = valid.length > 0 ? this.stamp() : this.lastTs
+    const accepted: Rollout[] = []
     let duplicates = 0
-    const ts = items.length > 0 ? this.stamp() : this.lastTs
-    items.forEach((item, index) => {
-      const result = validateRollout(item, this.limits)
-      if (!result.ok) {
-        for (const error of result.errors) rejected.push({ index, ...error })
-        const reason = rejectionReason(result.errors[0].field)
-        this.ingestCounters.rejected[reason] = (this.ingestCounters.rejected[reason] ?? 0) + 1
-        return
+    // dedup and seqs happen in the write transaction, which runs in call order
+    const durable = this.store.transact((tx) => {
+      const first = tx.nextSeq
+      const indices: number[] = []
+      for (let k = 0; k < valid.length; k++) {
+        const rollout = valid[k]
+        if (!tx.claim(rollout.id)) {
+          duplicates++
+          continue
+        }
+        rollout.seq = first + accepted.length
+        rollout.ts = ts
+        accepted.push(rollout)
+        indices.push(validIndex[k])
       }
-      const rollout = result.rollout
-      if (this.inflightIds.has(rollout.id) || this.store.hasId(rollout.id)) {
-        duplicates++
-        acked.push(rollout.id)
-        return
+      if (accepted.length > 0) {
+        if (raw === undefined) tx.append(accepted.map((rollout) => ({ kind: 'rollout', seq: rollout.seq!, rollout })))
+        else {
+          const entry: FrameEntry = { kind: 'frame', seq: first, count: accepted.length, ts, format: raw.format, bytes: raw.bytes }
+          if (indices.length < items.length) entry.accepted = new Uint8Array(Uint32Array.from(indices).buffer)
+          tx.append(entry)
+        }
       }
-      const seq = this.nextSeq++
-      rollout.seq = seq
-      rollout.ts = ts
-      this.inflightIds.add(rollout.id)
-      records.push({ kind: 'rollout', seq, rollout })
-      acked.push(rollout.id)
+      this.ingestCounters.duplicate += duplicates
+      this.ingestCounters.ingested += accepted.length
+      return structuredClone(this.ingestCounters)
     })
-    this.ingestCounters.duplicate += duplicates
-    this.ingestCounters.ingested += records.length
-    const counters = structuredClone(this.ingestCounters)
-    const durable = records.length > 0 ? this.store.append(records, counters) : this.store.saveIngestCounters(counters)
-    const fed = this.feedInOrder(durable, records)
-    return fed.then(() => ({ acked, rejected, duplicates }))
+    return this.feedInOrder(durable, () => accepted).then(() => ({ acked, rejected, duplicates }))
   }
 
-  /** Feeds records once durable, strictly in seq order. */
-  private feedInOrder(durable: Promise<void>, records: LogRecord[]): Promise<void> {
+  /** Feeds rollouts (or one other record) once durable, strictly in seq order. */
+  private feedInOrder(durable: Promise<void>, items: () => Rollout[] | LogRecord): Promise<void> {
     const fed = this.feedChain.then(() => durable).then(() => {
-      for (const record of records) {
-        if (record.kind === 'rollout') this.inflightIds.delete(record.rollout.id)
-        this.pipeline.feed(record)
-      }
+      const fed = items()
+      if (!Array.isArray(fed)) return this.pipeline.feed(fed)
+      for (const rollout of fed) this.pipeline.feedRollout(rollout)
     })
     // a failed write fails this frame only; the chain goes on for the next
     this.feedChain = fed.catch(() => {})
     return fed
   }
 
+  /** Logs one watermark or policy record; resolves once it is durable and fed. */
+  private appendRecord(make: (seq: number) => LogRecord): Promise<void> {
+    let record: LogRecord | undefined
+    const durable = this.store.transact((tx) => {
+      record = make(tx.nextSeq)
+      tx.append([record])
+      return structuredClone(this.ingestCounters)
+    })
+    return this.feedInOrder(durable, () => record!)
+  }
+
   private commit(batch: ScoredBatch, consumedSeqs: number[]): void {
     this.dualState = batch.dualState
     this.pipelineCounters.batches++
     this.pipelineCounters.rolloutsInBatches += batch.rolloutCount
-    const outbox = toOutbox(batch)
-    const summary = batchSummary(batch)
+    const delivery: Delivery = { step: batch.step, bytes: encodeBatchForTrainer(batch) }
     let newestTs = 0
-    for (const group of batch.groups) for (const rollout of group.rollouts) newestTs = Math.max(newestTs, rollout.ts ?? 0)
-    const meta: EngineMeta = { dualState: batch.dualState, pipeline: { ...this.pipelineCounters }, lowWater: this.pipeline.lowWater() }
-    const written = this.store.commitBatch({ step: batch.step, outbox, summary: { ...summary, ts: this.now() }, consumedSeqs, meta })
-    this.outboxSize++
+    for (const group of batch.groups) for (const rollout of group.rollouts) if (rollout.ts! > newestTs) newestTs = rollout.ts!
+    const lowWater = this.pipeline.lowWater()
+    const meta: EngineMeta = { dualState: batch.dualState, pipeline: { ...this.pipelineCounters }, lowWater }
+    // consumption records wholly below the low-water mark are implied by it from now on
+    const prune: number[] = []
+    this.consumption = this.consumption.filter((c) => (c.maxSeq < lowWater ? (prune.push(c.step), false) : true))
+    let maxSeq = -1
+    for (const seq of consumedSeqs) if (seq > maxSeq) maxSeq = seq
+    if (maxSeq >= lowWater) this.consumption.push({ step: batch.step, maxSeq })
+    else prune.push(batch.step)
+    const written = this.store.commitBatch({ delivery, summary: { ...batchSummary(batch), ts: this.now() }, consumedSeqs, meta, prune })
     this.commitChain = this.commitChain
       .then(() => written)
       .then(
-        () => this.committed.next({ batch, outbox, latencyMs: this.now() - newestTs }),
+        () => {
+          this.outboxSteps.add(batch.step)
+          this.committed.next({
+            batch,
+            delivery,
+            latencyMs: this.now() - newestTs,
+            get outbox() {
+              return toOutbox(batch)
+            },
+          })
+        },
         (error: unknown) => this.fail(error),
       )
   }
 
-  /** Unacknowledged batches in step order, for (re)delivery to a trainer. */
+  /** Unacknowledged batches in step order, decoded. */
   pendingBatches(): OutboxBatch[] {
-    return this.store.pendingBatches()
+    return this.pendingDeliveries().map((d) => wireUnpackr.unpack(d.bytes) as OutboxBatch)
+  }
+
+  /** Unacknowledged batches in step order, as the bytes to send, for (re)delivery to a trainer. */
+  pendingDeliveries(): Delivery[] {
+    // an acknowledged removal may not be on disk yet
+    return this.store.pendingDeliveries().filter((d) => this.outboxSteps.has(d.step))
   }
 
   /**
@@ -241,20 +303,12 @@ export class DurableEngine {
    * step that was not pending.
    */
   async acknowledge(step: number, policyVersion?: number): Promise<boolean> {
-    // the same step acknowledged again before the first removal is on disk counts once
-    let known = false
-    if (!this.acknowledging.has(step)) {
-      this.acknowledging.add(step)
-      try {
-        known = await this.store.acknowledge(step)
-      } finally {
-        this.acknowledging.delete(step)
-      }
-    }
-    if (known) this.outboxSize--
+    // the same step acknowledged twice counts once
+    const known = this.outboxSteps.delete(step)
+    if (known) this.store.acknowledge(step)
     if (policyVersion !== undefined) {
-      const record: LogRecord = { kind: 'policy', seq: this.nextSeq++, ts: this.stamp(), version: policyVersion }
-      await this.feedInOrder(this.store.append([record], structuredClone(this.ingestCounters)), [record])
+      const ts = this.stamp()
+      await this.appendRecord((seq) => ({ kind: 'policy', seq, ts, version: policyVersion }))
     }
     return known
   }
@@ -262,8 +316,8 @@ export class DurableEngine {
   /** Logs a watermark when rollouts are waiting on a timeout and time has moved. */
   private tick(): void {
     if (this.pipeline.pendingRollouts === 0 || this.now() <= this.lastTs) return
-    const record: LogRecord = { kind: 'watermark', seq: this.nextSeq++, ts: this.stamp() }
-    this.feedInOrder(this.store.append([record], structuredClone(this.ingestCounters)), [record]).catch((error: unknown) => this.fail(error))
+    const ts = this.stamp()
+    this.appendRecord((seq) => ({ kind: 'watermark', seq, ts })).catch((error: unknown) => this.fail(error))
   }
 
   /** Resolves once every batch emitted so far is durable and announced. */
@@ -279,8 +333,8 @@ export class DurableEngine {
       ingest: structuredClone(this.ingestCounters),
       pipeline: { ...this.pipelineCounters },
       pendingRollouts: this.pipeline.pendingRollouts,
-      outbox: this.outboxSize,
-      nextSeq: this.nextSeq,
+      outbox: this.outboxSteps.size,
+      nextSeq: this.store.nextSeq,
     }
   }
 

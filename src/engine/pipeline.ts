@@ -7,6 +7,7 @@ import type { Config } from '../config.js'
 import type { DropEvent, DualState, Rollout, ScoredBatch } from '../types.js'
 import type { LogRecord } from '../store/engineStore.js'
 import { fgrpo } from '../../operators/fgrpo.js'
+import { SeqWindow } from './seqWindow.js'
 
 export interface EnginePipelineOptions<P> {
   /** Dual state to resume from. */
@@ -29,8 +30,8 @@ export class EnginePipeline<P = unknown> {
   private readonly watermarks = new Subject<number>()
   private readonly policyVersions = new Subject<number>()
   private readonly subscription: Subscription
-  // seqs of fed rollouts not yet in a batch nor dropped, in seq order (Map keeps insertion order)
-  private readonly inside = new Map<number, true>()
+  // seqs of fed rollouts not yet in a batch nor dropped
+  private readonly inside = new SeqWindow()
   // seqs that left the pipeline since the last batch
   private departed: number[] = []
   private lastFed = -1
@@ -63,8 +64,15 @@ export class EnginePipeline<P = unknown> {
   }
 
   private depart(seq: number): void {
-    this.inside.delete(seq)
+    this.inside.remove(seq)
     this.departed.push(seq)
+  }
+
+  /** Feeds one rollout (stamped with `seq` and `ts`); seqs must increase. */
+  feedRollout(rollout: Rollout<P>): void {
+    this.lastFed = rollout.seq!
+    this.inside.add(rollout.seq!)
+    this.rollouts.next(rollout)
   }
 
   /** Feeds one record; records must come in increasing seq order. */
@@ -72,8 +80,7 @@ export class EnginePipeline<P = unknown> {
     this.lastFed = record.seq
     switch (record.kind) {
       case 'rollout':
-        this.inside.set(record.seq, true)
-        this.rollouts.next(record.rollout as Rollout<P>)
+        this.feedRollout(record.rollout as Rollout<P>)
         break
       case 'watermark':
         this.watermarks.next(record.ts)
@@ -86,8 +93,7 @@ export class EnginePipeline<P = unknown> {
 
   /** Smallest seq a restart must read the log from to rebuild the pipeline's contents. */
   lowWater(): number {
-    for (const seq of this.inside.keys()) return seq
-    return this.lastFed + 1
+    return this.inside.lowest(this.lastFed + 1)
   }
 
   /** Rollouts inside the pipeline (pending groups and the batch being filled). */
@@ -102,6 +108,5 @@ export class EnginePipeline<P = unknown> {
 
   close(): void {
     this.subscription.unsubscribe()
-    this.inside.clear()
   }
 }

@@ -1,13 +1,17 @@
 /**
  * The engine's durable state in LMDB (DESIGN §5). One environment, several named databases:
  *
- * - `log`      frame key (seq of its first record) → LogRecord[]: every accepted rollout,
- *              watermark and policy version, in seq order; never rewritten, so it can be
- *              replayed under another config.
- * - `ids`      rollout id → seq: the dedup index ("counted at most once, ever").
+ * - `log`      key = seq of the entry's first record → a `LogEntry`: either the records
+ *              themselves (watermarks, policy versions, rollouts given as objects) or an
+ *              ingest frame as it arrived on the wire — its bytes, the indices of the items
+ *              accepted and the seq of the first — so ingest never re-encodes rollouts. Seq
+ *              order; never rewritten, so the log can be replayed under another config.
+ * - `ids`      rollout id → (nothing): the dedup index ("counted at most once, ever"); an id
+ *              is claimed and checked in one B-tree operation (put with noOverwrite).
  * - `consumed` step → { seqs, maxSeq }: the rollouts a committed batch consumed or the
  *              pipeline dropped since the previous batch; pruned once below the low-water mark.
- * - `outbox`   step → the advantage batch for the trainer, until acknowledged.
+ * - `outbox`   step → the advantage batch for the trainer, as the MessagePack bytes that are
+ *              sent, until acknowledged.
  * - `steps`    step → summary of the batch (λ before/after, measurements), kept for history.
  * - `policies` seq → policy version: the policy records of the log, to find the version in
  *              effect at any seq without scanning the log.
@@ -17,13 +21,43 @@
  * after `flushed` (data on disk).
  */
 import { open, type Database, type RootDatabase } from 'lmdb'
+import { decodeValue, type WireFormat } from '../codec.js'
 import type { DualState, Rollout } from '../types.js'
+import { formatFieldError, validateRollout } from '../validate.js'
 
-/** One entry of the ingest log. */
+/** One record of the ingest log. */
 export type LogRecord =
   | { kind: 'rollout'; seq: number; rollout: Rollout }
   | { kind: 'watermark'; seq: number; ts: number }
   | { kind: 'policy'; seq: number; ts: number; version: number }
+
+/** An ingest frame logged as it arrived: `count` accepted items get seqs `seq … seq + count − 1`. */
+export interface FrameEntry {
+  kind: 'frame'
+  seq: number
+  count: number
+  ts: number
+  format: WireFormat
+  /** The frame's bytes: a map whose `rollouts` array holds the items. */
+  bytes: Uint8Array
+  /** Indices (uint32, little-endian) of the accepted items; absent when all were accepted. */
+  accepted?: Uint8Array
+}
+
+export type LogEntry = LogRecord[] | FrameEntry
+
+/** What an ingest transaction can do; it runs in log order, so seqs are assigned here. */
+export interface IngestTransaction {
+  /** The seq the next appended record gets. */
+  readonly nextSeq: number
+  /** Claims a rollout id in the dedup index: false when it was already there (a duplicate). */
+  claim(id: string): boolean
+  /** Appends an entry whose first seq is `nextSeq`. */
+  append(entry: LogEntry): void
+}
+
+const EMPTY = new Uint8Array(0)
+const NO_OVERWRITE = { noOverwrite: true }
 
 /** Counters that survive restarts. */
 export interface IngestCounters {
@@ -61,38 +95,86 @@ export interface OutboxBatch {
   rollouts: { id: string; promptId: string; advantage: number; payload?: unknown }[]
 }
 
+/** A batch ready to send: its step and its MessagePack bytes (what is stored in the outbox). */
+export interface Delivery {
+  step: number
+  bytes: Uint8Array
+}
+
 /** Everything committed atomically with one batch. */
 export interface BatchCommit {
-  step: number
-  outbox: OutboxBatch
+  delivery: Delivery
   summary: unknown
   /** Seqs consumed by this batch and dropped since the previous one. */
   consumedSeqs: number[]
   meta: EngineMeta
+  /** Steps whose consumption records are now implied by the low-water mark. */
+  prune: number[]
 }
 
 export const emptyIngestCounters = (): IngestCounters => ({ ingested: 0, rejected: {}, duplicate: 0 })
 export const emptyPipelineCounters = (): PipelineCounters => ({ batches: 0, rolloutsInBatches: 0, stale: 0, incompleteGroups: 0, incompleteGroupRollouts: 0 })
 
+/** Items of a logged frame: it decoded to a map with a `rollouts` array at ingest, so it does again. */
+function frameItems(entry: FrameEntry): unknown[] {
+  return (decodeValue(entry.bytes, entry.format) as { rollouts: unknown[] }).rollouts
+}
+
+// logged items were accepted under the limits of their day: only their shape matters now
+const NO_LIMITS = { maxIdLength: Infinity, maxChannels: Infinity }
+
+/** Expands a log entry into its records, in seq order. */
+export function entryRecords(entry: LogEntry): LogRecord[] {
+  if (Array.isArray(entry)) return entry
+  const items = frameItems(entry)
+  const accepted = entry.accepted === undefined ? undefined : new Uint32Array(entry.accepted.buffer.slice(entry.accepted.byteOffset, entry.accepted.byteOffset + entry.accepted.byteLength))
+  const records: LogRecord[] = new Array(entry.count)
+  for (let k = 0; k < entry.count; k++) {
+    const index = accepted === undefined ? k : accepted[k]
+    const result = validateRollout(items[index], NO_LIMITS, true)
+    if (!result.ok) throw new Error(`log entry at seq ${entry.seq}: item ${index} no longer reads as a rollout: ${result.errors.map(formatFieldError).join('; ')}`)
+    const rollout = result.rollout
+    rollout.seq = entry.seq + k
+    rollout.ts = entry.ts
+    records[k] = { kind: 'rollout', seq: rollout.seq, rollout }
+  }
+  return records
+}
+
+/** Seq of the last record of an entry, and its event time. */
+function lastOf(entry: LogEntry): { seq: number; ts: number } {
+  if (!Array.isArray(entry)) return { seq: entry.seq + entry.count - 1, ts: entry.ts }
+  const last = entry[entry.length - 1]
+  return { seq: last.seq, ts: last.kind === 'rollout' ? (last.rollout.ts ?? 0) : last.ts }
+}
+
 export class EngineStore {
   readonly env: RootDatabase
-  readonly log: Database<LogRecord[], number>
-  readonly ids: Database<number, string>
+  readonly log: Database<LogEntry, number>
+  readonly ids: Database<Uint8Array, string>
   readonly consumed: Database<{ seqs: number[]; maxSeq: number }, number>
-  readonly outbox: Database<OutboxBatch, number>
+  readonly outbox: Database<Uint8Array, number>
   readonly steps: Database<unknown, number>
   readonly meta: Database<unknown, string>
   readonly policies: Database<number, number>
 
-  private constructor(readonly path: string, readOnly: boolean) {
+  // the seq the next appended record gets (advanced inside transactions, in log order)
+  private next = 0
+
+  private constructor(
+    readonly path: string,
+    readOnly: boolean,
+  ) {
     this.env = open({ path, maxDbs: 8, readOnly })
-    this.log = this.env.openDB<LogRecord[], number>({ name: 'log' })
-    this.ids = this.env.openDB<number, string>({ name: 'ids' })
+    this.log = this.env.openDB<LogEntry, number>({ name: 'log' })
+    this.ids = this.env.openDB<Uint8Array, string>({ name: 'ids', encoding: 'binary' })
     this.consumed = this.env.openDB<{ seqs: number[]; maxSeq: number }, number>({ name: 'consumed' })
-    this.outbox = this.env.openDB<OutboxBatch, number>({ name: 'outbox' })
+    // stored as sent: the bytes go to the trainer without being encoded again
+    this.outbox = this.env.openDB<Uint8Array, number>({ name: 'outbox', encoding: 'binary' })
     this.steps = this.env.openDB<unknown, number>({ name: 'steps' })
     this.meta = this.env.openDB<unknown, string>({ name: 'meta' })
     this.policies = this.env.openDB<number, number>({ name: 'policies' })
+    for (const { value } of this.log.getRange({ reverse: true, limit: 1 })) this.next = lastOf(value).seq + 1
   }
 
   /** Opens (creating if needed) the store in a directory. */
@@ -100,30 +182,24 @@ export class EngineStore {
     return new EngineStore(path, options.readOnly ?? false)
   }
 
-  /** The seq the next record gets: one past the last logged record. */
-  nextSeq(): number {
-    for (const { value } of this.log.getRange({ reverse: true, limit: 1 })) {
-      return value[value.length - 1].seq + 1
-    }
-    return 0
+  /** The seq the next record gets: one past the last record logged or being logged. */
+  get nextSeq(): number {
+    return this.next
   }
 
   /** Event time of the last logged record (0 for an empty log). */
   lastTs(): number {
-    for (const { value } of this.log.getRange({ reverse: true, limit: 1 })) {
-      const last = value[value.length - 1]
-      return last.kind === 'rollout' ? (last.rollout.ts ?? 0) : last.ts
-    }
+    for (const { value } of this.log.getRange({ reverse: true, limit: 1 })) return lastOf(value).ts
     return 0
   }
 
   /** Every logged record with seq >= `from`, in order. */
   *records(from = 0): Generator<LogRecord> {
-    // the frame holding `from` may start before it: begin at the last frame key <= from
+    // the entry holding `from` may start before it: begin at the last entry key <= from
     let start = from
     for (const key of this.log.getKeys({ start: from, reverse: true, limit: 1 })) start = key
     for (const { value } of this.log.getRange({ start })) {
-      for (const record of value) if (record.seq >= from) yield record
+      for (const record of entryRecords(value)) if (record.seq >= from) yield record
     }
   }
 
@@ -133,60 +209,68 @@ export class EngineStore {
     return undefined
   }
 
-  /** Appends records (and their ids to the dedup index) in one transaction; resolves once on disk. */
-  async append(records: LogRecord[], ingest: IngestCounters): Promise<void> {
-    if (records.length === 0) return
+  /**
+   * Runs `work` in the next write transaction, in call order: it claims ids, appends log
+   * entries (seqs are assigned here, so the log order is the order of these calls) and
+   * returns the ingest counters to save with them. Resolves once all of it is on disk.
+   */
+  async transact(work: (tx: IngestTransaction) => IngestCounters): Promise<void> {
     await this.env.transaction(() => {
-      this.log.put(records[0].seq, records)
-      for (const record of records) {
-        if (record.kind === 'rollout') this.ids.put(record.rollout.id, record.seq)
-        else if (record.kind === 'policy') this.policies.put(record.seq, record.version)
-      }
-      this.meta.put('ingest', ingest)
+      const store = this
+      const counters = work({
+        get nextSeq() {
+          return store.next
+        },
+        // inside a write transaction putSync returns whether it wrote (lmdb-js types it void)
+        claim: (id) => (this.ids.putSync(id, EMPTY, NO_OVERWRITE) as unknown as boolean) === true,
+        append: (entry) => {
+          const first = Array.isArray(entry) ? entry[0].seq : entry.seq
+          if (first !== this.next) throw new Error(`log entry at seq ${first}, the next seq is ${this.next}`)
+          this.log.put(first, entry)
+          if (Array.isArray(entry)) for (const record of entry) if (record.kind === 'policy') this.policies.put(record.seq, record.version)
+          this.next = lastOf(entry).seq + 1
+        },
+      })
+      this.meta.put('ingest', counters)
     })
     await this.env.flushed
   }
 
-  /** Persists ingest counters alone (a frame of nothing but duplicates or rejections). */
-  async saveIngestCounters(ingest: IngestCounters): Promise<void> {
-    await this.meta.put('ingest', ingest)
-    await this.env.flushed
-  }
-
-  /** Whether a rollout id is already in the log. */
+  /** Whether a rollout id is in the dedup index. */
   hasId(id: string): boolean {
     return this.ids.doesExist(id)
   }
 
   /** Commits a batch in one transaction: state, summary, consumption, outbox; resolves once on disk. */
   async commitBatch(commit: BatchCommit): Promise<void> {
+    const step = commit.delivery.step
+    let maxSeq = -1
+    for (const seq of commit.consumedSeqs) if (seq > maxSeq) maxSeq = seq
     await this.env.transaction(() => {
       this.meta.put('engine', commit.meta)
-      this.steps.put(commit.step, commit.summary)
-      this.outbox.put(commit.step, commit.outbox)
-      this.consumed.put(commit.step, { seqs: commit.consumedSeqs, maxSeq: commit.consumedSeqs.reduce((a, b) => Math.max(a, b), -1) })
-      // consumption below the low-water mark is implied by it: prune it
-      for (const { key, value } of this.consumed.getRange({})) {
-        if (key === commit.step || value.maxSeq >= commit.meta.lowWater) continue
-        this.consumed.remove(key)
-      }
+      this.steps.put(step, commit.summary)
+      this.outbox.put(step, commit.delivery.bytes)
+      this.consumed.put(step, { seqs: commit.consumedSeqs, maxSeq })
+      // consumption below the low-water mark is implied by it
+      for (const old of commit.prune) this.consumed.remove(old)
     })
     await this.env.flushed
   }
 
-  /** Removes an acknowledged batch from the outbox. */
-  async acknowledge(step: number): Promise<boolean> {
-    const existed = this.outbox.doesExist(step)
-    if (existed) {
-      await this.outbox.remove(step)
-      await this.env.flushed
-    }
-    return existed
+  /**
+   * Removes an acknowledged batch from the outbox. Not waited to disk: a crash before the
+   * removal is durable only means the batch is delivered again (at-least-once; trainers
+   * dedupe by step).
+   */
+  acknowledge(step: number): boolean {
+    if (!this.outbox.doesExist(step)) return false
+    void this.outbox.remove(step)
+    return true
   }
 
-  /** Unacknowledged batches in step order. */
-  pendingBatches(): OutboxBatch[] {
-    return [...this.outbox.getRange({})].map(({ value }) => value)
+  /** Unacknowledged batches, ready to send, in step order. */
+  pendingDeliveries(): Delivery[] {
+    return [...this.outbox.getRange({})].map(({ key, value }) => ({ step: key, bytes: value }))
   }
 
   /** The committed engine state, or undefined for a fresh store. */
@@ -198,11 +282,9 @@ export class EngineStore {
     return (this.meta.get('ingest') as IngestCounters | undefined) ?? emptyIngestCounters()
   }
 
-  /** Seqs consumed or dropped at or above the low-water mark. */
-  consumedSeqs(): Set<number> {
-    const out = new Set<number>()
-    for (const { value } of this.consumed.getRange({})) for (const seq of value.seqs) out.add(seq)
-    return out
+  /** Consumption records at or above the low-water mark, by step. */
+  consumption(): { step: number; seqs: number[]; maxSeq: number }[] {
+    return [...this.consumed.getRange({})].map(({ key, value }) => ({ step: key, ...value }))
   }
 
   /** Summaries of committed steps, in order. */

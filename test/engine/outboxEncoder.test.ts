@@ -1,0 +1,58 @@
+import fc from 'fast-check'
+import t from 'tap'
+import { wireUnpackr } from '../../src/codec.js'
+import { parseConfig } from '../../src/config.js'
+import { toOutbox } from '../../src/engine/durableEngine.js'
+import { encodeBatchForTrainer } from '../../src/engine/outboxEncoder.js'
+import { initialDualState } from '../../src/math/dual.js'
+import { batchColumns } from '../../src/math/columns.js'
+import { scoreGroups } from '../../src/math/score.js'
+import type { Group, ScoredBatch } from '../../src/types.js'
+
+const config = parseConfig({
+  groupSize: 2,
+  batchGroups: 1,
+  objectives: [{ channel: 'acc' }],
+  constraints: [{ channel: 'c', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }],
+})
+
+function scored(groups: Group[]): ScoredBatch {
+  const step = scoreGroups(groups, config, initialDualState(config.constraints))
+  return { groups, ts: 0, reason: 'full', columns: batchColumns(groups, ['acc', 'c']), windows: {}, ...step }
+}
+
+const text = fc.oneof(fc.string({ minLength: 1, maxLength: 40 }), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 120 }), fc.string({ minLength: 250, maxLength: 300 }))
+
+t.test('the bytes decode to exactly the trainer view, for any ids, prompt ids, payloads and batch size', (t) => {
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({ promptId: text, rollouts: fc.array(fc.record({ id: text, acc: fc.constantFrom(0, 1, 0.5), c: fc.option(fc.double({ min: -1, max: 1, noNaN: true }), { nil: null }), payload: fc.option(fc.jsonValue(), { nil: undefined }) }), { minLength: 1, maxLength: 6 }) }),
+        { minLength: 1, maxLength: 4 },
+      ),
+      (spec) => {
+        const groups: Group[] = spec.map((g) => ({
+          promptId: g.promptId,
+          partial: false,
+          ts: 0,
+          rollouts: g.rollouts.map((r) => ({ id: r.id, promptId: g.promptId, rewards: { acc: r.acc, c: r.c }, ...(r.payload === undefined ? {} : { payload: r.payload }) })),
+        }))
+        const batch = scored(groups)
+        return JSON.stringify(wireUnpackr.unpack(encodeBatchForTrainer(batch))) === JSON.stringify(toOutbox(batch))
+      },
+    ),
+    { numRuns: 60 },
+  )
+  t.end()
+})
+
+t.test('array headers for 16 and 65,536 rollouts; ids of 70,000 characters', (t) => {
+  for (const [n, id] of [[16, 'r'], [65536, 'r'], [2, 'x'.repeat(70_000)]] as const) {
+    const groups: Group[] = [{ promptId: 'p', partial: false, ts: 0, rollouts: Array.from({ length: n }, (_, i) => ({ id: `${id}${i}`, promptId: 'p', rewards: { acc: i % 2, c: 1 } })) }]
+    const batch = scored(groups)
+    const decoded = wireUnpackr.unpack(encodeBatchForTrainer(batch)) as { rollouts: unknown[] }
+    t.equal(decoded.rollouts.length, n)
+    t.equal(JSON.stringify(decoded), JSON.stringify(toOutbox(batch)))
+  }
+  t.end()
+})

@@ -2,7 +2,7 @@
  * The `dualstream` command line: `replay` (and the commands added by the engine: `serve`,
  * `train`, `eval`, `bench`).
  */
-import { createReadStream, createWriteStream } from 'node:fs'
+import { createReadStream, createWriteStream, statSync, type ReadStream } from 'node:fs'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { ConfigError, loadConfig } from './config.js'
 import { replay, ReplayInputError, type ReplaySummary } from './engine/replay.js'
@@ -10,6 +10,7 @@ import { LogNotFoundError, replayLog } from './engine/logReplay.js'
 import { batchRecord } from './engine/batchRecord.js'
 import { JsonLinesWriter } from '../streams/jsonLines.js'
 import { addTrainCommands } from './train/commands.js'
+import { replayProgress } from './progress.js'
 import { serve, ServeError } from './serve/serve.js'
 import { tokensFromEnv } from '../streams/auth.js'
 import { SERVER_DEFAULTS } from '../streams/engineServer.js'
@@ -77,6 +78,8 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
         return
       }
       const input = opts.input === '-' ? io.stdin : createReadStream(opts.input)
+      // a progress line on a terminal: by bytes read for a file, by lines for stdin
+      const progress = replayProgress(io.stderr, fileSize(opts.input), () => (input as ReadStream).bytesRead)
       try {
         const summary = await replay({
           config,
@@ -84,9 +87,12 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
           output: output as never,
           inputName: opts.input === '-' ? 'stdin' : opts.input,
           onInvalid: opts.onInvalid,
+          onBatch: progress.update,
         })
+        progress.stop()
         io.stderr.write(formatSummary(summary))
       } catch (error) {
+        progress.stop()
         if (error instanceof ReplayInputError) {
           io.stderr.write(`dualstream replay: ${error.message}\n(use --on-invalid skip to skip and count such lines)\n`)
         } else if (isSystemError(error)) {
@@ -100,7 +106,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
 
   program
     .command('serve')
-    .description('Run the durable engine (LMDB) behind WebSocket endpoints: /ingest for producers, /batches for the trainer, GET /healthz.')
+    .description('Run the durable engine (LMDB) behind WebSocket endpoints: /ingest for producers, /batches for the trainer, /telemetry for viewers; the live dashboard at /, GET /metrics (Prometheus), /healthz.')
     .requiredOption('-c, --config <file>', 'engine config (JSON)')
     .requiredOption('-d, --data <dir>', 'data folder: ingest log, batches and state (LMDB; created if missing, restored if not)')
     .option('--host <host>', 'interface to listen on (beyond loopback only with tokens)', '127.0.0.1')
@@ -109,7 +115,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     .option('--max-outbox <n>', 'unacknowledged batches at which producers are paused (credit shrinks from half of it)', integerOption(1), SERVER_DEFAULTS.maxOutbox)
     .option('--max-frame-bytes <n>', 'largest frame accepted', integerOption(1024), DEFAULT_WIRE_LIMITS.maxFrameBytes)
     .option('--heartbeat-ms <n>', 'ping period; peers silent for a whole period are dropped (0 = off)', integerOption(0), SERVER_DEFAULTS.heartbeatMs)
-    .addHelpText('after', '\nTokens per role from the environment: DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN (Authorization: Bearer … or ?token=…).')
+    .addHelpText('after', '\nTokens per role from the environment: DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN, DUALSTREAM_VIEWER_TOKEN (the dashboard and /telemetry) (Authorization: Bearer … or ?token=…).')
     .action(async (opts: { config: string; data: string; host: string; port: number; credit: number; maxOutbox: number; maxFrameBytes: number; heartbeatMs: number }) => {
       const config = loadConfig(opts.config)
       const stop = new AbortController()
@@ -144,6 +150,16 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     })
   addTrainCommands(program, io)
   return program
+}
+
+/** The size of a replay input file ("-" = stdin: unknown), for the progress bar. */
+function fileSize(path: string): number | undefined {
+  if (path === '-') return undefined
+  try {
+    return statSync(path).size
+  } catch {
+    return undefined // the stream reports the error
+  }
 }
 
 /** A commander parser for an integer option within bounds. */

@@ -97,7 +97,7 @@ export interface ScoredBatch<P = unknown> extends DualBatch<P> {
 /** Serialisable state of one dual controller (DESIGN §3). */
 export type ControllerState =
   | { rule: 'sgd'; lambda: number }
-  | { rule: 'log'; logLambda: number }
+  | { rule: 'log'; logLambda: number; lambda: number }
   | { rule: 'pid'; integral: number; proportional: number; derivativeEma: number; history: number[]; lambda: number }
 
 /** Sums of one batch for a constraint channel, kept for the pooled window. */

@@ -38,15 +38,17 @@ export function isLoopback(host: string): boolean {
   return false
 }
 
-/** A server may not listen beyond loopback unless these roles have tokens. */
-export const ROLES_REQUIRED_OFF_LOOPBACK: readonly Role[] = ['producer', 'trainer']
+/** A server may not listen beyond loopback unless these roles have tokens (telemetry exposes the run's figures: viewers too). */
+export const ROLES_REQUIRED_OFF_LOOPBACK: readonly Role[] = ['producer', 'trainer', 'viewer']
 
 /** Refuses a non-loopback bind without tokens: returns the problem, or undefined when fine. */
 export function bindProblem(host: string, tokens: RoleTokens, required: readonly Role[] = ROLES_REQUIRED_OFF_LOOPBACK): string | undefined {
   if (isLoopback(host)) return undefined
   const missing = required.filter((role) => tokens[role] === undefined)
   if (missing.length === 0) return undefined
-  return `refusing to listen on ${host} (not loopback) without tokens: set ${missing.map((role) => TOKEN_ENV[role]).join(' and ')}`
+  const names = missing.map((role) => TOKEN_ENV[role])
+  const list = names.length === 1 ? names[0] : `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`
+  return `refusing to listen on ${host} (not loopback) without tokens: set ${list}`
 }
 
 // hashing first makes the comparison constant-time whatever the lengths

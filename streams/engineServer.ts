@@ -279,7 +279,7 @@ export class EngineServer {
         acknowledge: (step, policyVersion) => this.acknowledge(step, policyVersion),
         countError: this.countError,
       },
-      this.engine.pendingBatches(),
+      this.engine.pendingDeliveries(),
     )
     this.trainer = trainer
     ws.on('close', () => {
@@ -299,10 +299,10 @@ export class EngineServer {
     done.finally(() => this.acks.delete(done))
   }
 
-  private onCommitted({ outbox }: CommittedBatch): void {
-    this.durable = outbox.step
+  private onCommitted({ delivery }: CommittedBatch): void {
+    this.durable = delivery.step
     this.outbox++
-    this.trainer?.enqueue(outbox)
+    this.trainer?.enqueue(delivery)
     this.flowAll()
   }
 

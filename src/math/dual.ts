@@ -15,8 +15,10 @@ export function initialControllerState(rule: Rule): ControllerState {
   switch (rule.rule) {
     case 'sgd':
       return { rule: 'sgd', lambda: clip(rule.init, rule.max) }
-    case 'log':
-      return { rule: 'log', logLambda: Math.min(Math.log(rule.init), Math.log(rule.max)) }
+    case 'log': {
+      const logLambda = Math.min(Math.log(rule.init), Math.log(rule.max))
+      return { rule: 'log', logLambda, lambda: clip(Math.exp(logLambda), rule.max) }
+    }
     case 'pid':
       return {
         rule: 'pid',
@@ -29,9 +31,9 @@ export function initialControllerState(rule: Rule): ControllerState {
   }
 }
 
-/** The multiplier a controller state stands for; never negative. */
+/** The multiplier a controller state stands for; never negative nor above its max. */
 export function lambdaOf(state: ControllerState): number {
-  return state.rule === 'log' ? Math.exp(state.logLambda) : state.lambda
+  return state.lambda
 }
 
 /**
@@ -53,8 +55,9 @@ export function stepController(rule: Rule, state: ControllerState, violation: nu
     return { rule: 'sgd', lambda: clip(state.lambda + rule.lr * violation, rule.max) }
   }
   if (rule.rule === 'log' && state.rule === 'log') {
-    const lambda = Math.exp(state.logLambda)
-    return { rule: 'log', logLambda: Math.min(state.logLambda + rule.lr * lambda * violation, Math.log(rule.max)) }
+    const logLambda = Math.min(state.logLambda + rule.lr * state.lambda * violation, Math.log(rule.max))
+    // exp(log max) can land one ulp above max: λ itself is clipped
+    return { rule: 'log', logLambda, lambda: clip(Math.exp(logLambda), rule.max) }
   }
   if (rule.rule === 'pid' && state.rule === 'pid') {
     const integral = Math.max(0, state.integral + rule.ki * violation)

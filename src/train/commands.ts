@@ -4,11 +4,17 @@
 import { writeFileSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
 import { Command, InvalidArgumentError, Option } from 'commander'
-import { loadConfig, parseConfig } from '../config.js'
+import { loadConfig, parseConfig, type Config } from '../config.js'
 import { createProgress, fixed, percent } from '../progress.js'
 import { DEFAULT_RL_STEPS, DEFAULT_TRAIN_SETTINGS, PRESETS, type Method } from './presets.js'
 import { SpatialGridTrainer, type EvalMetrics, type StepReport } from './trainer.js'
 import { formatEvaluation, runEvaluation } from './evaluation.js'
+import { tokensFromEnv } from '../../streams/auth.js'
+import { TrainingTelemetry } from '../../streams/telemetry/telemetry.js'
+import { TelemetryServer } from '../../streams/telemetry/telemetryServer.js'
+
+/** The dashboard's default port (`--port`). */
+export const DEFAULT_DASHBOARD_PORT = 8787
 
 export interface CommandIO {
   stdout: NodeJS.WritableStream
@@ -31,6 +37,32 @@ export interface TrainCommandOptions {
   signal?: AbortSignal
   /** Called with every step report (telemetry). */
   onStep?: (report: StepReport, trainer: SpatialGridTrainer) => void
+  /** Dashboard port on 127.0.0.1 (default 8787; 0 = any free port; a port in use falls back to a free one). */
+  port?: number
+  /** false: no dashboard, `/telemetry` nor `/metrics` (`--no-dashboard`). */
+  dashboard?: boolean
+  /** Called once the dashboard listens, and awaited before the run starts (embedding, tests). */
+  onDashboard?: (url: string, telemetry: TrainingTelemetry) => void | Promise<void>
+}
+
+/** Starts the training's dashboard server on loopback; says where (and when the port was taken). */
+async function startDashboard(options: TrainCommandOptions, config: Config, trainer: SpatialGridTrainer, say: (line: string) => void) {
+  const tokens = { viewer: tokensFromEnv(process.env).viewer }
+  const telemetry = new TrainingTelemetry(config, { step: trainer.rlSteps, lambda: trainer.lambda })
+  const server = new TelemetryServer({ tokens, health: () => ({ step: trainer.rlSteps }) })
+  telemetry.mount(server, tokens)
+  const { port, fellBackFrom } = await server.listen(options.port ?? DEFAULT_DASHBOARD_PORT, '127.0.0.1', true)
+  if (fellBackFrom !== undefined) say(`dashboard: port ${fellBackFrom} is in use, using ${port} instead`)
+  const url = `http://127.0.0.1:${port}/`
+  say(`dashboard: ${url} (live telemetry: WebSocket /telemetry, Prometheus /metrics${tokens.viewer === undefined ? '' : '; viewer token required'})`)
+  await options.onDashboard?.(url, telemetry)
+  return {
+    telemetry,
+    close: async () => {
+      telemetry.close()
+      await server.close()
+    },
+  }
 }
 
 /** The summary table printed at the end of a training run. */
@@ -51,14 +83,20 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
   const dataDir = resolve(options.data ?? join('data', label))
   const trainer = await SpatialGridTrainer.create({ config, seed: options.seed, dataDir })
   const say = (line: string) => io.stdout.write(`${line}\n`)
+  let dashboard: Awaited<ReturnType<typeof startDashboard>> | undefined
   try {
     const constraints = config.constraints.map((c) => `${c.channel} ${c.sense} ${c.threshold}`).join(', ') || 'none'
     say(`dualstream train — ${label}: objectives ${config.objectives.map((o) => `${o.channel}×${o.weight}`).join(', ')}; constraints ${constraints}`)
     say(`state: ${dataDir} (${trainer.rlSteps > 0 ? `resuming after RL step ${trainer.rlSteps}` : trainer.warmStarted ? 'warm start done' : 'new run'})`)
+    if (options.dashboard !== false) dashboard = await startDashboard(options, config, trainer, say)
+    const telemetry = dashboard?.telemetry
     const rows: { label: string; metrics: EvalMetrics }[] = []
     if (!trainer.warmStarted) {
       const bar = createProgress({ format: 'warm start {bar} {value}/{total} steps', total: DEFAULT_TRAIN_SETTINGS.sftSteps, stream: io.stderr })
-      await trainer.warmStart((done) => bar.update(done))
+      await trainer.warmStart((done, total) => {
+        bar.update(done)
+        telemetry?.status('warm start', done, total)
+      })
       bar.stop()
       rows.push({ label: 'after warm start', metrics: await trainer.evaluate() })
     } else {
@@ -69,12 +107,15 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
       format: 'RL {bar} step {step} | {rate} steps/s | acc {acc} incons {incons} ground {ground} | λ {lambda}',
       total: options.steps,
       stream: io.stderr,
+      payload: { step: first, rate: '–', acc: '–', incons: '–', ground: '–', lambda: '–' },
     })
     const started = performance.now()
+    telemetry?.status('RL')
     await trainer.train(
       options.steps,
       (report) => {
         options.onStep?.(report, trainer)
+        telemetry?.onStep(report)
         if (!bar.active) return
         const lambda = Object.entries(report.batch.lambda).map(([k, v]) => `${k[0]} ${fixed(v.after, 2)}`).join(' ') || '–'
         bar.update(report.step - first, {
@@ -92,15 +133,24 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
     const seconds = (performance.now() - started) / 1000
     const done = trainer.rlSteps - first
     say(`RL: ${done} steps in ${seconds.toFixed(1)} s (${(done / Math.max(seconds, 1e-9)).toFixed(0)} steps/s, ${config.batchGroups}×${config.groupSize} rollouts each); now at RL step ${trainer.rlSteps}`)
+    telemetry?.status('held-out evaluation')
     rows.push({ label: `at RL step ${trainer.rlSteps}`, metrics: await trainer.evaluate() })
+    telemetry?.status('done')
     const onnx = join(dataDir, 'policy.onnx')
     await trainer.exportOnnx(onnx)
     say('')
     say(formatTrainSummary(rows, trainer.lambda))
     say(`policy exported to ${onnx}; run again to continue from step ${trainer.rlSteps}`)
   } finally {
+    await dashboard?.close()
     await trainer.close()
   }
+}
+
+const portNumber = (value: string): number => {
+  const n = Number(value)
+  if (!Number.isSafeInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--port must be an integer from 0 to 65535')
+  return n
 }
 
 /** Adds `train` and `eval` to the program. */
@@ -113,6 +163,9 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
     .option('-s, --steps <n>', 'RL steps to run now', positiveInteger('--steps'), DEFAULT_RL_STEPS)
     .option('--seed <n>', 'seed of a new run', positiveInteger('--seed'), 0)
     .option('-d, --data <dir>', 'state folder (default data/<method or config name>)')
+    .option('-p, --port <n>', `dashboard port on 127.0.0.1 (0 = any free port; a port in use falls back to a free one)`, portNumber, DEFAULT_DASHBOARD_PORT)
+    .option('--no-dashboard', 'no dashboard, /telemetry nor /metrics')
+    .addHelpText('after', '\nThe dashboard (/, WebSocket /telemetry, /metrics) asks for DUALSTREAM_VIEWER_TOKEN when it is set.')
     .action(async (opts: TrainCommandOptions) => {
       const abort = new AbortController()
       const stop = () => abort.abort()

@@ -140,7 +140,7 @@ t.test('the log and pid controllers, stepped and restored', (t) => {
   const after1: DualState = {
     step: 1,
     constraints: {
-      consistency: { controller: { rule: 'log', logLambda: logλ1 }, window: [] },
+      consistency: { controller: { rule: 'log', logLambda: logλ1, lambda: Math.exp(logλ1) }, window: [] },
       grounding: { controller: { rule: 'pid', integral: I, proportional: P, derivativeEma: C, history: [0, C], lambda: pidλ1 }, window: [] },
     },
   }
@@ -183,7 +183,7 @@ t.test('refuses an initialState that does not fit the config, listing every prob
   const initialState: DualState = {
     step: 3,
     constraints: {
-      consistency: { controller: { rule: 'log', logLambda: 0 }, window: [] },
+      consistency: { controller: { rule: 'log', logLambda: 0, lambda: 1 }, window: [] },
       grounding: { controller: { rule: 'pid', integral: 0, proportional: 0, derivativeEma: 0, history: [0, 0], lambda: 0 }, window: [] },
     },
   }

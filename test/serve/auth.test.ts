@@ -13,9 +13,9 @@ t.test('loopback hosts, and no binding beyond them without tokens', (t) => {
   for (const host of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '::ffff:127.0.0.1']) t.ok(isLoopback(host), host)
   for (const host of ['0.0.0.0', '::', '10.0.0.1', 'example.org', '::ffff:10.0.0.1', '[::]']) t.notOk(isLoopback(host), host)
   t.equal(bindProblem('127.0.0.1', {}), undefined)
-  t.equal(bindProblem('0.0.0.0', { producer: 'p', trainer: 't' }), undefined)
-  t.equal(bindProblem('0.0.0.0', {}), 'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN and DUALSTREAM_TRAINER_TOKEN')
-  t.equal(bindProblem('::', { producer: 'p' }), 'refusing to listen on :: (not loopback) without tokens: set DUALSTREAM_TRAINER_TOKEN')
+  t.equal(bindProblem('0.0.0.0', { producer: 'p', trainer: 't', viewer: 'v' }), undefined)
+  t.equal(bindProblem('0.0.0.0', {}), 'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN')
+  t.equal(bindProblem('::', { producer: 'p', viewer: 'v' }), 'refusing to listen on :: (not loopback) without tokens: set DUALSTREAM_TRAINER_TOKEN')
   t.end()
 })
 

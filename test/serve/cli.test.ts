@@ -64,9 +64,10 @@ t.test('dualstream serve refuses what it cannot do', async (t) => {
   })
   delete process.env.DUALSTREAM_PRODUCER_TOKEN
   delete process.env.DUALSTREAM_TRAINER_TOKEN
+  delete process.env.DUALSTREAM_VIEWER_TOKEN
   const open = await runCli(['serve', '-c', config, '-d', tempDir(), '--host', '0.0.0.0', '--port', '0'])
   t.equal(open.code, 2)
-  t.match(open.stderr, 'dualstream serve: refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN and DUALSTREAM_TRAINER_TOKEN')
+  t.match(open.stderr, 'dualstream serve: refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN')
   const port = await runCli(['serve', '-c', config, '-d', tempDir(), '--port', '70000'])
   t.equal(port.code, 2)
   t.match(port.stderr, "option '-p, --port <n>' argument '70000' is invalid. must be an integer from 0 to 65535.")
@@ -119,6 +120,6 @@ t.test('serve() stops with 1 when the engine fails, and other errors propagate',
 })
 
 t.test('the listening line names IPv6 hosts in brackets', (t) => {
-  t.equal(listeningLine('::1', 8787), 'dualstream serve: listening on http://[::1]:8787 (WebSocket /ingest, /batches; GET /healthz)\n')
+  t.equal(listeningLine('::1', 8787), 'dualstream serve: listening on http://[::1]:8787 (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n')
   t.end()
 })

@@ -1,0 +1,213 @@
+/**
+ * Live telemetry (DESIGN §6) for both kinds of run: `EngineTelemetry` follows a durable
+ * engine (`serve`: frames from `engine.committed` and `engine.stats()`), `TrainingTelemetry`
+ * follows the built-in training (frames from its step reports, with the learner's figures
+ * and, a few times a second at most, a sample rollout for the picture). Both publish through
+ * one hub and one Prometheus registry, and mount the same endpoints on a server:
+ * `/telemetry` (WebSocket, viewer token), `/metrics`, `/telemetry/auth` and the dashboard.
+ */
+import type { Subscription } from 'rxjs'
+import type { Config } from '../../src/config.js'
+import type { CommittedBatch, DurableEngine } from '../../src/engine/durableEngine.js'
+import type { RolloutDescription } from '../../src/spatialgrid/render.js'
+import type { RoleTokens } from '../auth.js'
+import {
+  RateMeter,
+  engineCounts,
+  serveBatchFrame,
+  telemetryConfig,
+  trainBatchFrame,
+  type BatchFrame,
+  type StatusFrame,
+  type StepFigures,
+  type TelemetryCounts,
+  type TelemetrySource,
+} from './frames.js'
+import { TelemetryHub, type HubOptions } from './hub.js'
+import { TelemetryMetrics } from './metrics.js'
+import { authRoute, dashboardRoutes, metricsRoute, type Mountable } from './routes.js'
+
+export interface TelemetryOptions extends Partial<Pick<HubOptions, 'queueLimit' | 'highWaterBytes' | 'historyLimit'>> {
+  /** Node's process metrics in `/metrics` (default true). */
+  processMetrics?: boolean
+  /** Wall clock (ms); injectable for tests. */
+  now?: () => number
+}
+
+interface RunState {
+  step: number
+  lambda: Record<string, number>
+  counts: TelemetryCounts | null
+  phase?: string
+}
+
+const zeroCounts = (): TelemetryCounts => ({
+  ingested: 0,
+  rejected: 0,
+  rejectedByReason: {},
+  duplicate: 0,
+  stale: 0,
+  droppedGroups: 0,
+  droppedGroupRollouts: 0,
+  batches: 0,
+  rolloutsInBatches: 0,
+  pending: 0,
+  outbox: 0,
+})
+
+/** The hub and the metrics of one run, and the routes that expose them. */
+export class Telemetry {
+  readonly hub: TelemetryHub
+  readonly metrics: TelemetryMetrics
+  protected readonly now: () => number
+  protected readonly rates = new RateMeter()
+  /** The last batch frame published. */
+  latest: BatchFrame | undefined
+
+  constructor(
+    readonly source: TelemetrySource,
+    readonly config: Config,
+    state: () => RunState,
+    options: TelemetryOptions = {},
+  ) {
+    this.now = options.now ?? Date.now
+    // the config part of the hello is the same for every connection
+    const viewerConfig = telemetryConfig(config)
+    this.hub = new TelemetryHub({
+      queueLimit: options.queueLimit,
+      highWaterBytes: options.highWaterBytes,
+      historyLimit: options.historyLimit,
+      hello: () => {
+        const { step, lambda, counts, phase } = state()
+        return { source, config: viewerConfig, step, lambda, counts, ...(phase === undefined ? {} : { phase }) }
+      },
+      onDropped: () => this.metrics.countDropped(),
+    })
+    this.metrics = new TelemetryMetrics({
+      source,
+      config,
+      hub: this.hub,
+      counts: () => state().counts ?? zeroCounts(),
+      state: () => state(),
+      processMetrics: options.processMetrics,
+    })
+  }
+
+  /** Sends a frame to every viewer and updates the metrics. */
+  publish(frame: BatchFrame | StatusFrame): void {
+    this.hub.publish(frame)
+    if (frame.type === 'batch') {
+      this.latest = frame
+      this.metrics.observe(frame)
+    }
+  }
+
+  /**
+   * Serves `/telemetry` (WebSocket, role viewer: the server checks the token at the upgrade),
+   * `/metrics`, `/telemetry/auth` and the dashboard (`/`, its files, uPlot under `/assets/`).
+   */
+  mount(target: Mountable, tokens: RoleTokens = {}): void {
+    target.addWebSocketEndpoint('/telemetry', { role: 'viewer', connect: (ws, format) => this.hub.connect(ws, format) })
+    target.addHttpRoute('/metrics', metricsRoute(this.metrics))
+    target.addHttpRoute('/telemetry/auth', authRoute(tokens))
+    for (const [path, route] of dashboardRoutes()) target.addHttpRoute(path, route)
+  }
+
+  /** Closes the viewers' connections. */
+  close(): void {
+    this.hub.close()
+  }
+}
+
+/** Telemetry of a durable engine: one frame per committed batch. */
+export class EngineTelemetry extends Telemetry {
+  private readonly subscription: Subscription
+
+  constructor(engine: DurableEngine, options: TelemetryOptions = {}) {
+    super(
+      'serve',
+      engine.config,
+      () => {
+        const stats = engine.stats()
+        return { step: stats.step, lambda: stats.lambda, counts: engineCounts(stats) }
+      },
+      options,
+    )
+    this.subscription = engine.committed.subscribe((committed) => this.onCommitted(engine, committed))
+  }
+
+  private onCommitted(engine: DurableEngine, { batch, latencyMs }: CommittedBatch): void {
+    const counts = engineCounts(engine.stats())
+    const now = this.now()
+    const rates = this.rates.update(now, { rollouts: counts.rolloutsInBatches, ingested: counts.ingested, batches: counts.batches })
+    this.publish(serveBatchFrame({ batch, latencyMs, counts, config: this.config, now, rates }))
+  }
+
+  override close(): void {
+    this.subscription.unsubscribe()
+    super.close()
+  }
+}
+
+export interface TrainingTelemetryOptions extends TelemetryOptions {
+  /** Least time between two sample rollouts in the frames (default 250 ms: at most 4 a second). */
+  sampleEveryMs?: number
+  /** Least time between two warm-start status frames (default 200 ms). */
+  statusEveryMs?: number
+}
+
+/** What a step report gives (the trainer's `StepReport`). */
+export interface StepReportLike extends StepFigures {
+  sample: () => RolloutDescription
+}
+
+/** Telemetry of the built-in training: one frame per RL step. */
+export class TrainingTelemetry extends Telemetry {
+  // a holder: the base class reads the state while it is being constructed
+  private readonly run: { state: RunState }
+  private readonly counts = zeroCounts()
+  private readonly sampleEveryMs: number
+  private readonly statusEveryMs: number
+  private lastSample = -Infinity
+  private lastStatus = -Infinity
+
+  constructor(config: Config, initial: { step: number; lambda: Record<string, number> }, options: TrainingTelemetryOptions = {}) {
+    const run = { state: { step: initial.step, lambda: { ...initial.lambda }, counts: null, phase: 'starting' } as RunState }
+    super('train', config, () => run.state, options)
+    this.run = run
+    this.sampleEveryMs = options.sampleEveryMs ?? 250
+    this.statusEveryMs = options.statusEveryMs ?? 200
+  }
+
+  /** Publishes the run's phase; progress within a phase (`done` of `total`) is throttled, its first and last are not. */
+  status(phase: string, done?: number, total?: number): void {
+    const now = this.now()
+    const edge = phase !== this.run.state.phase || done === undefined || done === total
+    if (!edge && now - this.lastStatus < this.statusEveryMs) return
+    this.lastStatus = now
+    this.run.state.phase = phase
+    const frame: StatusFrame = { type: 'status', phase }
+    if (done !== undefined) frame.done = done
+    if (total !== undefined) frame.total = total
+    this.publish(frame)
+  }
+
+  /** One RL step: counts, rates, a frame (with a sample rollout when the last one is old enough). */
+  onStep(report: StepReportLike): void {
+    const now = this.now()
+    const c = this.counts
+    c.ingested += report.batch.rolloutCount
+    c.batches++
+    c.rolloutsInBatches += report.batch.rolloutCount
+    const rates = this.rates.update(now, { rollouts: c.rolloutsInBatches, ingested: c.ingested, batches: c.batches })
+    let sample: RolloutDescription | undefined
+    if (now - this.lastSample >= this.sampleEveryMs) {
+      this.lastSample = now
+      sample = report.sample()
+    }
+    const counts = { ...c, rejectedByReason: {} }
+    const frame = trainBatchFrame({ report, counts, config: this.config, now, rates, sample })
+    this.run.state = { step: report.step, lambda: Object.fromEntries(Object.entries(frame.constraints).map(([k, v]) => [k, v.lambda])), counts, phase: 'RL' }
+    this.publish(frame)
+  }
+}

@@ -1,0 +1,113 @@
+import t from 'tap'
+import { parseConfig } from '../../src/config.js'
+import type { BatchFrame, TelemetryCounts } from '../../streams/telemetry/frames.js'
+import { TelemetryHub } from '../../streams/telemetry/hub.js'
+import { TelemetryMetrics } from '../../streams/telemetry/metrics.js'
+
+const config = parseConfig({
+  groupSize: 2,
+  batchGroups: 1,
+  objectives: [{ channel: 'acc' }],
+  constraints: [{ channel: 'judge', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.5 } }],
+})
+
+const zero = (): TelemetryCounts => ({ ingested: 0, rejected: 0, rejectedByReason: {}, duplicate: 0, stale: 0, droppedGroups: 0, droppedGroupRollouts: 0, batches: 0, rolloutsInBatches: 0, pending: 0, outbox: 0 })
+
+/** One sample's value from the exposition text (undefined when the series is absent). */
+function value(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+const frame = (over: Partial<BatchFrame> = {}): BatchFrame => ({
+  type: 'batch',
+  step: 4,
+  ts: 0,
+  rollouts: 2,
+  groups: 1,
+  partialGroups: 0,
+  objectives: { acc: 0.75 },
+  constraints: { judge: { sense: '>=', threshold: 0.9, mean: 0.5, violation: 0.4, sampleViolationRate: 0.5, sampleThreshold: 0.9, count: 2, lambda: 0.2, lambdaBefore: 0 } },
+  fracZeroStd: { acc: 0.5, judge: 0 },
+  advantage: { mean: 0, std: 1 },
+  counts: zero(),
+  throughput: { rolloutsPerSec: 1000, ingestPerSec: 1000, batchesPerSec: 10 },
+  latencyMs: 30,
+  ...over,
+})
+
+t.test('serve metrics: gauges from frames, counters from the running totals, the latency histogram', async (t) => {
+  const counts = zero()
+  const hub = new TelemetryHub({ hello: () => ({ source: 'serve', config: {} as never, step: 0, lambda: {}, counts: null }) })
+  const metrics = new TelemetryMetrics({ source: 'serve', config, hub, counts: () => counts, state: () => ({ step: 2, lambda: { judge: 0.125 } }), processMetrics: false })
+  let text = await metrics.text()
+  t.equal(value(text, 'dualstream_step'), 2, 'from the state before any batch')
+  t.equal(value(text, 'dualstream_lambda{constraint="judge"}'), 0.125)
+  t.equal(value(text, 'dualstream_constraint_threshold{constraint="judge",sense=">="}'), 0.9)
+  t.equal(value(text, 'dualstream_rollouts_ingested_total'), 0)
+  t.equal(value(text, 'dualstream_telemetry_clients'), 0)
+  t.notMatch(text, 'process_cpu', 'no process metrics when asked not to')
+  t.notMatch(text, 'dualstream_learner')
+
+  metrics.observe(frame())
+  Object.assign(counts, { ingested: 10, duplicate: 2, stale: 1, droppedGroups: 1, droppedGroupRollouts: 1, batches: 4, rolloutsInBatches: 8, pending: 2, outbox: 3, rejectedByReason: { rewards: 2 } })
+  metrics.countDropped()
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_step'), 4)
+  t.equal(value(text, 'dualstream_lambda{constraint="judge"}'), 0.2)
+  t.equal(value(text, 'dualstream_constraint_mean{constraint="judge"}'), 0.5)
+  t.equal(value(text, 'dualstream_constraint_violation{constraint="judge"}'), 0.4)
+  t.equal(value(text, 'dualstream_constraint_sample_violation_rate{constraint="judge"}'), 0.5)
+  t.equal(value(text, 'dualstream_objective_mean{objective="acc"}'), 0.75)
+  t.equal(value(text, 'dualstream_frac_zero_std{channel="acc"}'), 0.5)
+  t.equal(value(text, 'dualstream_advantage{stat="std"}'), 1)
+  t.equal(value(text, 'dualstream_throughput_rollouts_per_second'), 1000)
+  t.equal(value(text, 'dualstream_rollouts_ingested_total'), 10)
+  t.equal(value(text, 'dualstream_rollouts_duplicate_total'), 2)
+  t.equal(value(text, 'dualstream_rollouts_stale_total'), 1)
+  t.equal(value(text, 'dualstream_incomplete_groups_total'), 1)
+  t.equal(value(text, 'dualstream_incomplete_group_rollouts_total'), 1)
+  t.equal(value(text, 'dualstream_batches_total'), 4)
+  t.equal(value(text, 'dualstream_rollouts_in_batches_total'), 8)
+  t.equal(value(text, 'dualstream_rollouts_rejected_total{reason="rewards"}'), 2)
+  t.equal(value(text, 'dualstream_pending_rollouts'), 2)
+  t.equal(value(text, 'dualstream_outbox_batches'), 3)
+  t.equal(value(text, 'dualstream_telemetry_dropped_frames_total'), 1)
+  t.equal(value(text, 'dualstream_batch_latency_seconds_count'), 1)
+  t.equal(value(text, 'dualstream_batch_latency_seconds_bucket{le="0.05"}'), 1)
+  t.equal(value(text, 'dualstream_batch_latency_seconds_bucket{le="0.025"}'), 0)
+
+  // totals only move forward; a scrape without change adds nothing
+  Object.assign(counts, { ingested: 15, rejectedByReason: { rewards: 3, id: 1 } })
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_rollouts_ingested_total'), 15)
+  t.equal(value(text, 'dualstream_rollouts_rejected_total{reason="rewards"}'), 3)
+  t.equal(value(text, 'dualstream_rollouts_rejected_total{reason="id"}'), 1)
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_rollouts_ingested_total'), 15)
+
+  // a batch without data for a figure drops that series rather than keeping a stale value
+  metrics.observe(frame({ objectives: { acc: null }, constraints: { judge: { ...frame().constraints.judge, mean: null, violation: null, sampleViolationRate: null } }, advantage: { mean: null, std: null }, throughput: { rolloutsPerSec: null, ingestPerSec: null, batchesPerSec: null }, latencyMs: null }))
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_constraint_mean{constraint="judge"}'), undefined)
+  t.equal(value(text, 'dualstream_objective_mean{objective="acc"}'), undefined)
+  t.equal(value(text, 'dualstream_advantage{stat="mean"}'), undefined)
+  t.equal(value(text, 'dualstream_throughput_rollouts_per_second'), 1000, 'the last known rate stays')
+  t.equal(value(text, 'dualstream_batch_latency_seconds_count'), 1)
+  t.equal(metrics.contentType, 'text/plain; version=0.0.4; charset=utf-8')
+})
+
+t.test('training metrics: the learner, the step-time histogram, process metrics', async (t) => {
+  const hub = new TelemetryHub({ hello: () => ({ source: 'train', config: {} as never, step: 0, lambda: {}, counts: null }) })
+  const metrics = new TelemetryMetrics({ source: 'train', config, hub, counts: zero, state: () => ({ step: 0, lambda: {} }) })
+  metrics.observe(frame({ learner: { loss: 0.5, clipFraction: 0.1, meanRatio: 1, gradNorm: null } }))
+  metrics.observe(frame({ step: 5 }))
+  const text = await metrics.text()
+  t.equal(value(text, 'dualstream_learner{stat="loss"}'), 0.5)
+  t.equal(value(text, 'dualstream_learner{stat="clip_fraction"}'), 0.1)
+  t.equal(value(text, 'dualstream_learner{stat="grad_norm"}'), undefined)
+  t.equal(value(text, 'dualstream_lambda{constraint="judge"}'), 0.2, 'a constraint without λ in the state starts at 0 and follows the frames')
+  t.equal(value(text, 'dualstream_train_step_seconds_count'), 2)
+  t.notMatch(text, 'dualstream_batch_latency_seconds')
+  t.match(text, /^process_cpu_user_seconds_total /m, 'Node’s process metrics by default')
+})

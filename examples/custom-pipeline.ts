@@ -41,13 +41,13 @@ export function* producer(prompts: number, seed = 1): Generator<unknown> {
   }
 }
 
-/** Runs the pipeline and returns the scored batches and what was dropped. */
-export async function runExample(prompts = 640, seed = 1): Promise<{ batches: ScoredBatch<Completion>[]; dropped: DropEvent[] }> {
+/** Runs the pipeline over the producer's items (then `extra` ones) and returns the scored batches and what was dropped. */
+export async function runExample(prompts = 640, seed = 1, extra: unknown[] = []): Promise<{ batches: ScoredBatch<Completion>[]; dropped: DropEvent[] }> {
   const config = parseConfig(exampleConfig)
   const dropped: DropEvent[] = []
   const onDrop = (event: DropEvent) => dropped.push(event)
   const batches = await lastValueFrom(
-    from(producer(prompts, seed)).pipe(
+    from([...producer(prompts, seed), ...extra]).pipe(
       validateRollouts<Completion>({ onInvalid: 'drop', onDrop }),
       dropDuplicates({ onDrop }),
       // the user's own step: a cost channel from the payload

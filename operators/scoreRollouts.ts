@@ -1,4 +1,4 @@
-import { bufferCount, bufferTime, concatMap, filter, from, map, mergeMap, pipe, type ObservableInput, type OperatorFunction, type SchedulerLike } from 'rxjs'
+import { asyncScheduler, bufferCount, bufferTime, concatMap, filter, from, map, mergeMap, pipe, type ObservableInput, type OperatorFunction, type SchedulerLike } from 'rxjs'
 import type { Rollout } from '../src/types.js'
 
 /** A model over a batch: `features` is [rows, featureDim] row-major; one score per row back. */
@@ -36,7 +36,7 @@ export function scoreRollouts<P>(options: ScoreRolloutsOptions<P>): OperatorFunc
     maxWaitMs === undefined
       ? bufferCount<Rollout<P>>(batchSize)
       : pipe(
-          scheduler === undefined ? bufferTime<Rollout<P>>(maxWaitMs, null, batchSize) : bufferTime<Rollout<P>>(maxWaitMs, null, batchSize, scheduler),
+          bufferTime<Rollout<P>>(maxWaitMs, null, batchSize, scheduler ?? asyncScheduler),
           filter((batch) => batch.length > 0),
         )
   return pipe(

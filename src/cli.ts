@@ -2,8 +2,10 @@
  * The `dualstream` command line: `replay` (and the commands added by the engine: `serve`,
  * `train`, `eval`, `bench`).
  */
+import { inspect } from 'node:util'
 import { createReadStream, createWriteStream, statSync, type ReadStream } from 'node:fs'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { Command, Option } from 'commander'
+import { integerOption } from './cliOptions.js'
 import { ConfigError, loadConfig } from './config.js'
 import { replay, ReplayInputError, type ReplaySummary } from './engine/replay.js'
 import { LogNotFoundError, replayLog } from './engine/logReplay.js'
@@ -64,23 +66,17 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     .action(async (opts: { config: string; input: string; log?: string; out: string; onInvalid: 'error' | 'skip' }) => {
       const config = loadConfig(opts.config)
       const output = opts.out === '-' ? io.stdout : createWriteStream(opts.out)
-      if (opts.log !== undefined) {
-        const writer = new JsonLinesWriter(output as never)
-        try {
-          const result = await replayLog(config, opts.log, (batch) => writer.write(batchRecord(batch)))
-          io.stderr.write(`replay: ${result.records} log records → ${result.batches} batches\n`)
-        } catch (error) {
-          if (!(error instanceof LogNotFoundError)) throw error
-          io.stderr.write(`dualstream replay: ${error.message}\n`)
-          setExitCode(EXIT_DATA)
-        }
-        await writer.end()
-        return
-      }
-      const input = opts.input === '-' ? io.stdin : createReadStream(opts.input)
-      // a progress line on a terminal: by bytes read for a file, by lines for stdin
-      const progress = replayProgress(io.stderr, fileSize(opts.input), () => (input as ReadStream).bytesRead)
       try {
+        if (opts.log !== undefined) {
+          const writer = new JsonLinesWriter(output as never)
+          const result = await replayLog(config, opts.log, (batch) => writer.write(batchRecord(batch)))
+          await writer.end()
+          io.stderr.write(`replay: ${result.records} log records → ${result.batches} batches\n`)
+          return
+        }
+        const input = opts.input === '-' ? io.stdin : createReadStream(opts.input)
+        // a progress line on a terminal: by bytes read for a file, by lines for stdin
+        const progress = replayProgress(io.stderr, fileSize(opts.input), () => (input as ReadStream).bytesRead)
         const summary = await replay({
           config,
           input: input as never,
@@ -88,18 +84,13 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
           inputName: opts.input === '-' ? 'stdin' : opts.input,
           onInvalid: opts.onInvalid,
           onBatch: progress.update,
-        })
-        progress.stop()
+        }).finally(() => progress.stop())
         io.stderr.write(formatSummary(summary))
       } catch (error) {
-        progress.stop()
-        if (error instanceof ReplayInputError) {
-          io.stderr.write(`dualstream replay: ${error.message}\n(use --on-invalid skip to skip and count such lines)\n`)
-        } else if (isSystemError(error)) {
-          io.stderr.write(`dualstream replay: ${error.message}\n`)
-        } else {
-          throw error
-        }
+        // bad data, a missing log, a file that cannot be read or written: say which and exit 1
+        if (!(error instanceof ReplayInputError || error instanceof LogNotFoundError || isSystemError(error))) throw error
+        const hint = error instanceof ReplayInputError ? '\n(use --on-invalid skip to skip and count such lines)' : ''
+        io.stderr.write(`dualstream replay: ${error.message}${hint}\n`)
         setExitCode(EXIT_DATA)
       }
     })
@@ -162,15 +153,6 @@ function fileSize(path: string): number | undefined {
   }
 }
 
-/** A commander parser for an integer option within bounds. */
-function integerOption(min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
-  return (value) => {
-    const n = Number(value)
-    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(max === Number.MAX_SAFE_INTEGER ? `must be an integer >= ${min}.` : `must be an integer from ${min} to ${max}.`)
-    return n
-  }
-}
-
 /** Runs the CLI on argv (without node and script) and resolves to the exit code. */
 export async function run(argv: string[], io: CliIO): Promise<number> {
   let code = 0
@@ -184,7 +166,9 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     }
     const exit = error as { code?: string; exitCode?: number }
     if (typeof exit.code === 'string' && exit.code.startsWith('commander.')) return exit.exitCode === 0 ? 0 : EXIT_USAGE
-    throw error
+    // not a problem of the input or the invocation: a bug or the environment; show everything
+    io.stderr.write(`dualstream: ${inspect(error)}\n`)
+    return 1
   }
   return code
 }

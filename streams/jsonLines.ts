@@ -44,28 +44,38 @@ export function readJsonLines(input: Readable): Observable<JsonLine> {
 /**
  * Writes one JSON document per line. When the destination's buffer is full, `pause` is
  * called, and `resume` once it drains, so a fast producer cannot grow memory without bound.
+ * A destination that fails (a folder that does not exist, a closed pipe) calls `onError`
+ * once; later writes are dropped and `end` rejects with that error.
  */
 export class JsonLinesWriter {
   private waiting = false
+  private failure: Error | undefined
 
   constructor(
     private readonly out: Writable,
-    private readonly flow: { pause: () => void; resume: () => void } = { pause: () => {}, resume: () => {} },
-  ) {}
+    private readonly flow?: { pause: () => void; resume: () => void; onError?: (error: Error) => void },
+  ) {
+    out.once('error', (error) => {
+      this.failure = error
+      flow?.onError?.(error)
+    })
+  }
 
   write(value: unknown): void {
+    if (this.failure !== undefined) return
     if (this.out.write(`${JSON.stringify(value)}\n`) || this.waiting) return
     this.waiting = true
-    this.flow.pause()
+    this.flow?.pause()
     this.out.once('drain', () => {
       this.waiting = false
-      this.flow.resume()
+      this.flow?.resume()
     })
   }
 
   /** Resolves once everything written has been handed to the destination. */
   end(): Promise<void> {
     return new Promise((resolve, reject) => {
+      if (this.failure !== undefined) return reject(this.failure)
       this.out.once('error', reject)
       // never end stdout: the process may still write to it
       if (this.out === process.stdout) this.out.write('', () => resolve())

@@ -65,3 +65,32 @@ t.test('never throws, whatever arrives', (t) => {
   )
   t.end()
 })
+
+t.test('adopting a clean item returns it as it is; anything else gives exactly what the copying path gives', (t) => {
+  const clean = { id: 'r', promptId: 'p', rewards: { a: 1, b: null }, policyVersion: 2, groupSize: 4, ts: 5 }
+  const adopted = validateRollout(clean, DEFAULT_LIMITS, true)
+  t.ok(adopted.ok && adopted.rollout === clean)
+  fc.assert(
+    fc.property(
+      fc.record(
+        {
+          id: fc.oneof(fc.string(), fc.integer()),
+          promptId: fc.oneof(fc.string({ minLength: 1 }), fc.constant(null)),
+          rewards: fc.oneof(fc.dictionary(fc.string(), fc.oneof(fc.double(), fc.constant(null), fc.constant(undefined), fc.string())), fc.constant([])),
+          policyVersion: fc.oneof(fc.integer({ min: -2, max: 5 }), fc.constant(null), fc.double()),
+          groupSize: fc.oneof(fc.integer({ min: -1, max: 9 }), fc.constant(null)),
+          ts: fc.oneof(fc.double(), fc.constant('now'), fc.constant(null)),
+        },
+        { requiredKeys: ['id', 'promptId', 'rewards'] },
+      ),
+      (item) => {
+        const copied = validateRollout(item)
+        const viaAdopt = validateRollout(item, DEFAULT_LIMITS, true)
+        if (!copied.ok || !viaAdopt.ok) return JSON.stringify(copied) === JSON.stringify(viaAdopt)
+        return JSON.stringify(copied.rollout) === JSON.stringify({ ...viaAdopt.rollout })
+      },
+    ),
+  )
+  t.same(validateRollout({ id: 'r', promptId: 'p', rewards: Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`c${i}`, 1])) }, DEFAULT_LIMITS, true).ok, false)
+  t.end()
+})

@@ -135,7 +135,7 @@ export class DurableEngine {
         }
         this.drops.next(event)
       },
-      onError: (error) => this.fail(error),
+      onError: this.fail,
     })
     // restart: everything not consumed by a committed batch goes through the pipeline again
     const consumed = new Set(consumption.flatMap((c) => c.seqs))
@@ -158,8 +158,8 @@ export class DurableEngine {
     return engine
   }
 
-  private fail(error: unknown): void {
-    if (this.failure === undefined) this.failure = error
+  private readonly fail = (error: unknown): void => {
+    this.failure ??= error
   }
 
   private stamp(): number {
@@ -282,7 +282,7 @@ export class DurableEngine {
             },
           })
         },
-        (error: unknown) => this.fail(error),
+        this.fail,
       )
   }
 
@@ -303,6 +303,7 @@ export class DurableEngine {
    * step that was not pending.
    */
   async acknowledge(step: number, policyVersion?: number): Promise<boolean> {
+    if (this.closed) throw new Error('the engine is closed')
     // the same step acknowledged twice counts once
     const known = this.outboxSteps.delete(step)
     if (known) this.store.acknowledge(step)
@@ -317,7 +318,7 @@ export class DurableEngine {
   private tick(): void {
     if (this.pipeline.pendingRollouts === 0 || this.now() <= this.lastTs) return
     const ts = this.stamp()
-    this.appendRecord((seq) => ({ kind: 'watermark', seq, ts })).catch((error: unknown) => this.fail(error))
+    this.appendRecord((seq) => ({ kind: 'watermark', seq, ts })).catch(this.fail)
   }
 
   /** Resolves once every batch emitted so far is durable and announced. */

@@ -2,7 +2,7 @@
  * MessagePack for a batch going to the trainer, written straight from the scored batch.
  * Every batch passes through here (stored in the outbox, then sent as is), and building
  * one small object per rollout only to have msgpackr walk it again cost more than the
- * rest of the commit; the header (λ, constraints) still goes through msgpackr.
+ * rest of the commit; the small values of the header (λ, constraints) go through msgpackr.
  * The bytes decode to exactly `toOutbox(batch)` (`test/engine/outboxEncoder.test.ts`).
  */
 import { wirePackr } from '../codec.js'
@@ -28,7 +28,17 @@ function writeString(out: Buffer, pos: number, s: string): number {
 
 /** The batch as the trainer receives it: `{type, step, lambda, constraints, rollouts: [{id, promptId, advantage, payload?}]}`. */
 export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
-  const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints) })
+  // the map of the five fields is written here; msgpackr encodes the four small values
+  const head = Buffer.concat([
+    Buffer.from([0x85, 0xa4, ...Buffer.from('type')]),
+    wirePackr.pack('batch'),
+    Buffer.from([0xa4, ...Buffer.from('step')]),
+    wirePackr.pack(batch.step),
+    Buffer.from([0xa6, ...Buffer.from('lambda')]),
+    wirePackr.pack(batch.lambda),
+    Buffer.from([0xab, ...Buffer.from('constraints')]),
+    wirePackr.pack(constraintsRecord(batch.constraints)),
+  ])
   const payloads: (Buffer | undefined)[] = []
   let bound = head.length + KEY_ROLLOUTS.length + 5
   for (const group of batch.groups) {
@@ -40,10 +50,7 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
     }
   }
   const out = Buffer.allocUnsafe(bound)
-  // the header is a map of 4 entries (fixmap, or map16 as msgpackr writes objects): make it 5
   head.copy(out, 0)
-  if (out[0] === 0x84) out[0] = 0x85
-  else out.writeUInt16BE(out.readUInt16BE(1) + 1, 1)
   let pos = head.length
   pos += KEY_ROLLOUTS.copy(out, pos)
   const n = payloads.length

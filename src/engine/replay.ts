@@ -4,7 +4,7 @@
  * input rollout is either in a batch or in one of the reported counts.
  */
 import type { Readable, Writable } from 'node:stream'
-import { filter, map, tap } from 'rxjs'
+import { Subscription, filter, map, tap } from 'rxjs'
 import type { Config } from '../config.js'
 import { lambdasOf, initialDualState } from '../math/dual.js'
 import type { DropEvent, DropReason, DualState, Rollout, ScoredBatch } from '../types.js'
@@ -75,7 +75,6 @@ export function replay(options: ReplayOptions): Promise<ReplaySummary> {
   const onDrop = (event: DropEvent) => {
     summary.dropped[event.reason] += event.count
   }
-  const writer = new JsonLinesWriter(output, { pause: () => input.pause(), resume: () => input.resume() })
   // event time of the last rollout read, for rollouts without one
   let lastTs = 0
 
@@ -88,7 +87,19 @@ export function replay(options: ReplayOptions): Promise<ReplaySummary> {
   }
 
   return new Promise<ReplaySummary>((resolve, reject) => {
-    readJsonLines(input)
+    // created first so that an output failing at once can still stop the reading
+    const subscription = new Subscription()
+    // an output that fails (no such folder, a closed pipe) ends the replay with its error
+    const writer = new JsonLinesWriter(output, {
+      pause: () => input.pause(),
+      resume: () => input.resume(),
+      onError: (error) => {
+        subscription.unsubscribe()
+        input.destroy()
+        reject(error)
+      },
+    })
+    subscription.add(readJsonLines(input)
       .pipe(
         map(({ lineNumber, value, error }): Rollout | undefined => {
           summary.lines++
@@ -118,6 +129,6 @@ export function replay(options: ReplayOptions): Promise<ReplaySummary> {
           writer.end().then(() => reject(error), reject)
         },
         complete: () => writer.end().then(() => resolve(summary), reject),
-      })
+      }))
   })
 }

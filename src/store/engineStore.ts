@@ -145,7 +145,8 @@ export function entryRecords(entry: LogEntry): LogRecord[] {
 function lastOf(entry: LogEntry): { seq: number; ts: number } {
   if (!Array.isArray(entry)) return { seq: entry.seq + entry.count - 1, ts: entry.ts }
   const last = entry[entry.length - 1]
-  return { seq: last.seq, ts: last.kind === 'rollout' ? (last.rollout.ts ?? 0) : last.ts }
+  // every logged rollout was stamped with its ingest time
+  return { seq: last.seq, ts: last.kind === 'rollout' ? last.rollout.ts! : last.ts }
 }
 
 export class EngineStore {
@@ -236,11 +237,6 @@ export class EngineStore {
     await this.env.flushed
   }
 
-  /** Whether a rollout id is in the dedup index. */
-  hasId(id: string): boolean {
-    return this.ids.doesExist(id)
-  }
-
   /** Commits a batch in one transaction: state, summary, consumption, outbox; resolves once on disk. */
   async commitBatch(commit: BatchCommit): Promise<void> {
     const step = commit.delivery.step
@@ -262,10 +258,9 @@ export class EngineStore {
    * removal is durable only means the batch is delivered again (at-least-once; trainers
    * dedupe by step).
    */
-  acknowledge(step: number): boolean {
-    if (!this.outbox.doesExist(step)) return false
-    void this.outbox.remove(step)
-    return true
+  acknowledge(step: number): void {
+    // a read first: on a closed environment it throws here, not later inside lmdb's write queue
+    if (this.outbox.doesExist(step)) void this.outbox.remove(step)
   }
 
   /** Unacknowledged batches, ready to send, in step order. */

@@ -3,9 +3,10 @@
  */
 import { writeFileSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { Command, Option } from 'commander'
+import { integerOption } from '../cliOptions.js'
 import { loadConfig, parseConfig, type Config } from '../config.js'
-import { createProgress, fixed, percent } from '../progress.js'
+import { createProgress, fixed, lambdaText, percent } from '../progress.js'
 import { DEFAULT_RL_STEPS, DEFAULT_TRAIN_SETTINGS, PRESETS, type Method } from './presets.js'
 import { SpatialGridTrainer, type EvalMetrics, type StepReport } from './trainer.js'
 import { formatEvaluation, runEvaluation } from './evaluation.js'
@@ -21,11 +22,6 @@ export interface CommandIO {
   stderr: NodeJS.WritableStream
 }
 
-export const positiveInteger = (name: string) => (value: string): number => {
-  const n = Number(value)
-  if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0`)
-  return n
-}
 
 export interface TrainCommandOptions {
   method: Method
@@ -117,7 +113,7 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
         options.onStep?.(report, trainer)
         telemetry?.onStep(report)
         if (!bar.active) return
-        const lambda = Object.entries(report.batch.lambda).map(([k, v]) => `${k[0]} ${fixed(v.after, 2)}`).join(' ') || '–'
+        const lambda = lambdaText(Object.fromEntries(Object.entries(report.batch.lambda).map(([k, v]) => [k[0], v.after])), 2)
         bar.update(report.step - first, {
           step: report.step,
           rate: fixed((report.step - first) / ((performance.now() - started) / 1000), 0),
@@ -147,12 +143,6 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
   }
 }
 
-const portNumber = (value: string): number => {
-  const n = Number(value)
-  if (!Number.isSafeInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--port must be an integer from 0 to 65535')
-  return n
-}
-
 /** Adds `train` and `eval` to the program. */
 export function addTrainCommands(program: Command, io: CommandIO): void {
   program
@@ -160,10 +150,10 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
     .description('Built-in online training on SpatialGrid (warm start, then GRPO/FGRPO); resumes from --data.')
     .addOption(new Option('-m, --method <method>', 'preset engine config').choices(['fgrpo', 'grpo']).default('fgrpo'))
     .option('-c, --config <file>', 'engine config (JSON) instead of a preset')
-    .option('-s, --steps <n>', 'RL steps to run now', positiveInteger('--steps'), DEFAULT_RL_STEPS)
-    .option('--seed <n>', 'seed of a new run', positiveInteger('--seed'), 0)
+    .option('-s, --steps <n>', 'RL steps to run now', integerOption(0), DEFAULT_RL_STEPS)
+    .option('--seed <n>', 'seed of a new run', integerOption(0), 0)
     .option('-d, --data <dir>', 'state folder (default data/<method or config name>)')
-    .option('-p, --port <n>', `dashboard port on 127.0.0.1 (0 = any free port; a port in use falls back to a free one)`, portNumber, DEFAULT_DASHBOARD_PORT)
+    .option('-p, --port <n>', `dashboard port on 127.0.0.1 (0 = any free port; a port in use falls back to a free one)`, integerOption(0, 65535), DEFAULT_DASHBOARD_PORT)
     .option('--no-dashboard', 'no dashboard, /telemetry nor /metrics')
     .addHelpText('after', '\nThe dashboard (/, WebSocket /telemetry, /metrics) asks for DUALSTREAM_VIEWER_TOKEN when it is set.')
     .action(async (opts: TrainCommandOptions) => {
@@ -180,9 +170,9 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
   program
     .command('eval')
     .description('Train GRPO and FGRPO on several seeds with identical settings; the held-out table.')
-    .option('--seeds <list>', 'comma-separated seeds', (v) => v.split(',').map((s) => positiveInteger('--seeds')(s.trim())), [0, 1, 2])
-    .option('-s, --steps <n>', 'RL steps per run', positiveInteger('--steps'), DEFAULT_RL_STEPS)
-    .option('--parallel <n>', 'trainings at a time (default: one per core)', positiveInteger('--parallel'))
+    .option('--seeds <list>', 'comma-separated seeds', (v) => v.split(',').map((s) => integerOption(0)(s.trim())), [0, 1, 2])
+    .option('-s, --steps <n>', 'RL steps per run', integerOption(0), DEFAULT_RL_STEPS)
+    .option('--parallel <n>', 'trainings at a time (default: one per core)', integerOption(1))
     .option('--json <file>', 'write the results as JSON')
     .action(async (opts: { seeds: number[]; steps: number; parallel?: number; json?: string }) => {
       io.stdout.write(`dualstream eval — GRPO and FGRPO, seeds ${opts.seeds.join(', ')}, ${opts.steps} RL steps each, identical settings\n`)

@@ -4,6 +4,7 @@
  */
 import { fork } from 'node:child_process'
 import { availableParallelism } from 'node:os'
+import { dirname, extname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Method, TrainSettings } from './presets.js'
 import type { EvalMetrics } from './trainer.js'
@@ -36,12 +37,14 @@ export interface EvaluationReport {
   seconds: number
 }
 
-const workerScript = fileURLToPath(new URL('./evalWorker.js', import.meta.url)).replace(/\.js$/, import.meta.url.endsWith('.ts') ? '.ts' : '.js')
+// the worker runs as TypeScript under the test loader, as JavaScript from dist/: same extension as this file
+const here = fileURLToPath(import.meta.url)
+const workerScript = join(dirname(here), `evalWorker${extname(here)}`)
 
 /** Runs one job in a child process with the same Node options (TS loader under tests). */
-function runInChild(job: EvalJob): Promise<EvalRunResult> {
+export function runInChild(job: EvalJob, script = workerScript): Promise<EvalRunResult> {
   return new Promise((resolve, reject) => {
-    const child = fork(workerScript, ['--eval-worker'], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const child = fork(script, ['--eval-worker'], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     let settled = false
     child.once('message', (message: { ok: boolean; result?: EvalRunResult; error?: string }) => {
       settled = true

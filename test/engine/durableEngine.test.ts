@@ -6,6 +6,7 @@ import { parseConfig, type ConfigInput } from '../../src/config.js'
 import { DurableEngine, defaultWatermarkInterval, rejectionReason, type CommittedBatch } from '../../src/engine/durableEngine.js'
 import { replayLog } from '../../src/engine/logReplay.js'
 import type { DropEvent } from '../../src/types.js'
+import { EngineStore } from '../../src/store/engineStore.js'
 
 const base: ConfigInput = {
   groupSize: 2,
@@ -47,12 +48,15 @@ t.test('ingest: valid items logged, invalid ones rejected item by item, duplicat
   t.equal(committed.length, 0, 'one group is not a batch yet')
   await engine.close()
   await t.rejects(engine.ingest([rollout('z', 'p', 1, 1)]), /closed/)
+  await t.rejects(engine.acknowledge(1), /the engine is closed/, 'an ack racing a shutdown is refused, not written to a closed store')
   await engine.close()
 })
 
 t.test('batches are committed with λ, delivered in step order, acknowledged, and survive a restart', async (t) => {
   const dataDir = tempDir()
   let { engine, committed } = await openEngine(dataDir)
+  // a group left waiting from the start: the low-water mark stays at its first rollout
+  await engine.ingest([rollout('w0', 'w', 1, 1)])
   await engine.ingest(prompts(0, 5))
   await engine.settled()
   t.same(committed.map((c) => c.outbox.step), [1, 2])
@@ -65,11 +69,11 @@ t.test('batches are committed with λ, delivered in step order, acknowledged, an
   t.equal(await engine.acknowledge(1), false, 'a second ack of the same step is harmless')
   t.same(engine.pendingBatches().map((b) => b.step), [2])
   const before = engine.stats()
-  t.match(before, { step: 2, pendingRollouts: 2, outbox: 1, nextSeq: 10 })
+  t.match(before, { step: 2, pendingRollouts: 3, outbox: 1, nextSeq: 11 })
   await engine.close()
 
   ;({ engine, committed } = await openEngine(dataDir))
-  t.match(engine.stats(), { step: 2, lambda: before.lambda, pendingRollouts: 2, outbox: 1, nextSeq: 10 }, 'state and pipeline contents restored')
+  t.match(engine.stats(), { step: 2, lambda: before.lambda, pendingRollouts: 3, outbox: 1, nextSeq: 11 }, 'state and pipeline contents restored')
   t.same(engine.pendingBatches().map((b) => b.step), [2], 'the unacknowledged batch is still there for redelivery')
   await engine.ingest(prompts(5, 8))
   await engine.settled()
@@ -80,7 +84,7 @@ t.test('batches are committed with λ, delivered in step order, acknowledged, an
 
   const replayed: object[] = []
   const result = await replayLog(parseConfig(base), dataDir, (b) => replayed.push(b.lambda))
-  t.same(result, { records: 16, batches: 4 })
+  t.same(result, { records: 17, batches: 4 })
   t.same(replayed, live, 'replaying the log gives the same λ per step')
 })
 
@@ -157,4 +161,92 @@ t.test('dualstream replay --log reads a data folder read-only and writes its bat
   const missing = await runCli(['replay', '-c', configPath, '--log', join(dataDir, 'nope')])
   t.equal(missing.code, 1)
   t.match(missing.stderr, /no engine log in .*nope \(expected .*data\.mdb/)
+})
+
+t.test('frames logged as they arrived (MessagePack and JSON) replay exactly, refused items and duplicates left out', async (t) => {
+  const { wirePackr } = await import('../../src/codec.js')
+  const dataDir = tempDir()
+  const { engine, committed } = await openEngine(dataDir)
+  const binary = { type: 'rollouts', rollouts: [...prompts(0, 1), { id: 'bad', promptId: 'p', rewards: { accuracy: 'x' } }] }
+  const text = { type: 'rollouts', rollouts: [prompts(0, 1)[0], ...prompts(1, 2)] }
+  const first = await engine.ingest(wirePackr.unpack(wirePackr.pack(binary)).rollouts, { bytes: wirePackr.pack(binary), format: 'msgpack' })
+  t.same(first, { acked: ['p0-0', 'p0-1'], rejected: [{ index: 2, id: 'bad', field: 'rewards.accuracy', reason: 'must be a finite number or null, got the string "x"' }], duplicates: 0 })
+  const json = Buffer.from(JSON.stringify(text))
+  const second = await engine.ingest(JSON.parse(json.toString()).rollouts, { bytes: json, format: 'json' })
+  t.same(second.duplicates, 1)
+  await engine.settled()
+  t.same(committed.map((c) => c.outbox.rollouts.map((r) => r.id)), [['p0-0', 'p0-1', 'p1-0', 'p1-1']])
+  await engine.close()
+  const replayed: string[][] = []
+  t.same(await replayLog(parseConfig(base), dataDir, (b) => replayed.push(b.groups.flatMap((g) => g.rollouts.map((r) => r.id)))), { records: 4, batches: 1 })
+  t.same(replayed, [['p0-0', 'p0-1', 'p1-0', 'p1-1']])
+  const reopened = await openEngine(dataDir)
+  t.match(reopened.engine.stats(), { step: 1, nextSeq: 4, pendingRollouts: 0 })
+  await reopened.engine.close()
+})
+
+t.test('a group cut short below minGroupSize is dropped and counted', async (t) => {
+  let clock = 0
+  const engine = await DurableEngine.open({ config: parseConfig({ ...base, groupTimeoutMs: 10 }), dataDir: tempDir(), now: () => clock, watermarkIntervalMs: 2 })
+  const drops: DropEvent[] = []
+  engine.drops.subscribe((d) => drops.push(d))
+  await engine.ingest([rollout('lonely', 'p', 1, 1)])
+  clock = 50
+  await new Promise((resolve) => setTimeout(resolve, 30))
+  await engine.settled()
+  t.same(drops.map((d) => [d.reason, d.count]), [['incomplete-group', 1]])
+  t.match(engine.stats().pipeline, { incompleteGroups: 1, incompleteGroupRollouts: 1 })
+  await engine.close()
+})
+
+t.test('a store that cannot commit stops the engine with the reason; nothing more is accepted', async (t) => {
+  const { engine } = await openEngine(tempDir())
+  engine.store.commitBatch = () => Promise.reject(new Error('MDB_MAP_FULL: mapsize reached'))
+  await engine.ingest(prompts(0, 2))
+  await engine.settled()
+  t.match(String(engine.error), 'MDB_MAP_FULL')
+  await t.rejects(engine.ingest(prompts(2, 3)), /MDB_MAP_FULL/)
+  await engine.close()
+})
+
+t.test('a log whose records do not score (written by something else) fails the replay with the rollout and channel', async (t) => {
+  const dataDir = tempDir()
+  const store = EngineStore.open(dataDir)
+  const bad = { id: 'nan', promptId: 'p', rewards: { accuracy: NaN }, seq: 0, ts: 0 }
+  await store.transact((tx) => {
+    tx.append([0, 1, 2, 3].map((seq) => ({ kind: 'rollout' as const, seq, rollout: { ...bad, id: seq === 0 ? 'nan' : `nan${seq}`, promptId: `p${seq >> 1}`, seq } })))
+    tx.append([{ kind: 'watermark', seq: 4, ts: 1 }])
+    return { ingested: 4, rejected: {}, duplicate: 0 }
+  })
+  await store.close()
+  await t.rejects(replayLog(parseConfig(base), dataDir, () => {}), /rollout "nan" \(prompt "p0"\): rewards\.accuracy is NaN/)
+  // the same bad batch, reached only when the end of the log flushes it
+  const short = tempDir()
+  const store2 = EngineStore.open(short)
+  await store2.transact((tx) => (tx.append([{ kind: 'rollout', seq: 0, rollout: { ...bad } }]), { ingested: 1, rejected: {}, duplicate: 0 }))
+  await store2.close()
+  await t.rejects(replayLog(parseConfig({ ...base, minGroupSize: 1 }), short, () => {}), /rewards\.accuracy is NaN/)
+  const { runCli } = await import('../support/cli.js')
+  const { writeFileSync } = await import('node:fs')
+  const configPath = join(tempDir(), 'c.json')
+  writeFileSync(configPath, JSON.stringify(base))
+  const result = await runCli(['replay', '-c', configPath, '--log', dataDir])
+  t.equal(result.code, 1, 'an unexpected failure exits 1 with the whole story')
+  t.match(result.stderr, /^dualstream: RangeError: rollout "nan"/)
+})
+
+t.test('a restart replays the watermarks and policy versions logged after the low-water mark', async (t) => {
+  const dataDir = tempDir()
+  const config = { ...base, maxStaleness: 0 }
+  const { engine } = await openEngine(dataDir, config)
+  await engine.ingest(prompts(0, 2).map((r) => ({ ...r, policyVersion: 0 })))
+  await engine.settled()
+  await engine.ingest([rollout('pending', 'q', 1, 1, { policyVersion: 0 })])
+  await engine.acknowledge(1, 1)
+  await engine.close()
+  const reopened = await openEngine(dataDir, config)
+  await reopened.engine.ingest([rollout('late', 'q', 1, 1, { policyVersion: 0 })])
+  await reopened.engine.settled()
+  t.same(reopened.drops.map((d) => d.rollouts[0].id), ['late'], 'version 1 was restored from the log: a version-0 rollout is now stale')
+  await reopened.engine.close()
 })

@@ -81,6 +81,9 @@ t.test('files in and out; bad config or arguments exit 2', async (t) => {
   const help = await runCli(['--help'])
   t.equal(help.code, 0)
   t.match(help.stdout, 'replay')
+  const unwritable = await runCli(['replay', '-c', configPath, '-i', inPath, '-o', join(dir, 'no-such-folder', 'out.jsonl')])
+  t.equal(unwritable.code, 1)
+  t.match(unwritable.stderr, /dualstream replay: ENOENT: no such file or directory, open '.*no-such-folder\/out\.jsonl'/)
   const missing = await runCli(['replay', '-c', configPath, '-i', join(dir, 'nope.jsonl')])
   t.equal(missing.code, 1)
   t.match(missing.stderr, /dualstream replay: ENOENT: no such file or directory, open '.*nope\.jsonl'/)
@@ -94,6 +97,32 @@ t.test('replay() reports each batch to onBatch with the running summary', async 
   const summary = await replay({ config: loadConfig(configPath), input: Readable.from([input]), output: new PassThrough(), onBatch: (b, s) => steps.push(b.step, s.batches) })
   t.same(steps, [1, 1, 2, 2])
   t.equal(summary.inBatches, 6)
+})
+
+t.test('without constraints the summary has no λ', async (t) => {
+  const grpo = join(dir, 'grpo.json')
+  writeFileSync(grpo, JSON.stringify({ groupSize: 2, batchGroups: 1, objectives: [{ channel: 'accuracy' }] }))
+  const result = await runCli(['replay', '-c', grpo], input)
+  t.equal(result.code, 0)
+  t.match(result.stderr, /replay: last step 3\n/)
+})
+
+t.test('a slow output pauses the input and resumes it when drained', async (t) => {
+  const { Readable, Writable } = await import('node:stream')
+  const { replay } = await import('../../src/engine/replay.js')
+  const { loadConfig } = await import('../../src/config.js')
+  const lines: string[] = []
+  for (let p = 0; p < 200; p++) for (let i = 0; i < 2; i++) lines.push(line(`r${p}-${i}`, `q${p}`, i, 1, { ts: p }))
+  let chunks = 0
+  const slow = new Writable({ highWaterMark: 16, write: (_chunk, _encoding, done) => (chunks++, setTimeout(done, 1)) })
+  const input = Readable.from(lines.map((l) => `${l}\n`), { objectMode: false, highWaterMark: 64 })
+  let pauses = 0
+  const pause = input.pause.bind(input)
+  input.pause = () => (pauses++, pause())
+  const summary = await replay({ config: loadConfig(configPath), input, output: slow })
+  t.equal(summary.batches, 100)
+  t.equal(chunks, 100)
+  t.ok(pauses > 0, `paused ${pauses} times`)
 })
 
 t.test('the real process: stdin to stdout, exit codes', async (t) => {

@@ -34,3 +34,10 @@ t.test('the length constraint turns the advantage against long completions once 
   )
   t.ok(earlyCorrelation > 0, `before that, accuracy alone favours length (r = ${earlyCorrelation.toFixed(2)})`)
 })
+
+t.test('what the producer gets wrong is dropped and reported, never silently', async (t) => {
+  const { batches, dropped } = await runExample(16, 1, [{ id: 'p0-0', promptId: 'p0', rewards: { accuracy: 1 }, payload: { tokens: 10 } }, { id: 'x', promptId: 'p0', rewards: { accuracy: 'yes' } }])
+  t.same(dropped.map((d) => [d.reason, d.count]), [['duplicate', 1], ['invalid', 1]])
+  t.match(dropped[1].detail, 'item 129: rollout "x": rewards.accuracy: must be a finite number or null, got the string "yes"')
+  t.equal(batches.reduce((n, b) => n + b.rolloutCount, 0), 128)
+})

@@ -81,4 +81,13 @@ t.test('a real ONNX judge built in the test, run by onnxruntime', async (t) => {
   scored.forEach((r, i) => t.ok(Math.abs((r.rewards.judge as number) - sigmoid(2 * inputs[i].payload!.x[0] - inputs[i].payload!.x[1] + 0.5)) < 1e-6))
   await judge.release()
   await t.rejects(loadOnnxScorer(g.serialize(), { output: 'nope' }), /the scoring model has no output "nope" \(it has score\)/)
+  // from a .onnx file, as a user would
+  const { mkdtempSync, writeFileSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const path = join(mkdtempSync(join(tmpdir(), 'dualstream-judge-')), 'judge.onnx')
+  writeFileSync(path, g.serialize())
+  const fromFile = await loadOnnxScorer(path, { input: 'features', output: 'score' })
+  t.same(Array.from(await fromFile.run(Float32Array.of(1, 0), 1)).map((x) => x.toFixed(5)), [sigmoid(2.5).toFixed(5)])
+  await fromFile.release()
 })

@@ -78,6 +78,12 @@ t.test('dualstream serve refuses what it cannot do', async (t) => {
   t.equal(missing.code, 2)
   t.match(missing.stderr, "required option '-d, --data <dir>' not specified")
 
+  const notAFolder = join(tempDir(), 'file')
+  writeFileSync(notAFolder, 'not a folder')
+  const unopenable = await runCli(['serve', '-c', config, '-d', notAFolder, '--port', '0'])
+  t.equal(unopenable.code, 1, 'a data folder that cannot be opened is a failure, not a usage error')
+  t.match(unopenable.stderr, /ENOTDIR|not a directory/i)
+
   const busy = await startCli(['-c', config, '-d', tempDir(), '--port', '0'])
   const clash = await runCli(['serve', '-c', config, '-d', tempDir(), '--port', String(busy.port)])
   t.equal(clash.code, 2)

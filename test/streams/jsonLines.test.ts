@@ -49,3 +49,14 @@ t.test('the writer pauses its source while the destination is full and resumes o
   defaults.write({ c: 3 })
   t.pass('pausing without a flow control is a no-op')
 })
+
+t.test('a destination that fails is reported once; later writes are dropped and end rejects', async (t) => {
+  const failing = new Writable({ write: (_chunk, _encoding, done) => done(new Error('EPIPE: broken pipe')) })
+  const errors: string[] = []
+  const writer = new JsonLinesWriter(failing, { pause: () => {}, resume: () => {}, onError: (e) => errors.push(e.message) })
+  writer.write({ a: 1 })
+  await new Promise((resolve) => setImmediate(resolve))
+  writer.write({ b: 2 })
+  t.same(errors, ['EPIPE: broken pipe'])
+  await t.rejects(writer.end(), /EPIPE/)
+})

@@ -182,5 +182,5 @@ t.test('train: the default port in use falls back to a free one and says so; --n
   t.notMatch(none.stdout, 'dashboard:')
   const bad = await runCli(['train', '--port', '70000'])
   t.equal(bad.code, 2)
-  t.match(bad.stderr, '--port must be an integer from 0 to 65535')
+  t.match(bad.stderr, /--port <n>' argument '70000' is invalid. must be an integer from 0 to 65535/)
 })

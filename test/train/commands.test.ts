@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { acceptanceChecks, formatEvaluation, runEvaluation } from '../../src/train/evaluation.js'
+import { acceptanceChecks, formatEvaluation, runEvaluation, runInChild } from '../../src/train/evaluation.js'
 import { formatTrainSummary } from '../../src/train/commands.js'
 import { runCli } from '../support/cli.js'
 
@@ -33,6 +33,40 @@ t.test('train: warm start, RL steps, summary table, exported policy; a second ru
   t.equal((await runCli(['train', '--steps', 'many'])).code, 2)
 })
 
+t.test('train: the default state folder is data/<method>; --steps 0 only warms up', async (t) => {
+  const cwd = process.cwd()
+  process.chdir(tempDir())
+  t.teardown(() => process.chdir(cwd))
+  const warm = await runCli(['train', '--method', 'grpo', '--steps', '0', '--no-dashboard'])
+  t.equal(warm.code, 0, warm.stderr)
+  t.match(warm.stdout, /state: .*data\/grpo \(new run\)/)
+  t.ok(existsSync(join('data', 'grpo', 'policy.onnx')))
+  const again = await runCli(['train', '--method', 'grpo', '--steps', '0', '--no-dashboard'])
+  t.match(again.stdout, /state: .*data\/grpo \(warm start done\)/)
+})
+
+t.test('train: Ctrl-C stops after the current step, saves, summarises and exits 0', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { mainScript } = await import('../support/cli.js')
+  const data = tempDir()
+  const child = spawn(process.execPath, [...process.execArgv, mainScript, 'train', '--steps', '1000000', '--data', data, '--no-dashboard'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let interrupted = false
+  child.stdout.on('data', (c: Buffer) => {
+    stdout += c.toString()
+    // once the run has started, give it time to reach the RL stage, then press Ctrl-C
+    if (stdout.includes('state:') && !interrupted) {
+      interrupted = true
+      setTimeout(() => child.kill('SIGINT'), 1500)
+    }
+  })
+  const code = await new Promise((resolve) => child.on('close', resolve))
+  t.equal(code, 0)
+  const steps = Number(/now at RL step (\d+)/.exec(stdout)?.[1])
+  t.ok(steps > 0 && steps < 1_000_000, `stopped at RL step ${steps}`)
+  t.match(stdout, /run again to continue from step \d+/)
+})
+
 t.test('eval: both methods per seed in child processes, the table and the JSON', async (t) => {
   const json = join(tempDir(), 'eval.json')
   const result = await runCli(['eval', '--seeds', '4', '--steps', '2', '--parallel', '2', '--json', json])
@@ -50,8 +84,18 @@ t.test('eval: both methods per seed in child processes, the table and the JSON',
   t.same(Object.keys(report.fgrpo.lambda), ['consistency', 'grounding'])
 })
 
+t.test('a training that fails in its worker process fails the evaluation, naming the run', async (t) => {
+  await t.rejects(runEvaluation({ seeds: [0], steps: 1, settings: { hidden: [-1] }, parallel: 1 }), /^(grpo|fgrpo) seed 0: Error: .*hidden/)
+})
+
+t.test('a worker that dies without a word fails its run', async (t) => {
+  const script = join(tempDir(), 'dies.mjs')
+  writeFileSync(script, 'process.exit(3)\n')
+  await t.rejects(runInChild({ method: 'fgrpo', seed: 9, steps: 1 }, script), /fgrpo seed 9: the worker exited with code 3 before reporting/)
+})
+
 t.test('in-process evaluation, the checks and the table', async (t) => {
-  const report = await runEvaluation({ seeds: [0], steps: 1, settings: { sftSteps: 5, sftBatch: 8, hidden: [8], evalScenes: 50 }, parallel: 1, inProcess: true })
+  const report = await runEvaluation({ seeds: [0], steps: 1, settings: { sftSteps: 5, sftBatch: 8, hidden: [8], evalScenes: 50 }, inProcess: true })
   t.equal(report.runs.length, 2)
   t.equal(report.runs[0].settings?.evalScenes, 50)
   t.match(formatEvaluation(report), 'held-out scenes per run: 50; 1 RL steps per run')

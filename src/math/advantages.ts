@@ -40,7 +40,7 @@ export function computeAdvantages(batch: BatchColumns, settings: AdvantageSettin
   const n = batch.offsets[batch.offsets.length - 1]
   const groups = batch.offsets.length - 1
   const advantages = new Float64Array(n)
-  const scratch = new Float64Array(n)
+  const scratch = scratchOf(n)
   const fracZeroStd: Record<string, number> = {}
   const terms = [
     ...settings.objectives.map((o) => ({ channel: o.channel, coefficient: o.weight, normalize: o.normalize })),
@@ -89,6 +89,15 @@ function whiten(advantages: Float64Array, normalize: Normalize): void {
   }
   const divisor = stats.std + normalize.eps
   for (let i = 0; i < advantages.length; i++) advantages[i] = (advantages[i] - stats.mean) / divisor
+}
+
+// one normalised channel at a time, reused across calls: only this function's loop reads it
+let scratchBuffer = new Float64Array(1024)
+
+/** A scratch column of `n` entries (contents undefined). */
+function scratchOf(n: number): Float64Array {
+  if (scratchBuffer.length < n) scratchBuffer = new Float64Array(Math.max(n, 2 * scratchBuffer.length))
+  return scratchBuffer.subarray(0, n)
 }
 
 function lambdaOf(lambdas: Record<string, number>, channel: string): number {

@@ -19,8 +19,11 @@ export function batchColumns(groups: readonly Group[], channels: readonly string
   for (let g = 0; g < groups.length; g++) offsets[g + 1] = offsets[g] + groups[g].rollouts.length
   const n = offsets[groups.length]
   const columns: Record<string, Float64Array> = {}
-  for (const channel of channels) {
-    const column = new Float64Array(n)
+  // one buffer for all the columns: a backing store per column costs more than the copying
+  const storage = new Float64Array(n * channels.length)
+  for (let c = 0; c < channels.length; c++) {
+    const channel = channels[c]
+    const column = storage.subarray(c * n, (c + 1) * n)
     let i = 0
     for (const group of groups) {
       for (const rollout of group.rollouts) {

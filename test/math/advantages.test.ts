@@ -114,3 +114,24 @@ t.test('whitening a flat batch gives zeros, never NaN', (t) => {
   t.same(Array.from(advantages), [0, 0, 0, 0])
   t.end()
 })
+
+t.test('batches of any size, one after another, agree with the reference (the scratch column is reused and grown)', (t) => {
+  const config = parseConfig({ groupSize: 8, batchGroups: 1, objectives: [{ channel: 'acc' }], constraints: [{ channel: 'cons', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }] })
+  let seed = 7
+  const random = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 4294967296)
+  for (const groups of [300, 2, 1000, 5]) {
+    const acc: Cell[][] = Array.from({ length: groups }, () => Array.from({ length: 8 }, () => (random() < 0.5 ? 1 : 0)))
+    const cons: Cell[][] = Array.from({ length: groups }, () => Array.from({ length: 8 }, () => (random() < 0.1 ? null : random())))
+    const ours = computeAdvantages(columnsOf({ acc, cons }), config, { cons: 0.4 })
+    const ref = referenceAdvantages(
+      [
+        { groups: acc, coefficient: 1, normalize: config.normalize },
+        { groups: cons, coefficient: 0.4, normalize: config.normalize },
+      ],
+      { aggregation: 'normalize-then-sum', lambdaSum: 0.4, scaleByLambda: false, whiten: 'none', normalize: config.normalize },
+    )
+    t.equal(ours.advantages.length, groups * 8)
+    t.ok(Array.from(ours.advantages).every((a, i) => close(a, ref[i], 1e-9)), `${groups} groups`)
+  }
+  t.end()
+})

@@ -89,11 +89,15 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
     const rows: { label: string; metrics: EvalMetrics }[] = []
     if (!trainer.warmStarted) {
       const bar = createProgress({ format: 'warm start {bar} {value}/{total} steps', total: DEFAULT_TRAIN_SETTINGS.sftSteps, stream: io.stderr })
+      const started = performance.now()
+      let warmSteps = 0
       await trainer.warmStart((done, total) => {
+        warmSteps = done
         bar.update(done)
         telemetry?.status('warm start', done, total)
       })
       bar.stop()
+      say(`warm start: ${warmSteps} supervised steps on gold traces in ${((performance.now() - started) / 1000).toFixed(1)} s`)
       rows.push({ label: 'after warm start', metrics: await trainer.evaluate() })
     } else {
       rows.push({ label: `at RL step ${trainer.rlSteps}`, metrics: await trainer.evaluate() })
@@ -128,7 +132,7 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
     bar.stop()
     const seconds = (performance.now() - started) / 1000
     const done = trainer.rlSteps - first
-    say(`RL: ${done} steps in ${seconds.toFixed(1)} s (${(done / Math.max(seconds, 1e-9)).toFixed(0)} steps/s, ${config.batchGroups}×${config.groupSize} rollouts each); now at RL step ${trainer.rlSteps}`)
+    say(`RL: ${done} step${done === 1 ? '' : 's'} in ${seconds.toFixed(1)} s (${(done / Math.max(seconds, 1e-9)).toFixed(0)} steps/s, ${config.batchGroups}×${config.groupSize} rollouts each); now at RL step ${trainer.rlSteps}`)
     telemetry?.status('held-out evaluation')
     rows.push({ label: `at RL step ${trainer.rlSteps}`, metrics: await trainer.evaluate() })
     telemetry?.status('done')

@@ -14,6 +14,7 @@ t.test('train: warm start, RL steps, summary table, exported policy; a second ru
   t.equal(first.code, 0, first.stderr)
   t.match(first.stdout, 'dualstream train — fgrpo: objectives accuracy×1; constraints consistency >= 0.98, grounding >= 0.95')
   t.match(first.stdout, `state: ${data} (new run)`)
+  t.match(first.stdout, /warm start: 500 supervised steps on gold traces in \d+\.\d s\n/)
   t.match(first.stdout, /after warm start +\d+\.\d% +\d+\.\d% +\d+\.\d%/)
   t.match(first.stdout, /at RL step 3 /)
   t.match(first.stdout, /λ at the end: consistency \d\.\d{3}, grounding \d\.\d{3}/)
@@ -23,6 +24,7 @@ t.test('train: warm start, RL steps, summary table, exported policy; a second ru
   t.match(second.stdout, `state: ${data} (resuming after RL step 3)`)
   t.match(second.stdout, /now at RL step 5/)
   t.notMatch(second.stdout, 'after warm start', 'the warm start is not repeated')
+  t.notMatch(second.stdout, 'supervised steps')
 
   const config = join(data, 'grpo.json')
   writeFileSync(config, JSON.stringify({ groupSize: 4, batchGroups: 2, objectives: [{ channel: 'accuracy' }] }))

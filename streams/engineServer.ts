@@ -90,7 +90,8 @@ export interface Endpoint {
 export type HttpRoute = (request: IncomingMessage, response: ServerResponse, url: URL) => void
 
 // a server request always has a URL (the type allows none)
-const parseUrl = (raw: string | undefined): URL | undefined => {
+/** The request's URL, or undefined when it cannot be parsed (`GET http://[`): answer 400, never throw in a server callback. */
+export const parseUrl = (raw: string | undefined): URL | undefined => {
   try {
     return new URL(raw as string, 'http://localhost')
   } catch {

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { authorize, refuseUpgrade, type RoleTokens } from '../auth.js'
-import { sendJson, type Endpoint, type HttpRoute } from '../engineServer.js'
+import { parseUrl, sendJson, type Endpoint, type HttpRoute } from '../engineServer.js'
 import type { WireFormat } from '../wire.js'
 import type { Mountable } from './routes.js'
 
@@ -78,8 +78,8 @@ export class TelemetryServer implements Mountable {
   }
 
   private onRequest(request: IncomingMessage, response: ServerResponse): void {
-    // a server's request always has a URL (the type allows none)
-    const url = new URL(request.url as string, 'http://localhost')
+    const url = parseUrl(request.url)
+    if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
     const route = this.routes.get(url.pathname)
     if (route !== undefined) return route(request, response, url)
     if (this.endpoints.has(url.pathname)) return sendJson(response, 426, { error: `${url.pathname} is a WebSocket endpoint: connect with a WebSocket client` })
@@ -88,7 +88,8 @@ export class TelemetryServer implements Mountable {
 
   private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy())
-    const url = new URL(request.url as string, 'http://localhost')
+    const url = parseUrl(request.url)
+    if (url === undefined) return refuseUpgrade(socket, 400, 'malformed request URL')
     const endpoint = this.endpoints.get(url.pathname)
     if (endpoint === undefined) return refuseUpgrade(socket, 404, `no WebSocket endpoint at ${url.pathname}`)
     const problem = authorize(request, url, endpoint.role, this.options.tokens ?? {})

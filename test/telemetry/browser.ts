@@ -3,6 +3,7 @@ import { existsSync, mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import WebSocket from 'ws'
+import { mulberry32 } from '../../examples/support/random.js'
 import { pack } from '../serve/support.js'
 
 /** Debian's chromium (`apt-get install -y chromium`; `.ci/run` installs it); DUALSTREAM_CHROMIUM overrides. */
@@ -37,18 +38,6 @@ export async function openPage(browser: Browser): Promise<{ page: Page; errors: 
   return { page, errors }
 }
 
-/** A seeded generator (mulberry32). */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 /** The engine config of the synthetic run: one objective, a `>=` and a `<=` constraint. */
 export const dashboardConfig = {
   groupSize: 4,
@@ -64,7 +53,7 @@ export const dashboardConfig = {
  * Rollouts of steps `from` to `to` (exclusive) of a synthetic run that improves: accuracy and
  * consistency rise, toxicity falls, so λ climbs and then comes back down.
  */
-export function syntheticSteps(from: number, to: number, total: number, random = seeded(from + 1)) {
+export function syntheticSteps(from: number, to: number, total: number, random = mulberry32(from + 1)) {
   const { groupSize, batchGroups } = dashboardConfig
   const out = []
   for (let s = from; s < to; s++) {

@@ -1,5 +1,5 @@
 import { createServer, request as httpRequest, type Server } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { connect, type AddressInfo, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import WebSocket from 'ws'
@@ -106,6 +106,22 @@ t.test('the telemetry server: routes, upgrades with tokens, port fallback, heart
   t.equal(nowhere.status, 404)
   t.same(JSON.parse(nowhere.body), { error: 'no such endpoint: /nowhere' })
   t.equal((await raw(`${base}/telemetry`, 'GET')).status, 426)
+  // a request line no URL parser takes is answered 400, plain or upgrade, and the server stays up
+  const rawRequest = (text: string) =>
+    new Promise<string>((resolve) => {
+      const socket = connect(port, '127.0.0.1', () => socket.write(text))
+      let answer = ''
+      socket.on('data', (c: Buffer) => {
+        answer += c.toString()
+        socket.end()
+      })
+      socket.on('close', () => resolve(answer))
+    })
+  t.match(await rawRequest('GET http://[ HTTP/1.1\r\nHost: x\r\n\r\n'), /^HTTP\/1\.1 400 Bad Request[^]*malformed request URL/)
+  t.match(
+    await rawRequest('GET http://[ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'),
+    /^HTTP\/1\.1 400 Bad Request[^]*malformed request URL/,
+  )
   t.equal((await upgradeStatus(`ws://127.0.0.1:${port}/nowhere`)).status, 404)
   const refused = await upgradeStatus(`ws://127.0.0.1:${port}/telemetry`)
   t.equal(refused.status, 401)

@@ -21,7 +21,7 @@ import {
   type OutboxBatch,
   type PipelineCounters,
 } from '../store/engineStore.js'
-import { batchSummary, constraintsRecord } from './batchRecord.js'
+import { batchSummary, type BatchSummary } from './batchRecord.js'
 import { EnginePipeline } from './pipeline.js'
 import { encodeBatchForTrainer } from './outboxEncoder.js'
 
@@ -40,10 +40,15 @@ export interface IngestOutcome {
   duplicates: number
 }
 
-/** What the engine tells its observers after each batch is durable. */
+/**
+ * What the engine tells its observers after each batch is durable. It holds the batch's
+ * summary and bytes, not its rollouts: those are released as soon as the batch is encoded,
+ * instead of living (and being copied by the garbage collector) until the disk has it.
+ */
 export interface CommittedBatch {
-  batch: ScoredBatch
-  /** The trainer's view of the batch (built on access). */
+  /** Counts, λ before/after, constraint measurements, objective means, advantage mean and std. */
+  summary: BatchSummary
+  /** The trainer's view of the batch (decoded from `delivery` on access). */
   readonly outbox: OutboxBatch
   /** The outbox batch as MessagePack bytes, as stored and as sent to trainers. */
   delivery: Delivery
@@ -170,7 +175,8 @@ export class DurableEngine {
 
   /**
    * Validates a frame of rollouts, logs the new ones durably and resolves once they are on
-   * disk (only then may the producer be acknowledged). Invalid items are rejected one by
+   * disk (only then may the producer be acknowledged); they are fed to the pipeline right
+   * after, in seq order (`settled()` waits for that). Invalid items are rejected one by
    * one; the valid items of the same frame are still accepted. Duplicate ids are
    * acknowledged and counted, not logged again. With `raw` (the frame's bytes, whose
    * `rollouts` are `items`, e.g. straight from the wire), the log keeps those bytes instead
@@ -225,7 +231,11 @@ export class DurableEngine {
       this.ingestCounters.ingested += accepted.length
       return structuredClone(this.ingestCounters)
     })
-    return this.feedInOrder(durable, () => accepted).then(() => ({ acked, rejected, duplicates }))
+    // a failed write is reported through the promise returned here
+    this.feedInOrder(durable, () => accepted).catch(() => {})
+    // the producer's ack needs the rollouts on disk, not in the pipeline: it need not wait for
+    // them to be fed (and for the batches they complete to be scored and encoded)
+    return durable.then(() => ({ acked, rejected, duplicates }))
   }
 
   /** Feeds rollouts (or one other record) once durable, strictly in seq order. */
@@ -267,18 +277,19 @@ export class DurableEngine {
     for (const seq of consumedSeqs) if (seq > maxSeq) maxSeq = seq
     if (maxSeq >= lowWater) this.consumption.push({ step: batch.step, maxSeq })
     else prune.push(batch.step)
-    const written = this.store.commitBatch({ delivery, summary: { ...batchSummary(batch), ts: this.now() }, consumedSeqs, meta, prune })
+    const summary = batchSummary(batch)
+    const written = this.store.commitBatch({ delivery, summary: { ...summary, ts: this.now() }, consumedSeqs, meta, prune })
     this.commitChain = this.commitChain
       .then(() => written)
       .then(
         () => {
-          this.outboxSteps.add(batch.step)
+          this.outboxSteps.add(delivery.step)
           this.committed.next({
-            batch,
+            summary,
             delivery,
             latencyMs: this.now() - newestTs,
             get outbox() {
-              return toOutbox(batch)
+              return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
             },
           })
         },
@@ -359,18 +370,4 @@ export class DurableEngine {
 /** The metric label of a rejection: the top-level field at fault (`rewards`, `id`…) or `shape`. */
 export function rejectionReason(field: string): string {
   return field === '(rollout)' ? 'shape' : field.split('.')[0]
-}
-
-/** The trainer's view of a batch: rollout ids, prompt ids, advantages and payloads. */
-export function toOutbox(batch: ScoredBatch): OutboxBatch {
-  const rollouts: OutboxBatch['rollouts'] = []
-  let i = 0
-  for (const group of batch.groups) {
-    for (const rollout of group.rollouts as Rollout[]) {
-      const item: OutboxBatch['rollouts'][number] = { id: rollout.id, promptId: rollout.promptId, advantage: batch.advantages[i++] }
-      if (rollout.payload !== undefined) item.payload = rollout.payload
-      rollouts.push(item)
-    }
-  }
-  return { type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints), rollouts }
 }

@@ -6,8 +6,10 @@
  *              ingest frame as it arrived on the wire — its bytes, the indices of the items
  *              accepted and the seq of the first — so ingest never re-encodes rollouts. Seq
  *              order; never rewritten, so the log can be replayed under another config.
- * - `ids`      rollout id → (nothing): the dedup index ("counted at most once, ever"); an id
- *              is claimed and checked in one B-tree operation (put with noOverwrite).
+ * - `idHashes` seq of a log entry → the 64-bit hashes of its rollouts' ids (8 bytes each), written
+ *              with the entry. Loaded at open into an in-memory hash table (`idHashes.ts`): the
+ *              dedup index ("counted at most once, ever"). A new hash proves an id new; a known
+ *              one is confirmed against the log, so a hash collision never drops a rollout.
  * - `consumed` step → { seqs, maxSeq }: the rollouts a committed batch consumed or the
  *              pipeline dropped since the previous batch; pruned once below the low-water mark.
  * - `outbox`   step → the advantage batch for the trainer, as the MessagePack bytes that are
@@ -17,13 +19,17 @@
  *              effect at any seq without scanning the log.
  * - `meta`     'engine' → step, dual state, counters, low-water mark; 'ingest' → counters.
  *
- * Writes go through lmdb-js asynchronous transactions; callers acknowledge anything only
- * after `flushed` (data on disk).
+ * Each ingest and each batch commit is one LMDB transaction, queued with `env.batch` so that
+ * lmdb-js's write thread does the B-tree work while the event loop goes on (a `transaction`
+ * callback would hold the write lock until the event loop runs it). Callers acknowledge
+ * anything only after `flushed` (data on disk).
  */
+import { getRandomValues } from 'node:crypto'
 import { open, type Database, type RootDatabase } from 'lmdb'
 import { decodeValue, type WireFormat } from '../codec.js'
 import type { DualState, Rollout } from '../types.js'
 import { formatFieldError, validateRollout } from '../validate.js'
+import { forEachHash, IdHasher, IdHashTable, packHashes } from './idHashes.js'
 
 /** One record of the ingest log. */
 export type LogRecord =
@@ -46,18 +52,24 @@ export interface FrameEntry {
 
 export type LogEntry = LogRecord[] | FrameEntry
 
-/** What an ingest transaction can do; it runs in log order, so seqs are assigned here. */
+/** What an ingest transaction can do; transactions run in call order, so seqs are assigned here. */
 export interface IngestTransaction {
   /** The seq the next appended record gets. */
   readonly nextSeq: number
-  /** Claims a rollout id in the dedup index: false when it was already there (a duplicate). */
+  /**
+   * Claims a rollout id in the dedup index: false when it was already logged or claimed (a
+   * duplicate). The ids claimed since the previous `append` are the rollouts of the next one.
+   */
   claim(id: string): boolean
   /** Appends an entry whose first seq is `nextSeq`. */
   append(entry: LogEntry): void
 }
 
-const EMPTY = new Uint8Array(0)
-const NO_OVERWRITE = { noOverwrite: true }
+export interface EngineStoreOptions {
+  readOnly?: boolean
+  /** The id hasher (tests force collisions with it); by default seeded per store. */
+  idHasher?: IdHasher
+}
 
 /** Counters that survive restarts. */
 export interface IngestCounters {
@@ -149,26 +161,37 @@ function lastOf(entry: LogEntry): { seq: number; ts: number } {
   return { seq: last.seq, ts: last.kind === 'rollout' ? last.rollout.ts! : last.ts }
 }
 
+/** How many decoded log entries the duplicate check keeps (a retried frame hits the same few). */
+const DECODED_ENTRIES = 4
+
 export class EngineStore {
   readonly env: RootDatabase
   readonly log: Database<LogEntry, number>
-  readonly ids: Database<Uint8Array, string>
+  readonly idHashes: Database<Uint8Array, number>
   readonly consumed: Database<{ seqs: number[]; maxSeq: number }, number>
   readonly outbox: Database<Uint8Array, number>
   readonly steps: Database<unknown, number>
   readonly meta: Database<unknown, string>
   readonly policies: Database<number, number>
 
-  // the seq the next appended record gets (advanced inside transactions, in log order)
+  // the seq the next appended record gets (advanced by transactions, in call order)
   private next = 0
+  // every logged id's hash (a token table for a read-only store, which claims nothing)
+  private readonly idTable: IdHashTable
+  private readonly hasher: IdHasher
+  // ids of entries handed to LMDB and not yet on disk, by entry seq: reads cannot see them yet
+  private readonly unflushed = new Map<number, string[]>()
+  // ids of recently decoded log entries, by entry seq (entries are never rewritten)
+  private readonly decodedIds = new Map<number, string[]>()
 
   private constructor(
     readonly path: string,
-    readOnly: boolean,
+    options: EngineStoreOptions,
   ) {
+    const readOnly = options.readOnly ?? false
     this.env = open({ path, maxDbs: 8, readOnly })
     this.log = this.env.openDB<LogEntry, number>({ name: 'log' })
-    this.ids = this.env.openDB<Uint8Array, string>({ name: 'ids', encoding: 'binary' })
+    this.idHashes = this.env.openDB<Uint8Array, number>({ name: 'idHashes', encoding: 'binary' })
     this.consumed = this.env.openDB<{ seqs: number[]; maxSeq: number }, number>({ name: 'consumed' })
     // stored as sent: the bytes go to the trainer without being encoded again
     this.outbox = this.env.openDB<Uint8Array, number>({ name: 'outbox', encoding: 'binary' })
@@ -176,11 +199,44 @@ export class EngineStore {
     this.meta = this.env.openDB<unknown, string>({ name: 'meta' })
     this.policies = this.env.openDB<number, number>({ name: 'policies' })
     for (const { value } of this.log.getRange({ reverse: true, limit: 1 })) this.next = lastOf(value).seq + 1
+    this.hasher = options.idHasher ?? new IdHasher(...this.idHashSeed(readOnly))
+    this.idTable = new IdHashTable(readOnly ? 16 : undefined)
+    if (!readOnly) this.loadIdIndex()
   }
 
   /** Opens (creating if needed) the store in a directory. */
-  static open(path: string, options: { readOnly?: boolean } = {}): EngineStore {
-    return new EngineStore(path, options.readOnly ?? false)
+  static open(path: string, options: EngineStoreOptions = {}): EngineStore {
+    return new EngineStore(path, options)
+  }
+
+  /** The store's hash seed, made at its first open: ids cannot be chosen to collide without it. */
+  private idHashSeed(readOnly: boolean): [number, number] {
+    const stored = this.meta.get('idHashSeed') as [number, number] | undefined
+    if (stored !== undefined || readOnly) return stored ?? [0, 0]
+    const seed = getRandomValues(new Uint32Array(2))
+    this.meta.putSync('idHashSeed', [seed[0], seed[1]])
+    return [seed[0], seed[1]]
+  }
+
+  /** Fills the hash table from `idHashes`, first hashing any logged entry that has none (a store from before the table). */
+  private loadIdIndex(): void {
+    let last = -1
+    for (const { key, value } of this.idHashes.getRange({})) {
+      forEachHash(value, (_, hi, lo) => this.idTable.add(hi, lo))
+      last = key
+    }
+    const missing: { seq: number; hashes: number[] }[] = []
+    for (const { key, value } of this.log.getRange({ start: last + 1 })) {
+      const hashes: number[] = []
+      for (const record of entryRecords(value)) {
+        if (record.kind !== 'rollout') continue
+        this.hasher.hash(record.rollout.id)
+        this.idTable.add(this.hasher.hi, this.hasher.lo)
+        hashes.push(this.hasher.hi, this.hasher.lo)
+      }
+      if (hashes.length > 0) missing.push({ seq: key, hashes })
+    }
+    if (missing.length > 0) this.env.transactionSync(() => missing.forEach(({ seq, hashes }) => this.idHashes.putSync(seq, packHashes(hashes))))
   }
 
   /** The seq the next record gets: one past the last record logged or being logged. */
@@ -211,30 +267,82 @@ export class EngineStore {
   }
 
   /**
-   * Runs `work` in the next write transaction, in call order: it claims ids, appends log
-   * entries (seqs are assigned here, so the log order is the order of these calls) and
-   * returns the ingest counters to save with them. Resolves once all of it is on disk.
+   * Runs `work` now: it claims ids, appends log entries (seqs are assigned here, so the log
+   * order is the order of these calls) and returns the ingest counters to save with them.
+   * All of it is written in one transaction; resolves once it is on disk. Nothing is
+   * written when `work` throws.
    */
   async transact(work: (tx: IngestTransaction) => IngestCounters): Promise<void> {
-    await this.env.transaction(() => {
-      const store = this
-      const counters = work({
+    const claims = new TransactionClaims()
+    const entries: { seq: number; entry: LogEntry; ids: string[]; hashes: number[] }[] = []
+    let next = this.next
+    let counters: IngestCounters
+    try {
+      counters = work({
         get nextSeq() {
-          return store.next
+          return next
         },
-        // inside a write transaction putSync returns whether it wrote (lmdb-js types it void)
-        claim: (id) => (this.ids.putSync(id, EMPTY, NO_OVERWRITE) as unknown as boolean) === true,
+        claim: (id) => this.claim(id, claims),
         append: (entry) => {
           const first = Array.isArray(entry) ? entry[0].seq : entry.seq
-          if (first !== this.next) throw new Error(`log entry at seq ${first}, the next seq is ${this.next}`)
-          this.log.put(first, entry)
-          if (Array.isArray(entry)) for (const record of entry) if (record.kind === 'policy') this.policies.put(record.seq, record.version)
-          this.next = lastOf(entry).seq + 1
+          if (first !== next) throw new Error(`log entry at seq ${first}, the next seq is ${next}`)
+          const rollouts = Array.isArray(entry) ? entry.filter((record) => record.kind === 'rollout').length : entry.count
+          if (rollouts !== claims.pendingIds()) throw new Error(`log entry at seq ${first} holds ${rollouts} rollouts, ${claims.pendingIds()} ids were claimed for it`)
+          entries.push({ seq: first, entry, ...claims.take() })
+          next = lastOf(entry).seq + 1
         },
       })
+    } finally {
+      claims.close()
+    }
+    if (claims.pendingIds() > 0) throw new Error(`${claims.pendingIds()} claimed ids were not appended`)
+    this.next = next
+    const written = this.env.batch(() => {
+      for (const { seq, entry, hashes } of entries) {
+        this.log.put(seq, entry)
+        if (hashes.length > 0) this.idHashes.put(seq, packHashes(hashes))
+        if (Array.isArray(entry)) for (const record of entry) if (record.kind === 'policy') this.policies.put(record.seq, record.version)
+      }
       this.meta.put('ingest', counters)
     })
-    await this.env.flushed
+    for (const { seq, ids } of entries) if (ids.length > 0) this.unflushed.set(seq, ids)
+    try {
+      await written
+      await this.env.flushed
+    } finally {
+      for (const { seq } of entries) this.unflushed.delete(seq)
+    }
+  }
+
+  /** Claims an id: a new hash proves it new; a known one is checked against every id it could stand for. */
+  private claim(id: string, claims: TransactionClaims): boolean {
+    this.hasher.hash(id)
+    const { hi, lo } = this.hasher
+    const isNew = this.idTable.add(hi, lo) || !this.seenBefore(id, hi, lo, claims)
+    if (isNew) claims.add(id, hi, lo)
+    return isNew
+  }
+
+  private seenBefore(id: string, hi: number, lo: number, claims: TransactionClaims): boolean {
+    if (claims.has(id)) return true
+    for (const ids of this.unflushed.values()) if (ids.includes(id)) return true
+    if (claims.logged === undefined) {
+      // read what is on disk now, not a snapshot from before the entries just flushed
+      this.env.resetReadTxn()
+      claims.logged = new LoggedHashes(this.idHashes, (seq) => this.entryIds(seq))
+    }
+    return claims.logged.has(id, hi, lo)
+  }
+
+  /** The ids of a logged entry's rollouts, in seq order. */
+  private entryIds(seq: number): string[] {
+    let ids = this.decodedIds.get(seq)
+    if (ids !== undefined) return ids
+    ids = []
+    for (const record of entryRecords(this.log.get(seq)!)) if (record.kind === 'rollout') ids.push(record.rollout.id)
+    if (this.decodedIds.size >= DECODED_ENTRIES) this.decodedIds.delete(this.decodedIds.keys().next().value!)
+    this.decodedIds.set(seq, ids)
+    return ids
   }
 
   /** Commits a batch in one transaction: state, summary, consumption, outbox; resolves once on disk. */
@@ -242,7 +350,7 @@ export class EngineStore {
     const step = commit.delivery.step
     let maxSeq = -1
     for (const seq of commit.consumedSeqs) if (seq > maxSeq) maxSeq = seq
-    await this.env.transaction(() => {
+    await this.env.batch(() => {
       this.meta.put('engine', commit.meta)
       this.steps.put(step, commit.summary)
       this.outbox.put(step, commit.delivery.bytes)
@@ -289,5 +397,94 @@ export class EngineStore {
 
   async close(): Promise<void> {
     await this.env.close()
+  }
+}
+
+/** The ids one transaction claimed: in order, with their hashes, until appended. */
+class TransactionClaims {
+  private ids: string[] = []
+  private hashes: number[] = []
+  // every id claimed in this transaction, once one of them needed checking
+  private all: Set<string> | undefined
+  private taken: string[] = []
+  /** The log's hashes, scanned once a known hash needs checking. */
+  logged: LoggedHashes | undefined
+
+  add(id: string, hi: number, lo: number): void {
+    this.ids.push(id)
+    this.hashes.push(hi, lo)
+    this.all?.add(id)
+  }
+
+  has(id: string): boolean {
+    this.all ??= new Set([...this.taken, ...this.ids])
+    return this.all.has(id)
+  }
+
+  pendingIds(): number {
+    return this.ids.length
+  }
+
+  /** The claims since the previous take: the rollouts of the entry being appended. */
+  take(): { ids: string[]; hashes: number[] } {
+    const taken = { ids: this.ids, hashes: this.hashes }
+    this.taken.push(...this.ids)
+    this.ids = []
+    this.hashes = []
+    return taken
+  }
+
+  close(): void {
+    this.logged?.close()
+  }
+}
+
+/**
+ * The logged hashes, read newest first and only as far as needed (a retried frame is found in
+ * the last few entries); what was read is kept by hash for the rest of the transaction.
+ */
+class LoggedHashes {
+  private readonly scan: Iterator<{ key: number; value: Uint8Array }>
+  // hashes read so far: lo → [hi, seq of entry, index in entry, …]
+  private readonly seen = new Map<number, number[]>()
+  private exhausted = false
+
+  constructor(
+    idHashes: Database<Uint8Array, number>,
+    private readonly entryIds: (seq: number) => string[],
+  ) {
+    this.scan = idHashes.getRange({ reverse: true })[Symbol.iterator]()
+  }
+
+  /** Whether a logged rollout with this hash has this id. */
+  has(id: string, hi: number, lo: number): boolean {
+    if (this.matchIn(this.seen.get(lo), id, hi)) return true
+    while (!this.exhausted) {
+      const next = this.scan.next()
+      if (next.done === true) {
+        this.exhausted = true
+        break
+      }
+      const { key, value } = next.value
+      let found = false
+      forEachHash(value, (index, storedHi, storedLo) => {
+        let same = this.seen.get(storedLo)
+        if (same === undefined) this.seen.set(storedLo, (same = []))
+        same.push(storedHi, key, index)
+        if (storedHi === hi && storedLo === lo && !found) found = this.entryIds(key)[index] === id
+      })
+      if (found) return true
+    }
+    return false
+  }
+
+  private matchIn(same: number[] | undefined, id: string, hi: number): boolean {
+    if (same === undefined) return false
+    for (let k = 0; k < same.length; k += 3) if (same[k] === hi && this.entryIds(same[k + 1])[same[k + 2]] === id) return true
+    return false
+  }
+
+  close(): void {
+    this.scan.return?.()
   }
 }

@@ -6,7 +6,7 @@
  */
 import type { Config } from '../../src/config.js'
 import type { EngineStats } from '../../src/engine/durableEngine.js'
-import { batchSummary, finiteOrNull } from '../../src/engine/batchRecord.js'
+import { batchSummary, finiteOrNull, type BatchSummary } from '../../src/engine/batchRecord.js'
 import type { RolloutDescription } from '../../src/spatialgrid/render.js'
 import type { LearnerStats, EvalMetrics } from '../../src/train/trainer.js'
 import type { ScoredBatch } from '../../src/types.js'
@@ -206,8 +206,7 @@ export class RateMeter {
 }
 
 /** The batch figures every frame carries, from a scored batch. */
-function batchFigures(batch: ScoredBatch, config: Config): Pick<BatchFrame, 'step' | 'rollouts' | 'groups' | 'partialGroups' | 'objectives' | 'constraints' | 'fracZeroStd' | 'advantage'> {
-  const summary = batchSummary(batch)
+function batchFigures(summary: BatchSummary, config: Config): Pick<BatchFrame, 'step' | 'rollouts' | 'groups' | 'partialGroups' | 'objectives' | 'constraints' | 'fracZeroStd' | 'advantage'> {
   const constraints: Record<string, ConstraintFigures> = {}
   for (const spec of config.constraints) {
     const measured = summary.constraints[spec.channel]
@@ -237,10 +236,10 @@ function batchFigures(batch: ScoredBatch, config: Config): Pick<BatchFrame, 'ste
 }
 
 /** A `serve` frame: a committed batch, the engine's stats right after, and the rates. */
-export function serveBatchFrame(input: { batch: ScoredBatch; latencyMs: number; counts: TelemetryCounts; config: Config; now: number; rates: TelemetryRates }): BatchFrame {
+export function serveBatchFrame(input: { summary: BatchSummary; latencyMs: number; counts: TelemetryCounts; config: Config; now: number; rates: TelemetryRates }): BatchFrame {
   return {
     type: 'batch',
-    ...batchFigures(input.batch, input.config),
+    ...batchFigures(input.summary, input.config),
     ts: input.now,
     counts: input.counts,
     throughput: input.rates,
@@ -263,7 +262,7 @@ export function trainBatchFrame(input: { report: StepFigures; counts: TelemetryC
   const { report } = input
   const frame: BatchFrame = {
     type: 'batch',
-    ...batchFigures(report.batch, input.config),
+    ...batchFigures(batchSummary(report.batch), input.config),
     ts: input.now,
     counts: input.counts,
     throughput: input.rates,

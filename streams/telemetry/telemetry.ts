@@ -136,11 +136,11 @@ export class EngineTelemetry extends Telemetry {
     this.subscription = engine.committed.subscribe((committed) => this.onCommitted(engine, committed))
   }
 
-  private onCommitted(engine: DurableEngine, { batch, latencyMs }: CommittedBatch): void {
+  private onCommitted(engine: DurableEngine, { summary, latencyMs }: CommittedBatch): void {
     const counts = engineCounts(engine.stats())
     const now = this.now()
     const rates = this.rates.update(now, { rollouts: counts.rolloutsInBatches, ingested: counts.ingested, batches: counts.batches })
-    this.publish(serveBatchFrame({ batch, latencyMs, counts, config: this.config, now, rates }))
+    this.publish(serveBatchFrame({ summary, latencyMs, counts, config: this.config, now, rates }))
   }
 
   override close(): void {

@@ -124,7 +124,7 @@ t.test('group timeouts run on logged watermarks: replay and restart agree', asyn
   await new Promise((resolve) => setTimeout(resolve, 50))
   await engine.settled()
   t.same(committed.map((c) => c.outbox.rollouts.map((r) => r.id)), [['a', 'b']], 'two partial groups of one form a batch')
-  t.equal(committed[0].batch.groups.every((g) => g.partial), true)
+  t.equal(committed[0].summary.partialGroups, committed[0].summary.groups)
   t.equal(drops.length, 0)
   await engine.close()
   const replayed: string[][] = []
@@ -214,6 +214,7 @@ t.test('a log whose records do not score (written by something else) fails the r
   const store = EngineStore.open(dataDir)
   const bad = { id: 'nan', promptId: 'p', rewards: { accuracy: NaN }, seq: 0, ts: 0 }
   await store.transact((tx) => {
+    for (const id of ['nan', 'nan1', 'nan2', 'nan3']) tx.claim(id)
     tx.append([0, 1, 2, 3].map((seq) => ({ kind: 'rollout' as const, seq, rollout: { ...bad, id: seq === 0 ? 'nan' : `nan${seq}`, promptId: `p${seq >> 1}`, seq } })))
     tx.append([{ kind: 'watermark', seq: 4, ts: 1 }])
     return { ingested: 4, rejected: {}, duplicate: 0 }
@@ -223,7 +224,7 @@ t.test('a log whose records do not score (written by something else) fails the r
   // the same bad batch, reached only when the end of the log flushes it
   const short = tempDir()
   const store2 = EngineStore.open(short)
-  await store2.transact((tx) => (tx.append([{ kind: 'rollout', seq: 0, rollout: { ...bad } }]), { ingested: 1, rejected: {}, duplicate: 0 }))
+  await store2.transact((tx) => (tx.claim(bad.id), tx.append([{ kind: 'rollout', seq: 0, rollout: { ...bad } }]), { ingested: 1, rejected: {}, duplicate: 0 }))
   await store2.close()
   await t.rejects(replayLog(parseConfig({ ...base, minGroupSize: 1 }), short, () => {}), /rewards\.accuracy is NaN/)
   const { runCli } = await import('../support/cli.js')

@@ -2,12 +2,13 @@ import fc from 'fast-check'
 import t from 'tap'
 import { wireUnpackr } from '../../src/codec.js'
 import { parseConfig } from '../../src/config.js'
-import { toOutbox } from '../../src/engine/durableEngine.js'
 import { encodeBatchForTrainer } from '../../src/engine/outboxEncoder.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { batchColumns } from '../../src/math/columns.js'
 import { scoreGroups } from '../../src/math/score.js'
-import type { Group, ScoredBatch } from '../../src/types.js'
+import type { Group, Rollout, ScoredBatch } from '../../src/types.js'
+import type { OutboxBatch } from '../../src/store/engineStore.js'
+import { constraintsRecord } from '../../src/engine/batchRecord.js'
 
 const config = parseConfig({
   groupSize: 2,
@@ -19,6 +20,20 @@ const config = parseConfig({
 function scored(groups: Group[]): ScoredBatch {
   const step = scoreGroups(groups, config, initialDualState(config.constraints))
   return { groups, ts: 0, reason: 'full', columns: batchColumns(groups, ['acc', 'c']), windows: {}, ...step }
+}
+
+/** The reference: the trainer's view of a batch built as plain objects (what the bytes must decode to). */
+function toOutbox(batch: ScoredBatch): OutboxBatch {
+  const rollouts: OutboxBatch['rollouts'] = []
+  let i = 0
+  for (const group of batch.groups) {
+    for (const rollout of group.rollouts as Rollout[]) {
+      const item: OutboxBatch['rollouts'][number] = { id: rollout.id, promptId: rollout.promptId, advantage: batch.advantages[i++] }
+      if (rollout.payload !== undefined) item.payload = rollout.payload
+      rollouts.push(item)
+    }
+  }
+  return { type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints), rollouts }
 }
 
 const text = fc.oneof(fc.string({ minLength: 1, maxLength: 40 }), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 120 }), fc.string({ minLength: 250, maxLength: 300 }))

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { wirePackr } from '../../src/codec.js'
-import { EngineStore, entryRecords, type FrameEntry } from '../../src/store/engineStore.js'
+import { EngineStore, entryRecords, type FrameEntry, type LogRecord } from '../../src/store/engineStore.js'
+import { IdHasher } from '../../src/store/idHashes.js'
 
 const counters = { ingested: 0, rejected: {}, duplicate: 0 }
 const open = () => EngineStore.open(mkdtempSync(join(tmpdir(), 'dualstream-store-')))
@@ -32,4 +33,89 @@ t.test('a frame entry whose item no longer reads as a rollout names the seq, the
   const selected = entryRecords({ ...entry, count: 1, accepted: new Uint8Array(Uint32Array.of(0).buffer) })
   t.same(selected, [{ kind: 'rollout', seq: 40, rollout: { id: 'ok', promptId: 'p', rewards: {}, seq: 40, ts: 1 } }])
   t.end()
+})
+
+/** A hasher under which every id collides: every claim after the first must be settled against the ids themselves. */
+class CollidingHasher extends IdHasher {
+  override hash(): void {
+    this.hi = 7
+    this.lo = 7
+  }
+}
+
+const rolloutEntry = (seq: number, ids: string[]): LogRecord[] => ids.map((id, k) => ({ kind: 'rollout', seq: seq + k, rollout: { id, promptId: 'p', rewards: {}, seq: seq + k, ts: 1 } }))
+
+/** Claims `ids` in one transaction and appends the new ones; resolves to which were new. */
+async function ingest(store: EngineStore, ids: string[]): Promise<boolean[]> {
+  let claimed: boolean[] = []
+  await store.transact((tx) => {
+    claimed = ids.map((id) => tx.claim(id))
+    const fresh = ids.filter((_, k) => claimed[k])
+    if (fresh.length > 0) tx.append(rolloutEntry(tx.nextSeq, fresh))
+    return counters
+  })
+  return claimed
+}
+
+t.test('with every hash colliding, duplicates are still found exactly: in the transaction, on the way to disk, on disk, after a restart', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dualstream-store-'))
+  let store = EngineStore.open(dir, { idHasher: new CollidingHasher(0, 0) })
+  t.same(await ingest(store, ['a', 'b', 'a', 'c']), [true, true, false, true], 'a repeat inside one frame')
+  // two frames in flight at once: the second sees the first before it is on disk
+  const [first, second] = await Promise.all([ingest(store, ['d', 'e']), ingest(store, ['e', 'f', 'b'])])
+  t.same(first, [true, true])
+  t.same(second, [false, true, false], 'e was on its way to disk; b was on disk')
+  // more entries than the decoded-entry cache holds, then ids from the oldest
+  for (const id of ['g', 'h', 'i', 'j', 'k']) await ingest(store, [id])
+  t.same(await ingest(store, ['a', 'z', 'k']), [false, true, false])
+  await store.close()
+  store = EngineStore.open(dir, { idHasher: new CollidingHasher(0, 0) })
+  t.same(await ingest(store, ['c', 'new', 'f']), [false, true, false], 'the index is back after a restart')
+  t.equal(store.nextSeq, 13)
+  await store.close()
+})
+
+t.test('the index survives a restart with the store\'s own seed, and is rebuilt for a log written without it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dualstream-store-'))
+  let store = EngineStore.open(dir)
+  const seed = store.meta.get('idHashSeed')
+  await ingest(store, ['a', 'b'])
+  await store.transact((tx) => (tx.append([{ kind: 'watermark', seq: tx.nextSeq, ts: 5 }]), counters))
+  await store.close()
+  store = EngineStore.open(dir)
+  t.same(store.meta.get('idHashSeed'), seed, 'the seed is kept')
+  t.same(await ingest(store, ['b', 'c']), [false, true])
+  // a store from before the hash index: its log has entries the index does not cover
+  store.idHashes.clearSync()
+  await store.close()
+  store = EngineStore.open(dir)
+  t.equal([...store.idHashes.getKeys()].length, 2, 'the two rollout entries are hashed again at open')
+  t.same(await ingest(store, ['a', 'c', 'd']), [false, false, true])
+  await store.close()
+  // read-only: nothing claimed, nothing written (not even a seed for a store that has none)
+  const readOnly = EngineStore.open(dir, { readOnly: true })
+  t.equal(readOnly.nextSeq, 5)
+  await readOnly.close()
+  const unseeded = EngineStore.open(mkdtempSync(join(tmpdir(), 'dualstream-store-')))
+  unseeded.meta.removeSync('idHashSeed')
+  await unseeded.close()
+  const reader = EngineStore.open(unseeded.path, { readOnly: true })
+  t.equal(reader.meta.get('idHashSeed'), undefined)
+  await reader.close()
+  t.end()
+})
+
+t.test('a transaction that misuses claims writes nothing and says what was wrong', async (t) => {
+  const store = open()
+  await t.rejects(
+    store.transact((tx) => (tx.claim('a'), tx.claim('b'), tx.append(rolloutEntry(0, ['a'])), counters)),
+    /log entry at seq 0 holds 1 rollouts, 2 ids were claimed for it/,
+  )
+  await t.rejects(
+    store.transact((tx) => (tx.claim('c'), counters)),
+    /1 claimed ids were not appended/,
+  )
+  t.equal(store.nextSeq, 0, 'no seq was used')
+  t.same(await ingest(store, ['a', 'c']), [true, true], 'claims of a transaction that wrote nothing do not count')
+  await store.close()
 })

@@ -2,6 +2,7 @@ import t from 'tap'
 import { parseConfig } from '../../src/config.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { scoreGroups } from '../../src/math/score.js'
+import { batchSummary } from '../../src/engine/batchRecord.js'
 import type { Group, ScoredBatch } from '../../src/types.js'
 import { RateMeter, engineCounts, serveBatchFrame, telemetryConfig, trainBatchFrame } from '../../streams/telemetry/frames.js'
 
@@ -83,7 +84,7 @@ t.test('a serve frame: per constraint mean, threshold, violation, rate, λ; NaN 
     { acc: 0, judge: 0, cost: 0.1 },
   ])
   const rates = { rolloutsPerSec: 5, ingestPerSec: 6, batchesPerSec: 1 }
-  const frame = serveBatchFrame({ batch, latencyMs: 12, counts, config, now: 1000, rates })
+  const frame = serveBatchFrame({ summary: batchSummary(batch), latencyMs: 12, counts, config, now: 1000, rates })
   t.match(frame, {
     type: 'batch',
     step: 1,
@@ -108,7 +109,7 @@ t.test('a serve frame: per constraint mean, threshold, violation, rate, λ; NaN 
   // a batch that says nothing about a constraint, no value at all, and no latency
   const empty = batchOf([{ acc: null }, { acc: null }])
   const bare: ScoredBatch = { ...empty, constraints: {}, lambda: {} }
-  const none = serveBatchFrame({ batch: bare, latencyMs: NaN, counts, config, now: 0, rates })
+  const none = serveBatchFrame({ summary: batchSummary(bare), latencyMs: NaN, counts, config, now: 0, rates })
   t.same(none.constraints.judge, { sense: '>=', threshold: 0.9, mean: null, violation: null, sampleViolationRate: null, sampleThreshold: 0.5, count: 0, lambda: 0, lambdaBefore: 0 })
   t.same(none.objectives, { acc: null })
   t.equal(none.latencyMs, null)

@@ -83,8 +83,8 @@ async function durableRun(rollouts: number, frame: number): Promise<ClientReport
 
 /**
  * The floor: what ingest cannot avoid — decode the same frames (with the wire's checks) and
- * log them as the engine does (the frame's bytes, one id-index entry per rollout, flush),
- * pipelined; no validation, no pipeline, no network.
+ * log them as the engine does (the frame's bytes, an id claim per rollout with the hashes
+ * stored beside the entry, flush), pipelined; no validation, no pipeline, no network.
  */
 async function floorRun(frames: Buffer[]): Promise<number> {
   const dataDir = mkdtempSync(join(tmpdir(), 'dualstream-bench-floor-'))

@@ -7,7 +7,7 @@
  *              accepted and the seq of the first — so ingest never re-encodes rollouts. Seq
  *              order; never rewritten, so the log can be replayed under another config.
  * - `idHashes` seq of a log entry → the 64-bit hashes of its rollouts' ids (8 bytes each), written
- *              with the entry. Loaded at open into an in-memory hash table (`idHashes.ts`): the
+ *              with the entry. Loaded at open into an in-memory hash table (`idIndex.ts`): the
  *              dedup index ("counted at most once, ever"). A new hash proves an id new; a known
  *              one is confirmed against the log, so a hash collision never drops a rollout.
  * - `consumed` step → { seqs, maxSeq }: the rollouts a committed batch consumed or the
@@ -29,7 +29,8 @@ import { open, type Database, type RootDatabase } from 'lmdb'
 import { decodeValue, type WireFormat } from '../codec.js'
 import type { DualState, Rollout } from '../types.js'
 import { formatFieldError, validateRollout } from '../validate.js'
-import { forEachHash, IdHasher, IdHashTable, packHashes } from './idHashes.js'
+import { IdHasher, packHashes } from './idHashes.js'
+import { IdIndex } from './idIndex.js'
 
 /** One record of the ingest log. */
 export type LogRecord =
@@ -153,6 +154,13 @@ export function entryRecords(entry: LogEntry): LogRecord[] {
   return records
 }
 
+/** The ids of the rollout records, in order. */
+function rolloutIds(records: LogRecord[]): string[] {
+  const ids: string[] = []
+  for (const record of records) if (record.kind === 'rollout') ids.push(record.rollout.id)
+  return ids
+}
+
 /** Seq of the last record of an entry, and its event time. */
 function lastOf(entry: LogEntry): { seq: number; ts: number } {
   if (!Array.isArray(entry)) return { seq: entry.seq + entry.count - 1, ts: entry.ts }
@@ -160,9 +168,6 @@ function lastOf(entry: LogEntry): { seq: number; ts: number } {
   // every logged rollout was stamped with its ingest time
   return { seq: last.seq, ts: last.kind === 'rollout' ? last.rollout.ts! : last.ts }
 }
-
-/** How many decoded log entries the duplicate check keeps (a retried frame hits the same few). */
-const DECODED_ENTRIES = 4
 
 export class EngineStore {
   readonly env: RootDatabase
@@ -176,13 +181,8 @@ export class EngineStore {
 
   // the seq the next appended record gets (advanced by transactions, in call order)
   private next = 0
-  // every logged id's hash (a token table for a read-only store, which claims nothing)
-  private readonly idTable: IdHashTable
-  private readonly hasher: IdHasher
-  // ids of entries handed to LMDB and not yet on disk, by entry seq: reads cannot see them yet
-  private readonly unflushed = new Map<number, string[]>()
-  // ids of recently decoded log entries, by entry seq (entries are never rewritten)
-  private readonly decodedIds = new Map<number, string[]>()
+  // the dedup index (a token one for a read-only store, which claims nothing)
+  private readonly ids: IdIndex
 
   private constructor(
     readonly path: string,
@@ -199,8 +199,19 @@ export class EngineStore {
     this.meta = this.env.openDB<unknown, string>({ name: 'meta' })
     this.policies = this.env.openDB<number, number>({ name: 'policies' })
     for (const { value } of this.log.getRange({ reverse: true, limit: 1 })) this.next = lastOf(value).seq + 1
-    this.hasher = options.idHasher ?? new IdHasher(...this.idHashSeed(readOnly))
-    this.idTable = new IdHashTable(readOnly ? 16 : undefined)
+    const hasher = options.idHasher ?? new IdHasher(...this.idHashSeed(readOnly))
+    this.ids = new IdIndex(
+      hasher,
+      {
+        hashesNewestFirst: () => {
+          // read what is on disk now, not a snapshot from before the entries just flushed
+          this.env.resetReadTxn()
+          return this.idHashes.getRange({ reverse: true })[Symbol.iterator]()
+        },
+        idsOf: (seq) => rolloutIds(entryRecords(this.log.get(seq)!)),
+      },
+      readOnly ? 16 : undefined,
+    )
     if (!readOnly) this.loadIdIndex()
   }
 
@@ -218,22 +229,16 @@ export class EngineStore {
     return [seed[0], seed[1]]
   }
 
-  /** Fills the hash table from `idHashes`, first hashing any logged entry that has none (a store from before the table). */
+  /** Fills the id index from `idHashes`, first hashing any logged entry that has none (a store from before the index). */
   private loadIdIndex(): void {
     let last = -1
     for (const { key, value } of this.idHashes.getRange({})) {
-      forEachHash(value, (_, hi, lo) => this.idTable.add(hi, lo))
+      this.ids.load(value)
       last = key
     }
     const missing: { seq: number; hashes: number[] }[] = []
     for (const { key, value } of this.log.getRange({ start: last + 1 })) {
-      const hashes: number[] = []
-      for (const record of entryRecords(value)) {
-        if (record.kind !== 'rollout') continue
-        this.hasher.hash(record.rollout.id)
-        this.idTable.add(this.hasher.hi, this.hasher.lo)
-        hashes.push(this.hasher.hi, this.hasher.lo)
-      }
+      const hashes = this.ids.addLogged(rolloutIds(entryRecords(value)))
       if (hashes.length > 0) missing.push({ seq: key, hashes })
     }
     if (missing.length > 0) this.env.transactionSync(() => missing.forEach(({ seq, hashes }) => this.idHashes.putSync(seq, packHashes(hashes))))
@@ -273,7 +278,7 @@ export class EngineStore {
    * written when `work` throws.
    */
   async transact(work: (tx: IngestTransaction) => IngestCounters): Promise<void> {
-    const claims = new TransactionClaims()
+    const claims = this.ids.begin()
     const entries: { seq: number; entry: LogEntry; ids: string[]; hashes: number[] }[] = []
     let next = this.next
     let counters: IngestCounters
@@ -282,12 +287,12 @@ export class EngineStore {
         get nextSeq() {
           return next
         },
-        claim: (id) => this.claim(id, claims),
+        claim: (id) => this.ids.claim(id, claims),
         append: (entry) => {
           const first = Array.isArray(entry) ? entry[0].seq : entry.seq
           if (first !== next) throw new Error(`log entry at seq ${first}, the next seq is ${next}`)
           const rollouts = Array.isArray(entry) ? entry.filter((record) => record.kind === 'rollout').length : entry.count
-          if (rollouts !== claims.pendingIds()) throw new Error(`log entry at seq ${first} holds ${rollouts} rollouts, ${claims.pendingIds()} ids were claimed for it`)
+          if (rollouts !== claims.pending) throw new Error(`log entry at seq ${first} holds ${rollouts} rollouts, ${claims.pending} ids were claimed for it`)
           entries.push({ seq: first, entry, ...claims.take() })
           next = lastOf(entry).seq + 1
         },
@@ -295,7 +300,7 @@ export class EngineStore {
     } finally {
       claims.close()
     }
-    if (claims.pendingIds() > 0) throw new Error(`${claims.pendingIds()} claimed ids were not appended`)
+    if (claims.pending > 0) throw new Error(`${claims.pending} claimed ids were not appended`)
     this.next = next
     const written = this.env.batch(() => {
       for (const { seq, entry, hashes } of entries) {
@@ -305,44 +310,13 @@ export class EngineStore {
       }
       this.meta.put('ingest', counters)
     })
-    for (const { seq, ids } of entries) if (ids.length > 0) this.unflushed.set(seq, ids)
+    for (const { seq, ids } of entries) if (ids.length > 0) this.ids.writing(seq, ids)
     try {
       await written
       await this.env.flushed
     } finally {
-      for (const { seq } of entries) this.unflushed.delete(seq)
+      for (const { seq } of entries) this.ids.written(seq)
     }
-  }
-
-  /** Claims an id: a new hash proves it new; a known one is checked against every id it could stand for. */
-  private claim(id: string, claims: TransactionClaims): boolean {
-    this.hasher.hash(id)
-    const { hi, lo } = this.hasher
-    const isNew = this.idTable.add(hi, lo) || !this.seenBefore(id, hi, lo, claims)
-    if (isNew) claims.add(id, hi, lo)
-    return isNew
-  }
-
-  private seenBefore(id: string, hi: number, lo: number, claims: TransactionClaims): boolean {
-    if (claims.has(id)) return true
-    for (const ids of this.unflushed.values()) if (ids.includes(id)) return true
-    if (claims.logged === undefined) {
-      // read what is on disk now, not a snapshot from before the entries just flushed
-      this.env.resetReadTxn()
-      claims.logged = new LoggedHashes(this.idHashes, (seq) => this.entryIds(seq))
-    }
-    return claims.logged.has(id, hi, lo)
-  }
-
-  /** The ids of a logged entry's rollouts, in seq order. */
-  private entryIds(seq: number): string[] {
-    let ids = this.decodedIds.get(seq)
-    if (ids !== undefined) return ids
-    ids = []
-    for (const record of entryRecords(this.log.get(seq)!)) if (record.kind === 'rollout') ids.push(record.rollout.id)
-    if (this.decodedIds.size >= DECODED_ENTRIES) this.decodedIds.delete(this.decodedIds.keys().next().value!)
-    this.decodedIds.set(seq, ids)
-    return ids
   }
 
   /** Commits a batch in one transaction: state, summary, consumption, outbox; resolves once on disk. */
@@ -397,94 +371,5 @@ export class EngineStore {
 
   async close(): Promise<void> {
     await this.env.close()
-  }
-}
-
-/** The ids one transaction claimed: in order, with their hashes, until appended. */
-class TransactionClaims {
-  private ids: string[] = []
-  private hashes: number[] = []
-  // every id claimed in this transaction, once one of them needed checking
-  private all: Set<string> | undefined
-  private taken: string[] = []
-  /** The log's hashes, scanned once a known hash needs checking. */
-  logged: LoggedHashes | undefined
-
-  add(id: string, hi: number, lo: number): void {
-    this.ids.push(id)
-    this.hashes.push(hi, lo)
-    this.all?.add(id)
-  }
-
-  has(id: string): boolean {
-    this.all ??= new Set([...this.taken, ...this.ids])
-    return this.all.has(id)
-  }
-
-  pendingIds(): number {
-    return this.ids.length
-  }
-
-  /** The claims since the previous take: the rollouts of the entry being appended. */
-  take(): { ids: string[]; hashes: number[] } {
-    const taken = { ids: this.ids, hashes: this.hashes }
-    this.taken.push(...this.ids)
-    this.ids = []
-    this.hashes = []
-    return taken
-  }
-
-  close(): void {
-    this.logged?.close()
-  }
-}
-
-/**
- * The logged hashes, read newest first and only as far as needed (a retried frame is found in
- * the last few entries); what was read is kept by hash for the rest of the transaction.
- */
-class LoggedHashes {
-  private readonly scan: Iterator<{ key: number; value: Uint8Array }>
-  // hashes read so far: lo → [hi, seq of entry, index in entry, …]
-  private readonly seen = new Map<number, number[]>()
-  private exhausted = false
-
-  constructor(
-    idHashes: Database<Uint8Array, number>,
-    private readonly entryIds: (seq: number) => string[],
-  ) {
-    this.scan = idHashes.getRange({ reverse: true })[Symbol.iterator]()
-  }
-
-  /** Whether a logged rollout with this hash has this id. */
-  has(id: string, hi: number, lo: number): boolean {
-    if (this.matchIn(this.seen.get(lo), id, hi)) return true
-    while (!this.exhausted) {
-      const next = this.scan.next()
-      if (next.done === true) {
-        this.exhausted = true
-        break
-      }
-      const { key, value } = next.value
-      let found = false
-      forEachHash(value, (index, storedHi, storedLo) => {
-        let same = this.seen.get(storedLo)
-        if (same === undefined) this.seen.set(storedLo, (same = []))
-        same.push(storedHi, key, index)
-        if (storedHi === hi && storedLo === lo && !found) found = this.entryIds(key)[index] === id
-      })
-      if (found) return true
-    }
-    return false
-  }
-
-  private matchIn(same: number[] | undefined, id: string, hi: number): boolean {
-    if (same === undefined) return false
-    for (let k = 0; k < same.length; k += 3) if (same[k] === hi && this.entryIds(same[k + 1])[same[k + 2]] === id) return true
-    return false
-  }
-
-  close(): void {
-    this.scan.return?.()
   }
 }

@@ -132,13 +132,24 @@ export class IdClaims {
   }
 }
 
+/** An entry's stored hashes, searched from where the last id was found in it. */
+interface ReadEntry {
+  key: number
+  hashes: DataView
+  count: number
+  // a resent frame repeats the entry's order: the next id is most likely just after the last one found
+  cursor: number
+}
+
 /**
- * The logged hashes, read newest first and only as far as needed (a retried frame is found in
- * the last few entries); what was read is kept by hash for the rest of the transaction.
+ * The logged hashes, read newest first and only as far as needed. A resent frame is usually
+ * a whole earlier frame, so its ids sit in one entry, in order: entries where an id was
+ * confirmed are searched first (from just after it), then those already read, then older ones.
  */
 class LoggedHashes {
-  // hashes read so far: lo → [hi, seq of entry, index in entry, …]
-  private readonly seen = new Map<number, number[]>()
+  // entries read so far, newest first; `matched` are those where an id was confirmed, latest first
+  private readonly read: ReadEntry[] = []
+  private readonly matched: ReadEntry[] = []
   private exhausted = false
 
   constructor(
@@ -148,7 +159,8 @@ class LoggedHashes {
 
   /** Whether a logged rollout with this hash has this id. */
   has(id: string, hi: number, lo: number): boolean {
-    if (this.matchIn(this.seen.get(lo), id, hi)) return true
+    for (const entry of this.matched) if (this.holds(entry, id, hi, lo)) return true
+    for (const entry of this.read) if (!this.matched.includes(entry) && this.holds(entry, id, hi, lo)) return this.match(entry)
     while (!this.exhausted) {
       const next = this.scan.next()
       if (next.done === true) {
@@ -156,21 +168,27 @@ class LoggedHashes {
         break
       }
       const { key, value } = next.value
-      let found = false
-      forEachHash(value, (index, storedHi, storedLo) => {
-        let same = this.seen.get(storedLo)
-        if (same === undefined) this.seen.set(storedLo, (same = []))
-        same.push(storedHi, key, index)
-        if (storedHi === hi && storedLo === lo && !found) found = this.idsOf(key)[index] === id
-      })
-      if (found) return true
+      const entry: ReadEntry = { key, hashes: new DataView(value.buffer, value.byteOffset, value.byteLength), count: value.byteLength >>> 3, cursor: 0 }
+      this.read.push(entry)
+      if (this.holds(entry, id, hi, lo)) return this.match(entry)
     }
     return false
   }
 
-  private matchIn(same: number[] | undefined, id: string, hi: number): boolean {
-    if (same === undefined) return false
-    for (let k = 0; k < same.length; k += 3) if (same[k] === hi && this.idsOf(same[k + 1])[same[k + 2]] === id) return true
+  private match(entry: ReadEntry): true {
+    this.matched.unshift(entry)
+    return true
+  }
+
+  /** Whether the entry has a rollout with this hash and this id. */
+  private holds(entry: ReadEntry, id: string, hi: number, lo: number): boolean {
+    for (let k = 0; k < entry.count; k++) {
+      const index = (entry.cursor + k) % entry.count
+      if (entry.hashes.getUint32(8 * index, true) !== hi || entry.hashes.getUint32(8 * index + 4, true) !== lo) continue
+      if (this.idsOf(entry.key)[index] !== id) continue
+      entry.cursor = index + 1
+      return true
+    }
     return false
   }
 

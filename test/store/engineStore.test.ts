@@ -71,6 +71,7 @@ t.test('with every hash colliding, duplicates are still found exactly: in the tr
   await store.close()
   store = EngineStore.open(dir, { idHasher: new CollidingHasher(0, 0) })
   t.same(await ingest(store, ['c', 'new', 'f']), [false, true, false], 'the index is back after a restart')
+  t.same(await ingest(store, ['a', 'b', 'c']), [false, false, false], 'the first frame, resent whole')
   t.equal(store.nextSeq, 13)
   await store.close()
 })

@@ -89,6 +89,19 @@ export interface Endpoint {
 /** A plain HTTP route. */
 export type HttpRoute = (request: IncomingMessage, response: ServerResponse, url: URL) => void
 
+/**
+ * Answers a plain HTTP request from `routes`: 400 for a URL that does not parse, 426 for a
+ * WebSocket endpoint asked over plain HTTP, 404 with `notFound(path)` for anything else.
+ */
+export function routeRequest(request: IncomingMessage, response: ServerResponse, routes: Map<string, HttpRoute>, endpoints: Map<string, Endpoint>, notFound: (path: string) => string): void {
+  const url = parseUrl(request.url)
+  if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
+  const route = routes.get(url.pathname)
+  if (route !== undefined) return route(request, response, url)
+  if (endpoints.has(url.pathname)) return sendJson(response, 426, { error: `${url.pathname} is a WebSocket endpoint: connect with a WebSocket client` })
+  sendJson(response, 404, { error: notFound(url.pathname) })
+}
+
 // a server request always has a URL (the type allows none)
 /** The request's URL, or undefined when it cannot be parsed (`GET http://[`): answer 400, never throw in a server callback. */
 export const parseUrl = (raw: string | undefined): URL | undefined => {
@@ -219,12 +232,7 @@ export class EngineServer {
   }
 
   private onRequest(request: IncomingMessage, response: ServerResponse): void {
-    const url = parseUrl(request.url)
-    if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
-    const route = this.routes.get(url.pathname)
-    if (route !== undefined) return route(request, response, url)
-    if (this.endpoints.has(url.pathname)) return sendJson(response, 426, { error: `${url.pathname} is a WebSocket endpoint: connect with a WebSocket client` })
-    sendJson(response, 404, { error: `no such endpoint: ${url.pathname} (try ${[...this.routes.keys()].join(', ')}, or WebSocket ${[...this.endpoints.keys()].join(', ')})` })
+    routeRequest(request, response, this.routes, this.endpoints, (path) => `no such endpoint: ${path} (try ${[...this.routes.keys()].join(', ')}, or WebSocket ${[...this.endpoints.keys()].join(', ')})`)
   }
 
   private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {

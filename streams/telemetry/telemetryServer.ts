@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { authorize, refuseUpgrade, type RoleTokens } from '../auth.js'
-import { parseUrl, sendJson, type Endpoint, type HttpRoute } from '../engineServer.js'
+import { parseUrl, routeRequest, sendJson, type Endpoint, type HttpRoute } from '../engineServer.js'
 import type { WireFormat } from '../wire.js'
 import type { Mountable } from './routes.js'
 
@@ -78,12 +78,7 @@ export class TelemetryServer implements Mountable {
   }
 
   private onRequest(request: IncomingMessage, response: ServerResponse): void {
-    const url = parseUrl(request.url)
-    if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
-    const route = this.routes.get(url.pathname)
-    if (route !== undefined) return route(request, response, url)
-    if (this.endpoints.has(url.pathname)) return sendJson(response, 426, { error: `${url.pathname} is a WebSocket endpoint: connect with a WebSocket client` })
-    sendJson(response, 404, { error: `no such endpoint: ${url.pathname}` })
+    routeRequest(request, response, this.routes, this.endpoints, (path) => `no such endpoint: ${path}`)
   }
 
   private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {

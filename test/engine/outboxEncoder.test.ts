@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { wireUnpackr } from '../../src/codec.js'
+import { wirePackr, wireUnpackr } from '../../src/codec.js'
 import { parseConfig } from '../../src/config.js'
 import { encodeBatchForTrainer } from '../../src/engine/outboxEncoder.js'
 import { initialDualState } from '../../src/math/dual.js'
@@ -36,6 +36,15 @@ function toOutbox(batch: ScoredBatch): OutboxBatch {
   return { type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints), rollouts }
 }
 
+/**
+ * What a decoder makes of the encoder's bytes must equal what it makes of the reference packed by
+ * msgpackr itself: both go through the same decoder, so its own conventions (msgpackr renames a
+ * `__proto__` key to `__proto_` as its guard against prototype pollution) apply to both sides.
+ */
+function sameOnTheWire(batch: ScoredBatch): boolean {
+  return JSON.stringify(wireUnpackr.unpack(encodeBatchForTrainer(batch))) === JSON.stringify(wireUnpackr.unpack(wirePackr.pack(toOutbox(batch))))
+}
+
 const text = fc.oneof(fc.string({ minLength: 1, maxLength: 40 }), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 120 }), fc.string({ minLength: 250, maxLength: 300 }))
 
 t.test('the bytes decode to exactly the trainer view, for any ids, prompt ids, payloads and batch size', (t) => {
@@ -53,7 +62,7 @@ t.test('the bytes decode to exactly the trainer view, for any ids, prompt ids, p
           rollouts: g.rollouts.map((r) => ({ id: r.id, promptId: g.promptId, rewards: { acc: r.acc, c: r.c }, ...(r.payload === undefined ? {} : { payload: r.payload }) })),
         }))
         const batch = scored(groups)
-        return JSON.stringify(wireUnpackr.unpack(encodeBatchForTrainer(batch))) === JSON.stringify(toOutbox(batch))
+        return sameOnTheWire(batch)
       },
     ),
     { numRuns: 60 },
@@ -69,5 +78,14 @@ t.test('array headers for 16 and 65,536 rollouts; ids of 70,000 characters', (t)
     t.equal(decoded.rollouts.length, n)
     t.equal(JSON.stringify(decoded), JSON.stringify(toOutbox(batch)))
   }
+  t.end()
+})
+
+t.test('a payload key __proto__ (legal JSON) goes out verbatim; msgpackr decoders rename it on both sides alike', (t) => {
+  const payload = JSON.parse('{"__proto__":0,"text":"ok"}') as unknown
+  const batch = scored([{ promptId: 'p', partial: false, ts: 0, rollouts: [{ id: 'a', promptId: 'p', rewards: { acc: 1, c: 1 }, payload }, { id: 'b', promptId: 'p', rewards: { acc: 0, c: 1 } }] }])
+  const bytes = encodeBatchForTrainer(batch)
+  t.ok(Buffer.from(bytes).includes(Buffer.from('\xa9__proto__', 'latin1')), 'the key is in the bytes as sent, for decoders that keep it')
+  t.ok(sameOnTheWire(batch))
   t.end()
 })

@@ -15,6 +15,8 @@ const channelName = () =>
   z
     .string({ error: 'must be a string' })
     .regex(/^[A-Za-z_][A-Za-z0-9_.-]*$/, { error: 'must be a channel name (letters, digits, _ . -)' })
+    // assigning this key sets an object's prototype: λ and constraint records would lose the channel
+    .refine((name) => name !== '__proto__', { error: '"__proto__" cannot name a channel (it is the prototype accessor of JavaScript objects)' })
 
 const normalizeFields = {
   center: z.enum(['group', 'batch']),

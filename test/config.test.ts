@@ -85,6 +85,9 @@ t.test('a bad config is refused with every problem listed by path', (t) => {
     'constraints[0].dual.init: must be <= dual.max (1)',
   ])
   t.same((t.throws(() => parseConfig([])) as ConfigError).problems, ['(root): Invalid input: expected object, received array'])
+  t.same((t.throws(() => parseConfig({ groupSize: 2, batchGroups: 1, objectives: [{ channel: '__proto__' }] })) as ConfigError).problems, [
+    'objectives[0].channel: "__proto__" cannot name a channel (it is the prototype accessor of JavaScript objects)',
+  ])
   t.end()
 })
 

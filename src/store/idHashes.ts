@@ -109,8 +109,28 @@ export function packHashes(hashes: readonly number[]): Buffer {
   return bytes
 }
 
+/** A stored blob of hashes (the layout of `packHashes`), read in place. */
+export class StoredHashes {
+  /** How many ids the blob holds. */
+  readonly count: number
+  private readonly view: DataView
+
+  constructor(bytes: Uint8Array) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    this.count = bytes.byteLength >>> 3
+  }
+
+  hi(index: number): number {
+    return this.view.getUint32(8 * index, true)
+  }
+
+  lo(index: number): number {
+    return this.view.getUint32(8 * index + 4, true)
+  }
+}
+
 /** Calls `each(index, hi, lo)` for every hash of a stored blob. */
 export function forEachHash(bytes: Uint8Array, each: (index: number, hi: number, lo: number) => void): void {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  for (let at = 0, index = 0; at + 8 <= bytes.byteLength; at += 8, index++) each(index, view.getUint32(at, true), view.getUint32(at + 4, true))
+  const hashes = new StoredHashes(bytes)
+  for (let index = 0; index < hashes.count; index++) each(index, hashes.hi(index), hashes.lo(index))
 }

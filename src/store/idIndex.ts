@@ -5,7 +5,7 @@
  * transaction's own, those of entries on their way to disk, and the log's — so a hash
  * collision never drops a rollout.
  */
-import { forEachHash, type IdHasher, IdHashTable } from './idHashes.js'
+import { forEachHash, type IdHasher, IdHashTable, StoredHashes } from './idHashes.js'
 
 /** What the index reads of the store to confirm a known hash. */
 export interface LoggedIds {
@@ -135,8 +135,7 @@ export class IdClaims {
 /** An entry's stored hashes, searched from where the last id was found in it. */
 interface ReadEntry {
   key: number
-  hashes: DataView
-  count: number
+  hashes: StoredHashes
   // a resent frame repeats the entry's order: the next id is most likely just after the last one found
   cursor: number
 }
@@ -168,7 +167,7 @@ class LoggedHashes {
         break
       }
       const { key, value } = next.value
-      const entry: ReadEntry = { key, hashes: new DataView(value.buffer, value.byteOffset, value.byteLength), count: value.byteLength >>> 3, cursor: 0 }
+      const entry: ReadEntry = { key, hashes: new StoredHashes(value), cursor: 0 }
       this.read.push(entry)
       if (this.holds(entry, id, hi, lo)) return this.match(entry)
     }
@@ -182,9 +181,10 @@ class LoggedHashes {
 
   /** Whether the entry has a rollout with this hash and this id. */
   private holds(entry: ReadEntry, id: string, hi: number, lo: number): boolean {
-    for (let k = 0; k < entry.count; k++) {
-      const index = (entry.cursor + k) % entry.count
-      if (entry.hashes.getUint32(8 * index, true) !== hi || entry.hashes.getUint32(8 * index + 4, true) !== lo) continue
+    const { hashes } = entry
+    for (let k = 0; k < hashes.count; k++) {
+      const index = (entry.cursor + k) % hashes.count
+      if (hashes.hi(index) !== hi || hashes.lo(index) !== lo) continue
       if (this.idsOf(entry.key)[index] !== id) continue
       entry.cursor = index + 1
       return true

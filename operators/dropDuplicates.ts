@@ -34,7 +34,13 @@ export function dropDuplicates<P>(options: DropDuplicatesOptions = {}): Operator
             subscriber.next(rollout)
             return
           }
-          options.onDrop?.({ reason: 'duplicate', rollouts: [rollout], count: 1, promptId: rollout.promptId, detail: `rollout "${rollout.id}" was already seen` })
+          options.onDrop?.({
+            reason: 'duplicate',
+            rollouts: [rollout],
+            count: 1,
+            promptId: rollout.promptId,
+            detail: `rollout "${rollout.id}" was already seen`,
+          })
         },
       }),
     )

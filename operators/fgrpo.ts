@@ -39,10 +39,9 @@ export interface FgrpoOptions {
  */
 export function fgrpo<P>(config: Config, options: FgrpoOptions = {}): OperatorFunction<Rollout<P>, ScoredBatch<P>> {
   const { onDrop, watermarks } = options
-  const stale: OperatorFunction<Rollout<P>, Rollout<P>> =
-    config.maxStaleness === undefined
-      ? (source) => source
-      : dropStale<P>({ maxStaleness: config.maxStaleness, policyVersions: options.policyVersions, onDrop })
+  const stale: OperatorFunction<Rollout<P>, Rollout<P>> = config.maxStaleness === undefined
+    ? (source) => source
+    : dropStale<P>({ maxStaleness: config.maxStaleness, policyVersions: options.policyVersions, onDrop })
   return pipe(
     stale,
     completeGroups<P>({

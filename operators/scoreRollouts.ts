@@ -1,4 +1,17 @@
-import { asyncScheduler, bufferCount, bufferTime, concatMap, filter, from, map, mergeMap, pipe, type ObservableInput, type OperatorFunction, type SchedulerLike } from 'rxjs'
+import {
+  asyncScheduler,
+  bufferCount,
+  bufferTime,
+  concatMap,
+  filter,
+  from,
+  map,
+  mergeMap,
+  pipe,
+  type ObservableInput,
+  type OperatorFunction,
+  type SchedulerLike,
+} from 'rxjs'
 import type { Rollout } from '../src/types.js'
 
 /** A model over a batch: `features` is [rows, featureDim] row-major; one score per row back. */
@@ -32,25 +45,26 @@ export interface ScoreRolloutsOptions<P> {
  */
 export function scoreRollouts<P>(options: ScoreRolloutsOptions<P>): OperatorFunction<Rollout<P>, Rollout<P>> {
   const { channel, featureDim, batchSize = 256, maxWaitMs, scheduler } = options
-  const batches: OperatorFunction<Rollout<P>, Rollout<P>[]> =
-    maxWaitMs === undefined
-      ? bufferCount<Rollout<P>>(batchSize)
-      : pipe(
-          bufferTime<Rollout<P>>(maxWaitMs, null, batchSize, scheduler ?? asyncScheduler),
-          filter((batch) => batch.length > 0),
-        )
+  const batches: OperatorFunction<Rollout<P>, Rollout<P>[]> = maxWaitMs === undefined
+    ? bufferCount<Rollout<P>>(batchSize)
+    : pipe(
+        bufferTime<Rollout<P>>(maxWaitMs, null, batchSize, scheduler ?? asyncScheduler),
+        filter((batch) => batch.length > 0),
+      )
   return pipe(
     batches,
     concatMap((batch) => {
       const input = new Float32Array(batch.length * featureDim)
       batch.forEach((rollout, row) => {
         const values = options.features(rollout)
-        if (values.length !== featureDim) throw new RangeError(`scoreRollouts(${channel}): rollout "${rollout.id}" has ${values.length} features, the model takes ${featureDim}`)
+        if (values.length !== featureDim)
+          throw new RangeError(`scoreRollouts(${channel}): rollout "${rollout.id}" has ${values.length} features, the model takes ${featureDim}`)
         input.set(values, row * featureDim)
       })
       return from(options.model(input, batch.length)).pipe(
         map((scores) => {
-          if (scores.length !== batch.length) throw new RangeError(`scoreRollouts(${channel}): the model returned ${scores.length} scores for ${batch.length} rollouts`)
+          if (scores.length !== batch.length)
+            throw new RangeError(`scoreRollouts(${channel}): the model returned ${scores.length} scores for ${batch.length} rollouts`)
           return batch.map((rollout, row) => {
             const score = Number(scores[row])
             if (!Number.isFinite(score)) throw new RangeError(`scoreRollouts(${channel}): the model scored rollout "${rollout.id}" ${score}`)

@@ -60,7 +60,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     .description('Run recorded rollouts (JSON Lines) through the pipeline; one JSON line per batch out.')
     .requiredOption('-c, --config <file>', 'engine config (JSON)')
     .option('-i, --input <file>', 'rollouts, one JSON object per line ("-" = stdin)', '-')
-    .option('-l, --log <dir>', "instead of --input: the ingest log in a `serve` data folder (read-only)")
+    .option('-l, --log <dir>', 'instead of --input: the ingest log in a `serve` data folder (read-only)')
     .option('-o, --out <file>', 'batch records, one JSON object per line ("-" = stdout)', '-')
     .addOption(new Option('--on-invalid <mode>', 'what to do with a malformed line or rollout').choices(['error', 'skip']).default('error'))
     .action(async (opts: { config: string; input: string; log?: string; out: string; onInvalid: 'error' | 'skip' }) => {
@@ -97,48 +97,69 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
 
   program
     .command('serve')
-    .description('Run the durable engine (LMDB) behind WebSocket endpoints: /ingest for producers, /batches for the trainer, /telemetry for viewers; the live dashboard at /, GET /metrics (Prometheus), /healthz.')
+    .description(
+      'Run the durable engine (LMDB) behind WebSocket endpoints: /ingest for producers, /batches for the trainer, /telemetry for viewers; the live dashboard at /, GET /metrics (Prometheus), /healthz.',
+    )
     .requiredOption('-c, --config <file>', 'engine config (JSON)')
     .requiredOption('-d, --data <dir>', 'data folder: ingest log, batches and state (LMDB; created if missing, restored if not)')
     .option('--host <host>', 'interface to listen on (beyond loopback only with tokens)', '127.0.0.1')
     .option('-p, --port <n>', 'port (0 = any free port)', integerOption(0, 65535), 8787)
     .option('--credit <n>', 'rollouts a producer may have unacknowledged', integerOption(1), SERVER_DEFAULTS.credit)
-    .option('--max-outbox <n>', 'unacknowledged batches at which producers are paused (credit shrinks from half of it)', integerOption(1), SERVER_DEFAULTS.maxOutbox)
+    .option(
+      '--max-outbox <n>',
+      'unacknowledged batches at which producers are paused (credit shrinks from half of it)',
+      integerOption(1),
+      SERVER_DEFAULTS.maxOutbox,
+    )
     .option('--max-frame-bytes <n>', 'largest frame accepted', integerOption(1024), DEFAULT_WIRE_LIMITS.maxFrameBytes)
     .option('--heartbeat-ms <n>', 'ping period; peers silent for a whole period are dropped (0 = off)', integerOption(0), SERVER_DEFAULTS.heartbeatMs)
-    .addHelpText('after', '\nTokens per role from the environment: DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN, DUALSTREAM_VIEWER_TOKEN (the dashboard and /telemetry) (Authorization: Bearer … or ?token=…).')
-    .action(async (opts: { config: string; data: string; host: string; port: number; credit: number; maxOutbox: number; maxFrameBytes: number; heartbeatMs: number }) => {
-      const config = loadConfig(opts.config)
-      const stop = new AbortController()
-      const onSignal = () => stop.abort()
-      process.once('SIGINT', onSignal)
-      process.once('SIGTERM', onSignal)
-      try {
-        const code = await serve(
-          {
-            config,
-            dataDir: opts.data,
-            host: opts.host,
-            port: opts.port,
-            tokens: tokensFromEnv(process.env),
-            credit: opts.credit,
-            maxOutbox: opts.maxOutbox,
-            heartbeatMs: opts.heartbeatMs,
-            limits: { maxFrameBytes: opts.maxFrameBytes },
-          },
-          io,
-          stop.signal,
-        )
-        setExitCode(code)
-      } catch (error) {
-        if (!(error instanceof ServeError)) throw error
-        io.stderr.write(`dualstream serve: ${error.message}\n`)
-        setExitCode(EXIT_USAGE)
-      } finally {
-        process.off('SIGINT', onSignal)
-        process.off('SIGTERM', onSignal)
-      }
-    })
+    .addHelpText(
+      'after',
+      '\nTokens per role from the environment: DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN, DUALSTREAM_VIEWER_TOKEN (the dashboard and /telemetry) (Authorization: Bearer … or ?token=…).',
+    )
+    .action(
+      async (opts: {
+        config: string
+        data: string
+        host: string
+        port: number
+        credit: number
+        maxOutbox: number
+        maxFrameBytes: number
+        heartbeatMs: number
+      }) => {
+        const config = loadConfig(opts.config)
+        const stop = new AbortController()
+        const onSignal = () => stop.abort()
+        process.once('SIGINT', onSignal)
+        process.once('SIGTERM', onSignal)
+        try {
+          const code = await serve(
+            {
+              config,
+              dataDir: opts.data,
+              host: opts.host,
+              port: opts.port,
+              tokens: tokensFromEnv(process.env),
+              credit: opts.credit,
+              maxOutbox: opts.maxOutbox,
+              heartbeatMs: opts.heartbeatMs,
+              limits: { maxFrameBytes: opts.maxFrameBytes },
+            },
+            io,
+            stop.signal,
+          )
+          setExitCode(code)
+        } catch (error) {
+          if (!(error instanceof ServeError)) throw error
+          io.stderr.write(`dualstream serve: ${error.message}\n`)
+          setExitCode(EXIT_USAGE)
+        } finally {
+          process.off('SIGINT', onSignal)
+          process.off('SIGTERM', onSignal)
+        }
+      },
+    )
   addTrainCommands(program, io)
   return program
 }

@@ -7,10 +7,8 @@ import { z } from 'zod'
 
 const positive = (what = 'must be > 0') => z.number({ error: 'must be a number' }).gt(0, { error: what })
 const nonNegative = () => z.number({ error: 'must be a number' }).gte(0, { error: 'must be >= 0' })
-const positiveInt = () =>
-  z.number({ error: 'must be a number' }).int({ error: 'must be an integer' }).gte(1, { error: 'must be >= 1' })
-const unitInterval = () =>
-  z.number({ error: 'must be a number' }).gte(0, { error: 'must be in [0, 1)' }).lt(1, { error: 'must be in [0, 1)' })
+const positiveInt = () => z.number({ error: 'must be a number' }).int({ error: 'must be an integer' }).gte(1, { error: 'must be >= 1' })
+const unitInterval = () => z.number({ error: 'must be a number' }).gte(0, { error: 'must be in [0, 1)' }).lt(1, { error: 'must be in [0, 1)' })
 const channelName = () =>
   z
     .string({ error: 'must be a string' })

@@ -66,7 +66,9 @@ export function replayProgress(
 ): { update: (batch: unknown, figures: ReplayFigures) => void; stop: () => void } {
   const sized = totalBytes !== undefined && totalBytes > 0
   const bar = createProgress({
-    format: sized ? 'replay {bar} {percentage}% | step {step} | {rate} rollouts/s | λ {lambda}' : 'replay | {lines} rollouts | step {step} | {rate} rollouts/s | λ {lambda}',
+    format: sized
+      ? 'replay {bar} {percentage}% | step {step} | {rate} rollouts/s | λ {lambda}'
+      : 'replay | {lines} rollouts | step {step} | {rate} rollouts/s | λ {lambda}',
     total: sized ? totalBytes : 1,
     stream,
     force: options.force,
@@ -80,7 +82,12 @@ export function replayProgress(
   let latest: ReplayFigures | undefined
   const draw = (figures: ReplayFigures) => {
     const seconds = Math.max((now() - started) / 1000, 1e-9)
-    bar.update(sized ? Math.min(bytesRead(), totalBytes) : 0, { lines: figures.lines, step: figures.step, rate: fixed(figures.lines / seconds, 0), lambda: lambdaText(figures.lambda) })
+    bar.update(sized ? Math.min(bytesRead(), totalBytes) : 0, {
+      lines: figures.lines,
+      step: figures.step,
+      rate: fixed(figures.lines / seconds, 0),
+      lambda: lambdaText(figures.lambda),
+    })
   }
   return {
     update: (_batch, figures) => {

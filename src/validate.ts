@@ -48,7 +48,7 @@ export function validateRollout<P = unknown>(raw: unknown, limits: ValidationLim
   const fail = (field: string, reason: string) => errors.push(id === undefined ? { field, reason } : { id, field, reason })
   checkKey(raw.id, 'id', limits, fail)
   checkKey(raw.promptId, 'promptId', limits, fail)
-  let rewards: Record<string, number | null> = {}
+  const rewards: Record<string, number | null> = {}
   if (!isPlainObject(raw.rewards)) {
     fail('rewards', `must be an object of channel → number | null, got ${describe(raw.rewards)}`)
   } else {

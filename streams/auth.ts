@@ -74,7 +74,9 @@ export function authorize(request: IncomingMessage, url: URL, role: Role, tokens
   if (expected === undefined) return undefined
   const token = presentedToken(request, url)
   if (token === undefined) {
-    return request.headers.authorization !== undefined ? 'malformed Authorization header (expected "Bearer <token>")' : `missing token: the ${role} token is required (Authorization: Bearer … or ?token=…)`
+    return request.headers.authorization !== undefined
+      ? 'malformed Authorization header (expected "Bearer <token>")'
+      : `missing token: the ${role} token is required (Authorization: Bearer … or ?token=…)`
   }
   if (sameToken(token, expected)) return undefined
   const other = (Object.keys(tokens) as Role[]).find((r) => r !== role && sameToken(token, tokens[r]!))

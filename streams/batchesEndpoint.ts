@@ -76,7 +76,8 @@ export class TrainerConnection {
     if (frame.type !== 'ack') return this.refuse('unknown-type', `unknown frame type ${JSON.stringify(frame.type.slice(0, 40))} on /batches (expected "ack")`)
     const { step, policyVersion } = frame
     if (!isCount(step, 1)) return this.refuse('bad-ack', `step: must be an integer >= 1, got ${describeValue(step)}`)
-    if (step > this.context.durableStep()) return this.refuse('bad-ack', `step: ${step} has not been delivered (the last committed step is ${this.context.durableStep()})`)
+    if (step > this.context.durableStep())
+      return this.refuse('bad-ack', `step: ${step} has not been delivered (the last committed step is ${this.context.durableStep()})`)
     if (policyVersion !== undefined && policyVersion !== null && !isCount(policyVersion, 0)) {
       return this.refuse('bad-ack', `policyVersion: must be an integer >= 0, got ${describeValue(policyVersion)}`)
     }

@@ -93,7 +93,13 @@ export type HttpRoute = (request: IncomingMessage, response: ServerResponse, url
  * Answers a plain HTTP request from `routes`: 400 for a URL that does not parse, 426 for a
  * WebSocket endpoint asked over plain HTTP, 404 with `notFound(path)` for anything else.
  */
-export function routeRequest(request: IncomingMessage, response: ServerResponse, routes: Map<string, HttpRoute>, endpoints: Map<string, Endpoint>, notFound: (path: string) => string): void {
+export function routeRequest(
+  request: IncomingMessage,
+  response: ServerResponse,
+  routes: Map<string, HttpRoute>,
+  endpoints: Map<string, Endpoint>,
+  notFound: (path: string) => string,
+): void {
   const url = parseUrl(request.url)
   if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
   const route = routes.get(url.pathname)
@@ -232,7 +238,13 @@ export class EngineServer {
   }
 
   private onRequest(request: IncomingMessage, response: ServerResponse): void {
-    routeRequest(request, response, this.routes, this.endpoints, (path) => `no such endpoint: ${path} (try ${[...this.routes.keys()].join(', ')}, or WebSocket ${[...this.endpoints.keys()].join(', ')})`)
+    routeRequest(
+      request,
+      response,
+      this.routes,
+      this.endpoints,
+      (path) => `no such endpoint: ${path} (try ${[...this.routes.keys()].join(', ')}, or WebSocket ${[...this.endpoints.keys()].join(', ')})`,
+    )
   }
 
   private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {

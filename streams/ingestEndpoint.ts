@@ -54,11 +54,15 @@ export class ProducerConnection {
     const decoded = decodeFrame(data, isBinary, this.context.limits)
     if (!decoded.ok) return this.refuse(decoded.code, decoded.reason)
     const frame = decoded.frame
-    if (frame.type !== 'rollouts') return this.refuse('unknown-type', `unknown frame type ${JSON.stringify(frame.type.slice(0, 40))} on /ingest (expected "rollouts")`)
+    if (frame.type !== 'rollouts')
+      return this.refuse('unknown-type', `unknown frame type ${JSON.stringify(frame.type.slice(0, 40))} on /ingest (expected "rollouts")`)
     const items = frame.rollouts
     if (!Array.isArray(items)) return this.refuse('bad-frame', `rollouts: must be an array of rollouts, got ${describeValue(items)}`)
     if (items.length > this.context.maxRolloutsPerFrame) {
-      return this.refuse('too-many-rollouts', `rollouts: ${items.length} items in one frame, at most ${this.context.maxRolloutsPerFrame} are accepted (split the frame)`)
+      return this.refuse(
+        'too-many-rollouts',
+        `rollouts: ${items.length} items in one frame, at most ${this.context.maxRolloutsPerFrame} are accepted (split the frame)`,
+      )
     }
     this.ingest(items, data, isBinary)
   }

@@ -29,7 +29,6 @@ export type Frame = Record<string, unknown> & { type: string }
 
 export type Decoded = { ok: true; frame: Frame } | { ok: false; code: FrameErrorCode; reason: string }
 
-
 /** MessagePack timestamp: the one extension type accepted (msgpackr encodes a Date with it). */
 const TIMESTAMP_EXT = -1
 
@@ -74,12 +73,18 @@ export function checkMsgpack(buf: Uint8Array, maxDepth: number): string | undefi
         case 0xc5: // bin 16, str 16
         case 0xda:
           problem = need(2)
-          if (problem === undefined) (skip = view.getUint16(pos)), (pos += 2)
+          if (problem === undefined) {
+            skip = view.getUint16(pos)
+            pos += 2
+          }
           break
         case 0xc6: // bin 32, str 32
         case 0xdb:
           problem = need(4)
-          if (problem === undefined) (skip = view.getUint32(pos)), (pos += 4)
+          if (problem === undefined) {
+            skip = view.getUint32(pos)
+            pos += 4
+          }
           break
         case 0xc7: // ext 8 / 16 / 32: length, then type
         case 0xc8:
@@ -111,7 +116,10 @@ export function checkMsgpack(buf: Uint8Array, maxDepth: number): string | undefi
         case 0xd7:
         case 0xd8:
           problem = need(1)
-          if (problem === undefined) (ext = view.getInt8(pos++)), (skip = 1 << (byte - 0xd4))
+          if (problem === undefined) {
+            ext = view.getInt8(pos++)
+            skip = 1 << (byte - 0xd4)
+          }
           break
         case 0xdc: // array 16 / 32, map 16 / 32
         case 0xdd:
@@ -153,7 +161,8 @@ export function checkJsonDepth(text: string, maxDepth: number): string | undefin
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i)
     if (inString) {
-      if (c === 0x5c) i++ // backslash: skip the escaped character
+      if (c === 0x5c)
+        i++ // backslash: skip the escaped character
       else if (c === 0x22) inString = false
     } else if (c === 0x22) inString = true
     else if (c === 0x5b || c === 0x7b) {
@@ -168,7 +177,8 @@ const isMap = (value: unknown): value is Record<string, unknown> =>
 
 /** Decodes one incoming frame (binary = MessagePack, text = JSON); never throws. */
 export function decodeFrame(data: Buffer, isBinary: boolean, limits: WireLimits = DEFAULT_WIRE_LIMITS): Decoded {
-  if (data.length > limits.maxFrameBytes) return { ok: false, code: 'too-large', reason: `frame of ${data.length} bytes exceeds the limit of ${limits.maxFrameBytes} bytes` }
+  if (data.length > limits.maxFrameBytes)
+    return { ok: false, code: 'too-large', reason: `frame of ${data.length} bytes exceeds the limit of ${limits.maxFrameBytes} bytes` }
   let value: unknown
   if (isBinary) {
     const problem = checkMsgpack(data, limits.maxDepth)

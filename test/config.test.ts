@@ -44,30 +44,36 @@ t.test("the issue's example config, with per-channel overrides and every dual ru
 
 t.test('a bad config is refused with every problem listed by path', (t) => {
   const error = t.throws(() =>
-    parseConfig({
-      groupSize: 4,
-      minGroupSize: 5,
-      batchGroups: 0,
-      normalize: { center: 'middle' },
-      objectives: [{ channel: 'accuracy' }, { channel: 'accuracy' }],
-      constraints: [
-        { channel: 'c', sense: '>=', threshold: 1, dual: { rule: 'sgd', lr: 0.1, init: 5, max: 1 } },
-        { channel: 'd', sense: '>=', threshold: 1, treshold: 2, dual: { rule: 'sgd', lr: 0 } },
-        { channel: 'e', sense: '>=', threshold: 1, dual: { rule: 'pid', alphaP: 1, delay: 0.5 } },
-        { channel: 'f', sense: '>=', threshold: 1, dual: { rule: 'adam' } },
-      ],
-    }, 'fgrpo.json'),
+    parseConfig(
+      {
+        groupSize: 4,
+        minGroupSize: 5,
+        batchGroups: 0,
+        normalize: { center: 'middle' },
+        objectives: [{ channel: 'accuracy' }, { channel: 'accuracy' }],
+        constraints: [
+          { channel: 'c', sense: '>=', threshold: 1, dual: { rule: 'sgd', lr: 0.1, init: 5, max: 1 } },
+          { channel: 'd', sense: '>=', threshold: 1, treshold: 2, dual: { rule: 'sgd', lr: 0 } },
+          { channel: 'e', sense: '>=', threshold: 1, dual: { rule: 'pid', alphaP: 1, delay: 0.5 } },
+          { channel: 'f', sense: '>=', threshold: 1, dual: { rule: 'adam' } },
+        ],
+      },
+      'fgrpo.json',
+    ),
   ) as ConfigError
   t.type(error, ConfigError)
-  t.same(error.problems.sort(), [
-    'batchGroups: must be >= 1',
-    'constraints[1]: Unrecognized key: "treshold"',
-    'constraints[1].dual.lr: must be > 0',
-    'constraints[2].dual.alphaP: must be in [0, 1)',
-    'constraints[2].dual.delay: must be an integer',
-    "constraints[3].dual.rule: Invalid discriminator value. Expected 'sgd' | 'log' | 'pid'",
-    'normalize.center: Invalid option: expected one of "group"|"batch"',
-  ].sort())
+  t.same(
+    error.problems.sort(),
+    [
+      'batchGroups: must be >= 1',
+      'constraints[1]: Unrecognized key: "treshold"',
+      'constraints[1].dual.lr: must be > 0',
+      'constraints[2].dual.alphaP: must be in [0, 1)',
+      'constraints[2].dual.delay: must be an integer',
+      "constraints[3].dual.rule: Invalid discriminator value. Expected 'sgd' | 'log' | 'pid'",
+      'normalize.center: Invalid option: expected one of "group"|"batch"',
+    ].sort(),
+  )
   t.match(error.message, /^invalid fgrpo\.json:\n {2}/)
   // cross-field checks run once the shape is valid
   const cross = t.throws(() =>

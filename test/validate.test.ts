@@ -3,14 +3,45 @@ import t from 'tap'
 import { DEFAULT_LIMITS, formatFieldError, validateRollout } from '../src/validate.js'
 
 t.test('a good rollout comes back clean, with only the known fields', (t) => {
-  const result = validateRollout({ id: 'r1', promptId: 'p1', rewards: { accuracy: 1, judge: null, skip: undefined }, policyVersion: 3, groupSize: 8, ts: 12.5, payload: { tokens: [1, 2] }, seq: 99, extra: true })
-  t.same(result, { ok: true, rollout: { id: 'r1', promptId: 'p1', rewards: { accuracy: 1, judge: null, skip: null }, policyVersion: 3, groupSize: 8, ts: 12.5, payload: { tokens: [1, 2] } } })
-  t.same(validateRollout({ id: 'r', promptId: 'p', rewards: {}, policyVersion: null, groupSize: null, ts: null }), { ok: true, rollout: { id: 'r', promptId: 'p', rewards: {} } })
+  const result = validateRollout({
+    id: 'r1',
+    promptId: 'p1',
+    rewards: { accuracy: 1, judge: null, skip: undefined },
+    policyVersion: 3,
+    groupSize: 8,
+    ts: 12.5,
+    payload: { tokens: [1, 2] },
+    seq: 99,
+    extra: true,
+  })
+  t.same(result, {
+    ok: true,
+    rollout: {
+      id: 'r1',
+      promptId: 'p1',
+      rewards: { accuracy: 1, judge: null, skip: null },
+      policyVersion: 3,
+      groupSize: 8,
+      ts: 12.5,
+      payload: { tokens: [1, 2] },
+    },
+  })
+  t.same(validateRollout({ id: 'r', promptId: 'p', rewards: {}, policyVersion: null, groupSize: null, ts: null }), {
+    ok: true,
+    rollout: { id: 'r', promptId: 'p', rewards: {} },
+  })
   t.end()
 })
 
 t.test('every problem is reported with the id and the field', (t) => {
-  const result = validateRollout({ id: 'r9', promptId: '', rewards: { accuracy: NaN, c: Infinity, d: '1', e: [1] }, policyVersion: -1, groupSize: 1.5, ts: 'now' })
+  const result = validateRollout({
+    id: 'r9',
+    promptId: '',
+    rewards: { accuracy: NaN, c: Infinity, d: '1', e: [1] },
+    policyVersion: -1,
+    groupSize: 1.5,
+    ts: 'now',
+  })
   t.same(result, {
     ok: false,
     errors: [
@@ -51,7 +82,10 @@ t.test('hostile sizes cost no more than normal ones', (t) => {
 })
 
 t.test('formatFieldError', (t) => {
-  t.equal(formatFieldError({ id: 'r9', field: 'rewards.accuracy', reason: 'not a finite number (NaN)' }), 'rollout "r9": rewards.accuracy: not a finite number (NaN)')
+  t.equal(
+    formatFieldError({ id: 'r9', field: 'rewards.accuracy', reason: 'not a finite number (NaN)' }),
+    'rollout "r9": rewards.accuracy: not a finite number (NaN)',
+  )
   t.equal(formatFieldError({ field: 'id', reason: 'missing' }), 'rollout: id: missing')
   t.end()
 })
@@ -91,6 +125,9 @@ t.test('adopting a clean item returns it as it is; anything else gives exactly w
       },
     ),
   )
-  t.same(validateRollout({ id: 'r', promptId: 'p', rewards: Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`c${i}`, 1])) }, DEFAULT_LIMITS, true).ok, false)
+  t.same(
+    validateRollout({ id: 'r', promptId: 'p', rewards: Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`c${i}`, 1])) }, DEFAULT_LIMITS, true).ok,
+    false,
+  )
   t.end()
 })

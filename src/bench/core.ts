@@ -29,7 +29,7 @@ export const benchConfig: Config = parseConfig({
 export function syntheticRollouts(n: number, groupSize = 8): Rollout[] {
   const out: Rollout[] = new Array(n)
   let state = 12345
-  const random = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 4294967296)
+  const random = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 4294967296
   for (let i = 0; i < n; i++) {
     out[i] = {
       id: `r${i}`,
@@ -52,7 +52,8 @@ export async function benchCore(options: CoreBenchOptions): Promise<Throughput[]
   const config = benchConfig
   const rollouts = syntheticRollouts(options.rollouts)
   const groups: Group[] = []
-  for (let i = 0; i < rollouts.length; i += config.groupSize) groups.push({ promptId: rollouts[i].promptId, rollouts: rollouts.slice(i, i + config.groupSize), partial: false, ts: i })
+  for (let i = 0; i < rollouts.length; i += config.groupSize)
+    groups.push({ promptId: rollouts[i].promptId, rollouts: rollouts.slice(i, i + config.groupSize), partial: false, ts: i })
   const batches: Group[][] = []
   for (let i = 0; i < groups.length; i += config.batchGroups) batches.push(groups.slice(i, i + config.batchGroups))
   const { runs, warmup } = options
@@ -76,10 +77,26 @@ export async function benchCore(options: CoreBenchOptions): Promise<Throughput[]
     ),
   )
   results.push(
-    await throughput('operator chain: fgrpo (groups → batches → λ → advantages)', 'rollouts', () => lastValueFrom(from(rollouts).pipe(fgrpo(config), count((b) => b.rolloutCount > 0))).then(() => rollouts.length), { runs, warmup }),
+    await throughput(
+      'operator chain: fgrpo (groups → batches → λ → advantages)',
+      'rollouts',
+      () =>
+        lastValueFrom(
+          from(rollouts).pipe(
+            fgrpo(config),
+            count((b) => b.rolloutCount > 0),
+          ),
+        ).then(() => rollouts.length),
+      { runs, warmup },
+    ),
   )
   results.push(
-    await throughput('operator chain with in-memory dedup (Set of every id)', 'rollouts', () => lastValueFrom(from(rollouts).pipe(dropDuplicates(), fgrpo(config), count())).then(() => rollouts.length), { runs, warmup }),
+    await throughput(
+      'operator chain with in-memory dedup (Set of every id)',
+      'rollouts',
+      () => lastValueFrom(from(rollouts).pipe(dropDuplicates(), fgrpo(config), count())).then(() => rollouts.length),
+      { runs, warmup },
+    ),
   )
 
   const dir = mkdtempSync(join(tmpdir(), 'dualstream-bench-'))

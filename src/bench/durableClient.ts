@@ -14,7 +14,6 @@ interface Task {
   batchSize: number
 }
 
-
 async function run(task: Task): Promise<ClientReport> {
   const frames = benchFrames(task.rollouts, task.frame)
   const sizes = frames.map((_, i) => Math.min(task.frame, task.rollouts - i * task.frame))

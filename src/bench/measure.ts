@@ -34,7 +34,12 @@ export function quantile(values: readonly number[], q: number): number {
  * Runs `once` (which returns how many units it processed) `warmup` times unmeasured, then
  * `runs` times measured, and reports units per second.
  */
-export async function throughput(name: string, unit: string, once: () => number | Promise<number>, options: { runs: number; warmup: number }): Promise<Throughput> {
+export async function throughput(
+  name: string,
+  unit: string,
+  once: () => number | Promise<number>,
+  options: { runs: number; warmup: number },
+): Promise<Throughput> {
   for (let i = 0; i < options.warmup; i++) await once()
   const rates: number[] = []
   let units = 0
@@ -66,6 +71,10 @@ export function formatTable(results: readonly Throughput[]): string {
   ])
   const header = ['benchmark', 'per run', 'median', 'range', 'notes']
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)))
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd()
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
 }

@@ -39,7 +39,13 @@ export async function runBenchmarks(options: BenchOptions): Promise<BenchReport>
   // the telemetry bench (a /telemetry client that never reads) when --telemetry-rollouts > 0
   const telemetry = await benchTelemetryIfAsked(options)
   results.push(...telemetry.results)
-  const report: BenchReport = { date: new Date().toISOString(), node: process.version, cpus: `${availableParallelism()} × ${cpus()[0]?.model}`, results, telemetry: telemetry.runs }
+  const report: BenchReport = {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: `${availableParallelism()} × ${cpus()[0]?.model}`,
+    results,
+    telemetry: telemetry.runs,
+  }
   log(`dualstream bench — ${report.node}, ${report.cpus}, median of ${options.runs} runs after ${options.warmup} warm-up`)
   log(formatTable(results))
   if (options.json !== undefined) {
@@ -57,7 +63,12 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     .option('--warmup <n>', 'unmeasured warm-up runs', (v) => Number.parseInt(v, 10), 2)
     .option('--frame <n>', 'rollouts per WebSocket frame in the durable bench', (v) => Number.parseInt(v, 10), 1000)
     .option('--json <file>', 'write the results as JSON', 'bench-results.json')
-    .option('--telemetry-rollouts <n>', 'rollouts per run of the telemetry bench (a /telemetry client that never reads; 0 = skip)', (v) => Number.parseInt(v, 10), 200_000)
+    .option(
+      '--telemetry-rollouts <n>',
+      'rollouts per run of the telemetry bench (a /telemetry client that never reads; 0 = skip)',
+      (v) => Number.parseInt(v, 10),
+      200_000,
+    )
     .option('--telemetry-runs <n>', 'measured runs of each telemetry variant', (v) => Number.parseInt(v, 10), 3)
     .option('--telemetry-warmup <n>', 'unmeasured rounds of the telemetry variants first', (v) => Number.parseInt(v, 10), 1)
     .parse()

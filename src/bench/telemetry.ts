@@ -76,7 +76,9 @@ export function openStuckClient(port: number, path: string): Promise<Socket> {
     let head = ''
     socket.once('error', reject)
     socket.on('connect', () => {
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`)
+      socket.write(
+        `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      )
     })
     const onData = (chunk: Buffer) => {
       head += chunk.toString('latin1')
@@ -110,7 +112,12 @@ export function runClientProcess(port: number, rollouts: number, frame: number):
 }
 
 /** One run of a variant: a fresh engine and server, one client process. */
-export async function telemetryRun(variant: TelemetryVariant, rollouts: number, frame: number, options: { sampleMs?: number; queueLimit?: number; client?: ClientRunner } = {}): Promise<TelemetryRunReport> {
+export async function telemetryRun(
+  variant: TelemetryVariant,
+  rollouts: number,
+  frame: number,
+  options: { sampleMs?: number; queueLimit?: number; client?: ClientRunner } = {},
+): Promise<TelemetryRunReport> {
   const { sampleMs = 20, queueLimit, client: runClient = runClientProcess } = options
   // from a collected heap when the process allows it (`npm run bench` runs node with --expose-gc)
   ;(globalThis as { gc?: () => void }).gc?.()
@@ -181,7 +188,16 @@ export async function benchTelemetry(options: TelemetryBenchOptions): Promise<{ 
       extra['frames dropped'] = median(runs.map((r) => r.droppedFrames))
       extra['max queued'] = `${Math.max(...runs.map((r) => r.maxQueued))}/${runs[0].queueLimit}`
     }
-    return { name: VARIANT_NAMES[v], unit: 'rollouts', units: runs[0].rollouts, runs: runs.length, median: median(rates), min: Math.min(...rates), max: Math.max(...rates), extra }
+    return {
+      name: VARIANT_NAMES[v],
+      unit: 'rollouts',
+      units: runs[0].rollouts,
+      runs: runs.length,
+      median: median(rates),
+      min: Math.min(...rates),
+      max: Math.max(...rates),
+      extra,
+    }
   })
   return { results, runs: all }
 }

@@ -22,7 +22,12 @@ export interface BatchRecord {
 export function constraintsRecord(constraints: Record<string, ConstraintMeasure>): BatchRecord['constraints'] {
   const out: BatchRecord['constraints'] = {}
   for (const [channel, m] of Object.entries(constraints)) {
-    out[channel] = { mean: finiteOrNull(m.mean), violation: finiteOrNull(m.violation), sampleViolationRate: finiteOrNull(m.sampleViolationRate), count: m.count }
+    out[channel] = {
+      mean: finiteOrNull(m.mean),
+      violation: finiteOrNull(m.violation),
+      sampleViolationRate: finiteOrNull(m.sampleViolationRate),
+      count: m.count,
+    }
   }
   return out
 }

@@ -240,11 +240,13 @@ export class DurableEngine {
 
   /** Feeds rollouts (or one other record) once durable, strictly in seq order. */
   private feedInOrder(durable: Promise<void>, items: () => Rollout[] | LogRecord): Promise<void> {
-    const fed = this.feedChain.then(() => durable).then(() => {
-      const fed = items()
-      if (!Array.isArray(fed)) return this.pipeline.feed(fed)
-      for (const rollout of fed) this.pipeline.feedRollout(rollout)
-    })
+    const fed = this.feedChain
+      .then(() => durable)
+      .then(() => {
+        const fed = items()
+        if (!Array.isArray(fed)) return this.pipeline.feed(fed)
+        for (const rollout of fed) this.pipeline.feedRollout(rollout)
+      })
     // a failed write fails this frame only; the chain goes on for the next
     this.feedChain = fed.catch(() => {})
     return fed
@@ -281,20 +283,17 @@ export class DurableEngine {
     const written = this.store.commitBatch({ delivery, summary: { ...summary, ts: this.now() }, consumedSeqs, meta, prune })
     this.commitChain = this.commitChain
       .then(() => written)
-      .then(
-        () => {
-          this.outboxSteps.add(delivery.step)
-          this.committed.next({
-            summary,
-            delivery,
-            latencyMs: this.now() - newestTs,
-            get outbox() {
-              return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
-            },
-          })
-        },
-        this.fail,
-      )
+      .then(() => {
+        this.outboxSteps.add(delivery.step)
+        this.committed.next({
+          summary,
+          delivery,
+          latencyMs: this.now() - newestTs,
+          get outbox() {
+            return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
+          },
+        })
+      }, this.fail)
   }
 
   /** Unacknowledged batches in step order, decoded. */

@@ -34,9 +34,19 @@ function writeString(out: Buffer, pos: number, s: string): number {
   }
   const bytes = Buffer.byteLength(s)
   if (bytes < 32) out[pos++] = 0xa0 | bytes
-  else if (bytes < 256) (out[pos] = 0xd9), (out[pos + 1] = bytes), (pos += 2)
-  else if (bytes < 65536) (out[pos] = 0xda), out.writeUInt16BE(bytes, pos + 1), (pos += 3)
-  else (out[pos] = 0xdb), out.writeUInt32BE(bytes, pos + 1), (pos += 5)
+  else if (bytes < 256) {
+    out[pos] = 0xd9
+    out[pos + 1] = bytes
+    pos += 2
+  } else if (bytes < 65536) {
+    out[pos] = 0xda
+    out.writeUInt16BE(bytes, pos + 1)
+    pos += 3
+  } else {
+    out[pos] = 0xdb
+    out.writeUInt32BE(bytes, pos + 1)
+    pos += 5
+  }
   return pos + out.write(s, pos)
 }
 
@@ -67,8 +77,15 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
   let pos = writeKey(out, head.length, KEY_ROLLOUTS)
   const n = payloads.length
   if (n < 16) out[pos++] = 0x90 | n
-  else if (n < 65536) (out[pos] = 0xdc), out.writeUInt16BE(n, pos + 1), (pos += 3)
-  else (out[pos] = 0xdd), out.writeUInt32BE(n, pos + 1), (pos += 5)
+  else if (n < 65536) {
+    out[pos] = 0xdc
+    out.writeUInt16BE(n, pos + 1)
+    pos += 3
+  } else {
+    out[pos] = 0xdd
+    out.writeUInt32BE(n, pos + 1)
+    pos += 5
+  }
   let i = 0
   for (const group of batch.groups) {
     for (const rollout of group.rollouts) {

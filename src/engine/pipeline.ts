@@ -36,7 +36,10 @@ export class EnginePipeline<P = unknown> {
   private departed: number[] = []
   private lastFed = -1
 
-  constructor(config: Config, private readonly options: EnginePipelineOptions<P>) {
+  constructor(
+    config: Config,
+    private readonly options: EnginePipelineOptions<P>,
+  ) {
     const onDrop = (event: DropEvent) => {
       for (const rollout of event.rollouts) this.depart(rollout.seq!)
       options.onDrop?.(event)

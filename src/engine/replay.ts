@@ -99,36 +99,38 @@ export function replay(options: ReplayOptions): Promise<ReplaySummary> {
         reject(error)
       },
     })
-    subscription.add(readJsonLines(input)
-      .pipe(
-        map(({ lineNumber, value, error }): Rollout | undefined => {
-          summary.lines++
-          if (error !== undefined) return rejectLine(lineNumber, [{ field: '(line)', reason: error }])
-          const result = validateRollout(value)
-          if (!result.ok) return rejectLine(lineNumber, result.errors)
-          const rollout = result.rollout
-          if (rollout.ts === undefined) rollout.ts = lastTs
-          else lastTs = rollout.ts
-          return rollout
+    subscription.add(
+      readJsonLines(input)
+        .pipe(
+          map(({ lineNumber, value, error }): Rollout | undefined => {
+            summary.lines++
+            if (error !== undefined) return rejectLine(lineNumber, [{ field: '(line)', reason: error }])
+            const result = validateRollout(value)
+            if (!result.ok) return rejectLine(lineNumber, result.errors)
+            const rollout = result.rollout
+            if (rollout.ts === undefined) rollout.ts = lastTs
+            else lastTs = rollout.ts
+            return rollout
+          }),
+          filter((rollout): rollout is Rollout => rollout !== undefined),
+          dropDuplicates({ onDrop }),
+          fgrpo(config, { initialState, onDrop }),
+          tap((batch) => {
+            summary.batches++
+            summary.inBatches += batch.rolloutCount
+            summary.step = batch.step
+            for (const [channel, change] of Object.entries(batch.lambda)) summary.lambda[channel] = change.after
+            writer.write(batchRecord(batch))
+            options.onBatch?.(batch, summary)
+          }),
+        )
+        .subscribe({
+          error: (error) => {
+            input.destroy()
+            writer.end().then(() => reject(error), reject)
+          },
+          complete: () => writer.end().then(() => resolve(summary), reject),
         }),
-        filter((rollout): rollout is Rollout => rollout !== undefined),
-        dropDuplicates({ onDrop }),
-        fgrpo(config, { initialState, onDrop }),
-        tap((batch) => {
-          summary.batches++
-          summary.inBatches += batch.rolloutCount
-          summary.step = batch.step
-          for (const [channel, change] of Object.entries(batch.lambda)) summary.lambda[channel] = change.after
-          writer.write(batchRecord(batch))
-          options.onBatch?.(batch, summary)
-        }),
-      )
-      .subscribe({
-        error: (error) => {
-          input.destroy()
-          writer.end().then(() => reject(error), reject)
-        },
-        complete: () => writer.end().then(() => resolve(summary), reject),
-      }))
+    )
   })
 }

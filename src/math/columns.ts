@@ -30,7 +30,10 @@ export function batchColumns(groups: readonly Group[], channels: readonly string
         const value = rollout.rewards[channel]
         if (typeof value === 'number' && Number.isFinite(value)) column[i] = value
         else if (value === null || value === undefined) column[i] = NaN
-        else throw new RangeError(`rollout "${rollout.id}" (prompt "${rollout.promptId}"): rewards.${channel} is ${describe(value)}, expected a finite number or null`)
+        else
+          throw new RangeError(
+            `rollout "${rollout.id}" (prompt "${rollout.promptId}"): rewards.${channel} is ${describe(value)}, expected a finite number or null`,
+          )
         i++
       }
     }

@@ -2,116 +2,116 @@
  * Adam (Kingma & Ba) on named Float32Arrays, updating parameters in place, with bias correction
  * and optional global gradient-norm clipping. The state (t, m, v) is plain data for checkpoints.
  */
-import { checkParams, cloneParams, type ParamSpec, type ParamValues } from './params.js';
+import { checkParams, cloneParams, type ParamSpec, type ParamValues } from './params.js'
 
 export interface AdamOptions {
-  readonly lr: number;
-  readonly beta1?: number;
-  readonly beta2?: number;
-  readonly eps?: number;
+  readonly lr: number
+  readonly beta1?: number
+  readonly beta2?: number
+  readonly eps?: number
   /** Rescale the gradient when its global L2 norm exceeds this (no clipping when undefined). */
-  readonly maxGradNorm?: number;
+  readonly maxGradNorm?: number
 }
 
 export interface AdamState {
   /** Number of steps taken. */
-  readonly t: number;
-  readonly m: ParamValues;
-  readonly v: ParamValues;
+  readonly t: number
+  readonly m: ParamValues
+  readonly v: ParamValues
 }
 
 export interface AdamStepInfo {
   /** Global L2 norm of the gradient before clipping. */
-  readonly gradNorm: number;
+  readonly gradNorm: number
   /** Factor the gradient was multiplied by (1 when not clipped). */
-  readonly scale: number;
+  readonly scale: number
 }
 
 export class Adam {
-  lr: number;
-  readonly beta1: number;
-  readonly beta2: number;
-  readonly eps: number;
-  readonly maxGradNorm: number | undefined;
-  private t = 0;
-  private m: ParamValues;
-  private v: ParamValues;
+  lr: number
+  readonly beta1: number
+  readonly beta2: number
+  readonly eps: number
+  readonly maxGradNorm: number | undefined
+  private t = 0
+  private m: ParamValues
+  private v: ParamValues
 
   constructor(
     private readonly specs: readonly ParamSpec[],
     options: AdamOptions,
     state?: AdamState,
   ) {
-    this.lr = options.lr;
-    this.beta1 = options.beta1 ?? 0.9;
-    this.beta2 = options.beta2 ?? 0.999;
-    this.eps = options.eps ?? 1e-8;
-    this.maxGradNorm = options.maxGradNorm;
-    if (!(this.lr > 0)) throw new Error(`Adam: lr must be > 0 (got ${this.lr})`);
-    if (!(this.beta1 >= 0 && this.beta1 < 1)) throw new Error(`Adam: beta1 must be in [0, 1) (got ${this.beta1})`);
-    if (!(this.beta2 >= 0 && this.beta2 < 1)) throw new Error(`Adam: beta2 must be in [0, 1) (got ${this.beta2})`);
-    if (this.maxGradNorm !== undefined && !(this.maxGradNorm > 0)) throw new Error(`Adam: maxGradNorm must be > 0 (got ${this.maxGradNorm})`);
+    this.lr = options.lr
+    this.beta1 = options.beta1 ?? 0.9
+    this.beta2 = options.beta2 ?? 0.999
+    this.eps = options.eps ?? 1e-8
+    this.maxGradNorm = options.maxGradNorm
+    if (!(this.lr > 0)) throw new Error(`Adam: lr must be > 0 (got ${this.lr})`)
+    if (!(this.beta1 >= 0 && this.beta1 < 1)) throw new Error(`Adam: beta1 must be in [0, 1) (got ${this.beta1})`)
+    if (!(this.beta2 >= 0 && this.beta2 < 1)) throw new Error(`Adam: beta2 must be in [0, 1) (got ${this.beta2})`)
+    if (this.maxGradNorm !== undefined && !(this.maxGradNorm > 0)) throw new Error(`Adam: maxGradNorm must be > 0 (got ${this.maxGradNorm})`)
     if (state) {
-      checkParams(specs, state.m, 'Adam state m');
-      checkParams(specs, state.v, 'Adam state v');
-      if (!Number.isInteger(state.t) || state.t < 0) throw new Error(`Adam state: t must be a non-negative integer (got ${state.t})`);
-      this.t = state.t;
-      this.m = cloneParams(state.m);
-      this.v = cloneParams(state.v);
+      checkParams(specs, state.m, 'Adam state m')
+      checkParams(specs, state.v, 'Adam state v')
+      if (!Number.isInteger(state.t) || state.t < 0) throw new Error(`Adam state: t must be a non-negative integer (got ${state.t})`)
+      this.t = state.t
+      this.m = cloneParams(state.m)
+      this.v = cloneParams(state.v)
     } else {
-      this.m = {};
-      this.v = {};
-      this.reset();
+      this.m = {}
+      this.v = {}
+      this.reset()
     }
   }
 
   /** Forget the moments (e.g. between the warm start and RL, as the prototype does). */
   reset(): void {
-    this.t = 0;
+    this.t = 0
     for (const s of this.specs) {
-      const n = s.shape.reduce((a, b) => a * b, 1);
-      this.m[s.name] = new Float32Array(n);
-      this.v[s.name] = new Float32Array(n);
+      const n = s.shape.reduce((a, b) => a * b, 1)
+      this.m[s.name] = new Float32Array(n)
+      this.v[s.name] = new Float32Array(n)
     }
   }
 
   get steps(): number {
-    return this.t;
+    return this.t
   }
 
   /** A deep copy of the optimizer state. */
   state(): AdamState {
-    return { t: this.t, m: cloneParams(this.m), v: cloneParams(this.v) };
+    return { t: this.t, m: cloneParams(this.m), v: cloneParams(this.v) }
   }
 
   /** One update of `params` in place from `grads` (gradients of the loss to minimise). */
   step(params: ParamValues, grads: Record<string, Float32Array>): AdamStepInfo {
-    checkParams(this.specs, params, 'Adam.step params');
-    checkParams(this.specs, grads, 'Adam.step grads');
-    let sq = 0;
-    for (const s of this.specs) for (const g of grads[s.name]) sq += g * g;
-    const gradNorm = Math.sqrt(sq);
-    if (!Number.isFinite(gradNorm)) throw new Error(`Adam.step: gradient norm is ${gradNorm}; refusing to update`);
-    const scale = this.maxGradNorm !== undefined && gradNorm > this.maxGradNorm ? this.maxGradNorm / gradNorm : 1;
-    this.t += 1;
-    const { beta1: b1, beta2: b2, eps } = this;
-    const c1 = 1 - Math.pow(b1, this.t);
-    const c2 = 1 - Math.pow(b2, this.t);
-    const stepSize = this.lr / c1;
-    const sqrtC2 = Math.sqrt(c2);
+    checkParams(this.specs, params, 'Adam.step params')
+    checkParams(this.specs, grads, 'Adam.step grads')
+    let sq = 0
+    for (const s of this.specs) for (const g of grads[s.name]) sq += g * g
+    const gradNorm = Math.sqrt(sq)
+    if (!Number.isFinite(gradNorm)) throw new Error(`Adam.step: gradient norm is ${gradNorm}; refusing to update`)
+    const scale = this.maxGradNorm !== undefined && gradNorm > this.maxGradNorm ? this.maxGradNorm / gradNorm : 1
+    this.t += 1
+    const { beta1: b1, beta2: b2, eps } = this
+    const c1 = 1 - Math.pow(b1, this.t)
+    const c2 = 1 - Math.pow(b2, this.t)
+    const stepSize = this.lr / c1
+    const sqrtC2 = Math.sqrt(c2)
     for (const s of this.specs) {
-      const p = params[s.name];
-      const g = grads[s.name];
-      const m = this.m[s.name];
-      const v = this.v[s.name];
+      const p = params[s.name]
+      const g = grads[s.name]
+      const m = this.m[s.name]
+      const v = this.v[s.name]
       for (let i = 0; i < p.length; i++) {
-        const gi = g[i] * scale;
-        m[i] = b1 * m[i] + (1 - b1) * gi;
-        v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+        const gi = g[i] * scale
+        m[i] = b1 * m[i] + (1 - b1) * gi
+        v[i] = b2 * v[i] + (1 - b2) * gi * gi
         // p −= lr · m̂ / (√v̂ + eps), with m̂ = m/c1 and v̂ = v/c2
-        p[i] -= (stepSize * m[i]) / (Math.sqrt(v[i]) / sqrtC2 + eps);
+        p[i] -= (stepSize * m[i]) / (Math.sqrt(v[i]) / sqrtC2 + eps)
       }
     }
-    return { gradNorm, scale };
+    return { gradNorm, scale }
   }
 }

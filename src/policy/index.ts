@@ -1,5 +1,5 @@
-export { Adam, type AdamOptions, type AdamState, type AdamStepInfo } from './adam.js';
-export { CheckpointStore } from './checkpoint.js';
+export { Adam, type AdamOptions, type AdamState, type AdamStepInfo } from './adam.js'
+export { CheckpointStore } from './checkpoint.js'
 export {
   buildForwardGraph,
   buildNllGradientGraph,
@@ -7,9 +7,9 @@ export {
   resolveSurrogateOptions,
   type ResolvedSurrogateOptions,
   type SurrogateOptions,
-} from './graphs.js';
-export { initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js';
-export { GraphBuilder, decodeModel, encodeModel, float, DEFAULT_OPSET, type AttrValue, type Dim, type ElemType } from './onnx-graph.js';
+} from './graphs.js'
+export { initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js'
+export { GraphBuilder, decodeModel, encodeModel, float, DEFAULT_OPSET, type AttrValue, type Dim, type ElemType } from './onnx-graph.js'
 export {
   bytesToFloats,
   checkParams,
@@ -21,7 +21,7 @@ export {
   zerosLike,
   type ParamSpec,
   type ParamValues,
-} from './params.js';
-export { OnnxPolicy, type NllBatch, type NllResult, type PolicyOptions, type SurrogateBatch, type SurrogateResult } from './policy.js';
-export { argmaxRows, sampleCategorical, type SampledTokens } from './sample.js';
-export { SNAPSHOT_VERSION, recordToSnapshot, snapshotToRecord, type PolicySnapshot, type SnapshotRecord } from './snapshot.js';
+} from './params.js'
+export { OnnxPolicy, type NllBatch, type NllResult, type PolicyOptions, type SurrogateBatch, type SurrogateResult } from './policy.js'
+export { argmaxRows, sampleCategorical, type SampledTokens } from './sample.js'
+export { SNAPSHOT_VERSION, recordToSnapshot, snapshotToRecord, type PolicySnapshot, type SnapshotRecord } from './snapshot.js'

@@ -26,10 +26,14 @@ export async function loadOnnxScorer(model: string | Uint8Array, options: OnnxSc
     executionProviders: options.executionProviders ?? ['cpu'],
     intraOpNumThreads: options.intraOpNumThreads ?? 1,
   }
-  const session = typeof model === 'string' ? await ort.InferenceSession.create(model, sessionOptions) : await ort.InferenceSession.create(model, sessionOptions)
+  const session =
+    typeof model === 'string' ? await ort.InferenceSession.create(model, sessionOptions) : await ort.InferenceSession.create(model, sessionOptions)
   const inputName = options.input ?? session.inputNames[0]
   const outputName = options.output ?? session.outputNames[0]
-  for (const [kind, name, names] of [['input', inputName, session.inputNames], ['output', outputName, session.outputNames]] as const) {
+  for (const [kind, name, names] of [
+    ['input', inputName, session.inputNames],
+    ['output', outputName, session.outputNames],
+  ] as const) {
     if (!names.includes(name)) throw new Error(`the scoring model has no ${kind} "${name}" (it has ${names.join(', ')})`)
   }
   return {

@@ -62,9 +62,22 @@ export function serveProgress(engine: DurableEngine, telemetry: EngineTelemetry,
       Object.entries(stats.lambda)
         .map(([channel, lambda]) => `${channel} J ${fixed(latest?.constraints[channel]?.mean ?? NaN)} λ ${fixed(lambda)}`)
         .join(', ') || 'no constraints'
-    return { step: stats.step, rate: fixed(rates.ingestPerSec ?? NaN, 0), batched: fixed(rates.rolloutsPerSec ?? NaN, 0), constraints, pending: stats.pendingRollouts, outbox: stats.outbox }
+    return {
+      step: stats.step,
+      rate: fixed(rates.ingestPerSec ?? NaN, 0),
+      batched: fixed(rates.rolloutsPerSec ?? NaN, 0),
+      constraints,
+      pending: stats.pendingRollouts,
+      outbox: stats.outbox,
+    }
   }
-  const bar = createProgress({ format: 'serve | step {step} | {rate} rollouts/s in, {batched} in batches | {constraints} | pending {pending}, outbox {outbox}', total: 1, stream, force, payload: figures() })
+  const bar = createProgress({
+    format: 'serve | step {step} | {rate} rollouts/s in, {batched} in batches | {constraints} | pending {pending}, outbox {outbox}',
+    total: 1,
+    stream,
+    force,
+    payload: figures(),
+  })
   if (!bar.active) return { stop: () => {} }
   const update = () => bar.update(0, figures())
   const timer = setInterval(update, SERVE_PROGRESS_MS)
@@ -111,13 +124,19 @@ export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSig
   const lambda = Object.entries(stats.lambda)
     .map(([channel, value]) => ` ${channel}=${value.toPrecision(4)}`)
     .join('')
-  io.stdout.write(`dualstream serve: data ${options.dataDir}: step ${stats.step}${lambda === '' ? '' : `, λ${lambda}`}, ${stats.ingest.ingested} rollouts logged, ${stats.pendingRollouts} pending, ${stats.outbox} batches unacknowledged\n`)
+  io.stdout.write(
+    `dualstream serve: data ${options.dataDir}: step ${stats.step}${lambda === '' ? '' : `, λ${lambda}`}, ${stats.ingest.ingested} rollouts logged, ${stats.pendingRollouts} pending, ${stats.outbox} batches unacknowledged\n`,
+  )
   io.stdout.write(listeningLine(address.host, address.port))
   options.onListening?.({ engine, server, telemetry, port: address.port })
   const progress = serveProgress(engine, telemetry, io.stderr)
   if (!signal.aborted) await Promise.race([once(signal, 'abort'), once(failed.signal, 'abort')])
   progress.stop()
-  io.stdout.write(failure === undefined ? 'dualstream serve: shutting down\n' : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${String(failure)}\n`)
+  io.stdout.write(
+    failure === undefined
+      ? 'dualstream serve: shutting down\n'
+      : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${String(failure)}\n`,
+  )
   telemetry.close()
   await server.close()
   await engine.close()

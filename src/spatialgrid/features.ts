@@ -10,58 +10,46 @@
  * The subject input is what makes the template learnable: without it the network would have to
  * infer from the step which queried object a claim is about.
  */
-import { CLAIMS, type SpatialGridSpec } from './config.js';
-import type { Scene } from './scene.js';
+import { CLAIMS, type SpatialGridSpec } from './config.js'
+import type { Scene } from './scene.js'
 
 /** Write one feature row at `out[offset .. offset + featureDim)`; `out` must be zeroed there. */
-export function writeFeatures(
-  out: Float32Array,
-  offset: number,
-  scene: Scene,
-  step: number,
-  previous: ArrayLike<number>,
-  spec: SpatialGridSpec,
-): void {
-  const { grid, types } = spec;
-  let o = offset;
+export function writeFeatures(out: Float32Array, offset: number, scene: Scene, step: number, previous: ArrayLike<number>, spec: SpatialGridSpec): void {
+  const { grid, types } = spec
+  let o = offset
   for (let t = 0; t < types; t++) {
-    const [x, y] = scene.coords[t];
+    const [x, y] = scene.coords[t]
     if (x >= 0) {
-      out[o] = 1;
-      out[o + 1 + x] = 1;
-      out[o + 1 + grid + y] = 1;
+      out[o] = 1
+      out[o + 1 + x] = 1
+      out[o + 1 + grid + y] = 1
     }
-    o += 1 + 2 * grid;
+    o += 1 + 2 * grid
   }
-  const { a, b, axis } = scene.question;
-  out[o + a] = 1;
-  out[o + types + b] = 1;
-  out[o + 2 * types + axis] = 1;
-  o += 2 * types + 2;
-  out[o + step] = 1;
-  o += spec.steps;
+  const { a, b, axis } = scene.question
+  out[o + a] = 1
+  out[o + types + b] = 1
+  out[o + 2 * types + axis] = 1
+  o += 2 * types + 2
+  out[o + step] = 1
+  o += spec.steps
   // only the first `step` tokens precede this position, and only claim positions feed the bag
-  for (let k = 0; k < Math.min(step, CLAIMS); k++) out[o + previous[k]] = 1;
-  o += spec.claimTokens;
-  if (step < CLAIMS) out[o + (step === 0 ? a : b)] = 1;
+  for (let k = 0; k < Math.min(step, CLAIMS); k++) out[o + previous[k]] = 1
+  o += spec.claimTokens
+  if (step < CLAIMS) out[o + (step === 0 ? a : b)] = 1
 }
 
 /**
  * Feature rows [scenes.length, featureDim] for one step; `traces[i]` holds at least the first
  * `step` tokens of row i (the tokens already emitted).
  */
-export function featureRows(
-  scenes: readonly Scene[],
-  step: number,
-  traces: ReadonlyArray<ArrayLike<number>>,
-  spec: SpatialGridSpec,
-): Float32Array {
-  if (traces.length !== scenes.length) throw new Error(`featureRows: ${scenes.length} scenes but ${traces.length} traces`);
-  if (!Number.isInteger(step) || step < 0 || step >= spec.steps) throw new Error(`featureRows: step ${step} out of range 0..${spec.steps - 1}`);
-  const out = new Float32Array(scenes.length * spec.featureDim);
+export function featureRows(scenes: readonly Scene[], step: number, traces: ReadonlyArray<ArrayLike<number>>, spec: SpatialGridSpec): Float32Array {
+  if (traces.length !== scenes.length) throw new Error(`featureRows: ${scenes.length} scenes but ${traces.length} traces`)
+  if (!Number.isInteger(step) || step < 0 || step >= spec.steps) throw new Error(`featureRows: step ${step} out of range 0..${spec.steps - 1}`)
+  const out = new Float32Array(scenes.length * spec.featureDim)
   for (let i = 0; i < scenes.length; i++) {
-    if (traces[i].length < Math.min(step, CLAIMS)) throw new Error(`featureRows: trace ${i} has ${traces[i].length} tokens, step ${step} needs ${step}`);
-    writeFeatures(out, i * spec.featureDim, scenes[i], step, traces[i], spec);
+    if (traces[i].length < Math.min(step, CLAIMS)) throw new Error(`featureRows: trace ${i} has ${traces[i].length} tokens, step ${step} needs ${step}`)
+    writeFeatures(out, i * spec.featureDim, scenes[i], step, traces[i], spec)
   }
-  return out;
+  return out
 }

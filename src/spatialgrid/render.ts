@@ -2,85 +2,85 @@
  * Human-readable text and a plain JSON description of a scene and its trace (the dashboard
  * draws the grid from the JSON).
  */
-import { CLAIMS, type SpatialGridSpec } from './config.js';
-import { AXIS_NAMES, truthAnswer, type Scene } from './scene.js';
-import { decodeAnswer, decodeClaim } from './tokens.js';
-import { claimTruths, judge, type Judgement } from './judges.js';
+import { CLAIMS, type SpatialGridSpec } from './config.js'
+import { AXIS_NAMES, truthAnswer, type Scene } from './scene.js'
+import { decodeAnswer, decodeClaim } from './tokens.js'
+import { claimTruths, judge, type Judgement } from './judges.js'
 
-const COLOURS = ['red', 'blue', 'green', 'yellow', 'purple', 'orange', 'cyan', 'magenta'];
-const ANSWERS = ['less', 'greater'] as const;
+const COLOURS = ['red', 'blue', 'green', 'yellow', 'purple', 'orange', 'cyan', 'magenta']
+const ANSWERS = ['less', 'greater'] as const
 
 export function typeName(type: number): string {
-  return COLOURS[type] ?? `type${type}`;
+  return COLOURS[type] ?? `type${type}`
 }
 
 export interface SceneObject {
-  readonly type: number;
-  readonly name: string;
-  readonly x: number;
-  readonly y: number;
+  readonly type: number
+  readonly name: string
+  readonly x: number
+  readonly y: number
 }
 
 export interface RolloutDescription {
-  readonly grid: number;
-  readonly objects: SceneObject[];
-  readonly question: { readonly a: string; readonly b: string; readonly axis: 'x' | 'y'; readonly text: string };
-  readonly claims: Array<{ readonly subject: string; readonly axis: 'x' | 'y'; readonly value: number; readonly true: boolean }>;
-  readonly answer: 'less' | 'greater';
-  readonly correctAnswer: 'less' | 'greater';
-  readonly judgement: Judgement;
+  readonly grid: number
+  readonly objects: SceneObject[]
+  readonly question: { readonly a: string; readonly b: string; readonly axis: 'x' | 'y'; readonly text: string }
+  readonly claims: Array<{ readonly subject: string; readonly axis: 'x' | 'y'; readonly value: number; readonly true: boolean }>
+  readonly answer: 'less' | 'greater'
+  readonly correctAnswer: 'less' | 'greater'
+  readonly judgement: Judgement
   /** The one-line rendering of {@link renderRollout}. */
-  readonly text: string;
+  readonly text: string
 }
 
 export function sceneObjects(scene: Scene): SceneObject[] {
-  const out: SceneObject[] = [];
+  const out: SceneObject[] = []
   scene.coords.forEach(([x, y], type) => {
-    if (x >= 0) out.push({ type, name: typeName(type), x, y });
-  });
-  return out;
+    if (x >= 0) out.push({ type, name: typeName(type), x, y })
+  })
+  return out
 }
 
 export function questionText(scene: Scene): string {
-  const { a, b, axis } = scene.question;
-  const ax = AXIS_NAMES[axis];
-  return `is ${typeName(a)}.${ax} less or greater than ${typeName(b)}.${ax}?`;
+  const { a, b, axis } = scene.question
+  const ax = AXIS_NAMES[axis]
+  return `is ${typeName(a)}.${ax} less or greater than ${typeName(b)}.${ax}?`
 }
 
 /** e.g. "claims: red.x=2 ✓, blue.x=1 ✗ → answer: greater ✓". */
 export function renderRollout(scene: Scene, trace: ArrayLike<number>, spec: SpatialGridSpec): string {
-  const { a, b } = scene.question;
-  const truths = claimTruths(scene, trace, spec);
+  const { a, b } = scene.question
+  const truths = claimTruths(scene, trace, spec)
   const claims = [a, b].map((subject, k) => {
-    const { axis, value } = decodeClaim(trace[k], spec);
-    return `${typeName(subject)}.${AXIS_NAMES[axis]}=${value} ${truths[k] ? '✓' : '✗'}`;
-  });
-  const answer = decodeAnswer(trace[CLAIMS], spec);
-  return `claims: ${claims.join(', ')} → answer: ${ANSWERS[answer]} ${answer === truthAnswer(scene) ? '✓' : '✗'}`;
+    const { axis, value } = decodeClaim(trace[k], spec)
+    return `${typeName(subject)}.${AXIS_NAMES[axis]}=${value} ${truths[k] ? '✓' : '✗'}`
+  })
+  const answer = decodeAnswer(trace[CLAIMS], spec)
+  return `claims: ${claims.join(', ')} → answer: ${ANSWERS[answer]} ${answer === truthAnswer(scene) ? '✓' : '✗'}`
 }
 
 /** ASCII grid, row y = 0 first; each object is the first letter of its type name, '.' is empty. */
 export function renderGrid(scene: Scene, spec: SpatialGridSpec): string {
-  const rows = Array.from({ length: spec.grid }, () => Array<string>(spec.grid).fill('.'));
-  for (const o of sceneObjects(scene)) rows[o.y][o.x] = o.name[0];
-  return rows.map((r) => r.join(' ')).join('\n');
+  const rows = Array.from({ length: spec.grid }, () => Array<string>(spec.grid).fill('.'))
+  for (const o of sceneObjects(scene)) rows[o.y][o.x] = o.name[0]
+  return rows.map((r) => r.join(' ')).join('\n')
 }
 
 export function describeRollout(scene: Scene, trace: ArrayLike<number>, spec: SpatialGridSpec): RolloutDescription {
-  const judgement = judge(scene, trace, spec);
-  const { a, b, axis } = scene.question;
-  const truths = claimTruths(scene, trace, spec);
+  const judgement = judge(scene, trace, spec)
+  const { a, b, axis } = scene.question
+  const truths = claimTruths(scene, trace, spec)
   return {
     grid: spec.grid,
     objects: sceneObjects(scene),
     question: { a: typeName(a), b: typeName(b), axis: AXIS_NAMES[axis], text: questionText(scene) },
     claims: [a, b].map((subject, k) => {
-      const c = decodeClaim(trace[k], spec);
-      return { subject: typeName(subject), axis: AXIS_NAMES[c.axis], value: c.value, true: truths[k] };
+      const c = decodeClaim(trace[k], spec)
+      return { subject: typeName(subject), axis: AXIS_NAMES[c.axis], value: c.value, true: truths[k] }
     }),
     answer: ANSWERS[decodeAnswer(trace[CLAIMS], spec)],
     correctAnswer: ANSWERS[truthAnswer(scene)],
     judgement,
     text: renderRollout(scene, trace, spec),
-  };
+  }
 }

@@ -140,12 +140,16 @@ const NO_LIMITS = { maxIdLength: Infinity, maxChannels: Infinity }
 export function entryRecords(entry: LogEntry): LogRecord[] {
   if (Array.isArray(entry)) return entry
   const items = frameItems(entry)
-  const accepted = entry.accepted === undefined ? undefined : new Uint32Array(entry.accepted.buffer.slice(entry.accepted.byteOffset, entry.accepted.byteOffset + entry.accepted.byteLength))
+  const accepted =
+    entry.accepted === undefined
+      ? undefined
+      : new Uint32Array(entry.accepted.buffer.slice(entry.accepted.byteOffset, entry.accepted.byteOffset + entry.accepted.byteLength))
   const records: LogRecord[] = new Array(entry.count)
   for (let k = 0; k < entry.count; k++) {
     const index = accepted === undefined ? k : accepted[k]
     const result = validateRollout(items[index], NO_LIMITS, true)
-    if (!result.ok) throw new Error(`log entry at seq ${entry.seq}: item ${index} no longer reads as a rollout: ${result.errors.map(formatFieldError).join('; ')}`)
+    if (!result.ok)
+      throw new Error(`log entry at seq ${entry.seq}: item ${index} no longer reads as a rollout: ${result.errors.map(formatFieldError).join('; ')}`)
     const rollout = result.rollout
     rollout.seq = entry.seq + k
     rollout.ts = entry.ts

@@ -22,7 +22,6 @@ export interface CommandIO {
   stderr: NodeJS.WritableStream
 }
 
-
 export interface TrainCommandOptions {
   method: Method
   config?: string
@@ -65,7 +64,10 @@ async function startDashboard(options: TrainCommandOptions, config: Config, trai
 export function formatTrainSummary(rows: { label: string; metrics: EvalMetrics }[], lambda: Record<string, number>): string {
   const lines = [
     `${'held-out'.padEnd(22)}  accuracy  inconsistency  grounding`,
-    ...rows.map((r) => `${r.label.padEnd(22)}  ${percent(r.metrics.accuracy).padStart(8)}  ${percent(r.metrics.inconsistencyRate).padStart(13)}  ${percent(r.metrics.grounding).padStart(9)}`),
+    ...rows.map(
+      (r) =>
+        `${r.label.padEnd(22)}  ${percent(r.metrics.accuracy).padStart(8)}  ${percent(r.metrics.inconsistencyRate).padStart(13)}  ${percent(r.metrics.grounding).padStart(9)}`,
+    ),
   ]
   const lambdas = Object.entries(lambda)
   lines.push(lambdas.length === 0 ? 'λ: none (no constraints)' : `λ at the end: ${lambdas.map(([k, v]) => `${k} ${fixed(v)}`).join(', ')}`)
@@ -132,7 +134,9 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
     bar.stop()
     const seconds = (performance.now() - started) / 1000
     const done = trainer.rlSteps - first
-    say(`RL: ${done} step${done === 1 ? '' : 's'} in ${seconds.toFixed(1)} s (${(done / Math.max(seconds, 1e-9)).toFixed(0)} steps/s, ${config.batchGroups}×${config.groupSize} rollouts each); now at RL step ${trainer.rlSteps}`)
+    say(
+      `RL: ${done} step${done === 1 ? '' : 's'} in ${seconds.toFixed(1)} s (${(done / Math.max(seconds, 1e-9)).toFixed(0)} steps/s, ${config.batchGroups}×${config.groupSize} rollouts each); now at RL step ${trainer.rlSteps}`,
+    )
     telemetry?.status('held-out evaluation')
     rows.push({ label: `at RL step ${trainer.rlSteps}`, metrics: await trainer.evaluate() })
     telemetry?.status('done')
@@ -157,7 +161,12 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
     .option('-s, --steps <n>', 'RL steps to run now', integerOption(0), DEFAULT_RL_STEPS)
     .option('--seed <n>', 'seed of a new run', integerOption(0), 0)
     .option('-d, --data <dir>', 'state folder (default data/<method or config name>)')
-    .option('-p, --port <n>', `dashboard port on 127.0.0.1 (0 = any free port; a port in use falls back to a free one)`, integerOption(0, 65535), DEFAULT_DASHBOARD_PORT)
+    .option(
+      '-p, --port <n>',
+      `dashboard port on 127.0.0.1 (0 = any free port; a port in use falls back to a free one)`,
+      integerOption(0, 65535),
+      DEFAULT_DASHBOARD_PORT,
+    )
     .option('--no-dashboard', 'no dashboard, /telemetry nor /metrics')
     .addHelpText('after', '\nThe dashboard (/, WebSocket /telemetry, /metrics) asks for DUALSTREAM_VIEWER_TOKEN when it is set.')
     .action(async (opts: TrainCommandOptions) => {
@@ -185,7 +194,9 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
         steps: opts.steps,
         parallel: opts.parallel,
         onResult: (r, done, total) =>
-          io.stdout.write(`  [${done}/${total}] ${r.method} seed ${r.seed}: accuracy ${percent(r.final.accuracy)}, inconsistency ${percent(r.final.inconsistencyRate)}, grounding ${percent(r.final.grounding)} (${r.seconds.toFixed(0)} s)\n`),
+          io.stdout.write(
+            `  [${done}/${total}] ${r.method} seed ${r.seed}: accuracy ${percent(r.final.accuracy)}, inconsistency ${percent(r.final.inconsistencyRate)}, grounding ${percent(r.final.grounding)} (${r.seconds.toFixed(0)} s)\n`,
+          ),
       })
       io.stdout.write(`\n${formatEvaluation(report)}\n`)
       if (opts.json !== undefined) {

@@ -87,7 +87,8 @@ export function acceptanceChecks(grpo: EvalMetrics, fgrpo: EvalMetrics): Evaluat
 export async function runEvaluation(options: EvaluationOptions): Promise<EvaluationReport> {
   const started = performance.now()
   const jobs: EvalJob[] = []
-  for (const seed of options.seeds) for (const method of ['grpo', 'fgrpo'] as Method[]) jobs.push({ method, seed, steps: options.steps, settings: options.settings })
+  for (const seed of options.seeds)
+    for (const method of ['grpo', 'fgrpo'] as Method[]) jobs.push({ method, seed, steps: options.steps, settings: options.settings })
   const parallel = Math.max(1, options.parallel ?? availableParallelism())
   const results: EvalRunResult[] = new Array(jobs.length)
   let next = 0
@@ -102,20 +103,44 @@ export async function runEvaluation(options: EvaluationOptions): Promise<Evaluat
   await Promise.all(Array.from({ length: Math.min(parallel, jobs.length) }, lane))
   const grpo = average(results.filter((r) => r.method === 'grpo'))
   const fgrpo = average(results.filter((r) => r.method === 'fgrpo'))
-  return { grpo, fgrpo, seeds: options.seeds, steps: options.steps, runs: results, checks: acceptanceChecks(grpo, fgrpo), seconds: (performance.now() - started) / 1000 }
+  return {
+    grpo,
+    fgrpo,
+    seeds: options.seeds,
+    steps: options.steps,
+    runs: results,
+    checks: acceptanceChecks(grpo, fgrpo),
+    seconds: (performance.now() - started) / 1000,
+  }
 }
 
 /** The paper-style table: per seed, then the mean over seeds, then the checks. */
 export function formatEvaluation(report: EvaluationReport): string {
-  const lambda = (l: Record<string, number>) => (Object.keys(l).length === 0 ? '–' : Object.entries(l).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(', '))
+  const lambda = (l: Record<string, number>) =>
+    Object.keys(l).length === 0
+      ? '–'
+      : Object.entries(l)
+          .map(([k, v]) => `${k} ${v.toFixed(3)}`)
+          .join(', ')
   const rows: string[][] = [['method', 'seed', 'accuracy', 'inconsistency', 'grounding', 'λ at the end']]
-  for (const r of report.runs) rows.push([r.method.toUpperCase(), String(r.seed), pct(r.final.accuracy), pct(r.final.inconsistencyRate), pct(r.final.grounding), lambda(r.lambda)])
-  for (const [name, m] of [['GRPO', report.grpo], ['FGRPO', report.fgrpo]] as const) {
+  for (const r of report.runs)
+    rows.push([r.method.toUpperCase(), String(r.seed), pct(r.final.accuracy), pct(r.final.inconsistencyRate), pct(r.final.grounding), lambda(r.lambda)])
+  for (const [name, m] of [
+    ['GRPO', report.grpo],
+    ['FGRPO', report.fgrpo],
+  ] as const) {
     rows.push([name, 'mean', pct(m.accuracy), pct(m.inconsistencyRate), pct(m.grounding), lambda(m.lambda)])
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
   const line = (r: string[]) => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
-  const out = [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1, -2).map(line), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(-2).map(line), '']
+  const out = [
+    line(rows[0]),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    ...rows.slice(1, -2).map(line),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    ...rows.slice(-2).map(line),
+    '',
+  ]
   for (const check of report.checks) out.push(`${check.pass ? 'PASS' : 'FAIL'}  ${check.name} (${check.detail})`)
   out.push(`held-out scenes per run: ${report.runs[0]?.settings?.evalScenes ?? 2000}; ${report.steps} RL steps per run; ${report.seconds.toFixed(0)} s in all`)
   return out.join('\n')

@@ -156,7 +156,9 @@ export class SpatialGridTrainer {
         const meta = snapshot.meta as unknown as TrainMeta
         const problems = dualStateProblems(meta.dualState, config.constraints)
         if (meta.groupSize !== config.groupSize || meta.batchGroups !== config.batchGroups) {
-          problems.push(`saved run used groupSize ${meta.groupSize} × batchGroups ${meta.batchGroups}, the config says ${config.groupSize} × ${config.batchGroups}`)
+          problems.push(
+            `saved run used groupSize ${meta.groupSize} × batchGroups ${meta.batchGroups}, the config says ${config.groupSize} × ${config.batchGroups}`,
+          )
         }
         if (problems.length > 0) {
           await checkpoints.close()
@@ -251,7 +253,8 @@ export class SpatialGridTrainer {
         }
         /* c8 ignore next 2 */
         if (failure !== undefined) throw failure
-        if (scored === undefined) throw new Error(`step ${step}: the pipeline did not emit a batch for ${rows} rollouts (groupSize ${G}, batchGroups ${prompts})`)
+        if (scored === undefined)
+          throw new Error(`step ${step}: the pipeline did not emit a batch for ${rows} rollouts (groupSize ${G}, batchGroups ${prompts})`)
         const batch: ScoredBatch<RowPayload> = scored
         const learner = await this.learn(batch, sampled, weights)
         this.meta.rlSteps = step
@@ -309,7 +312,12 @@ export class SpatialGridTrainer {
     if (this.checkpoints === undefined) return
     this.meta.rng = this.rng.state()
     const adam: AdamState = this.adam.state()
-    await this.checkpoints.save('latest', { network: this.policy.network, params: this.policy.params, adam, meta: { ...this.meta } as unknown as Record<string, unknown> })
+    await this.checkpoints.save('latest', {
+      network: this.policy.network,
+      params: this.policy.params,
+      adam,
+      meta: { ...this.meta } as unknown as Record<string, unknown>,
+    })
   }
 
   /** Writes the current policy as a standalone .onnx file (inputs: features, mask; output: logProbs). */

@@ -179,7 +179,7 @@ class Panel {
     // the panels go before the sample and batch cards, which end the grid
     parent.insertBefore(this.el, $('#sample-card'))
     const scales = { x: { time: false }, y: { range: range(spec.floor) } }
-    const axes = [axis({ label: 'step', labelSize: 16, labelFont: '11px system-ui, sans-serif'}), axis({ size: 56, space: 22 })]
+    const axes = [axis({ label: 'step', labelSize: 16, labelFont: '11px system-ui, sans-serif' }), axis({ size: 56, space: 22 })]
     if (spec.right !== undefined) {
       scales[spec.right] = { range: range(0) }
       axes.push(axis({ scale: spec.right, side: 1, grid: { show: false }, size: 56, space: 22 }))
@@ -267,7 +267,8 @@ function onHello(hello) {
   $('#source').textContent = hello.source === 'train' ? 'built-in training' : 'serve'
   document.body.dataset.source = hello.source
   const c = hello.config
-  $('#config-line').textContent = `${c.batchGroups} groups × ${c.groupSize} per batch · ${c.aggregation}${c.maxStaleness === null ? '' : ` · max staleness ${c.maxStaleness}`}`
+  $('#config-line').textContent =
+    `${c.batchGroups} groups × ${c.groupSize} per batch · ${c.aggregation}${c.maxStaleness === null ? '' : ` · max staleness ${c.maxStaleness}`}`
   buildConstraintRows(hello)
   for (const frame of hello.history) addFrame(frame)
   schedule()
@@ -328,7 +329,8 @@ function buildConstraintRows(hello) {
     const tr = document.createElement('tr')
     tr.dataset.constraint = c.channel
     tr.dataset.lambda = String(hello.lambda[c.channel] ?? 0)
-    tr.innerHTML = '<td class="name"><span class="swatch"></span><span></span></td><td class="target"></td><td class="num mean"></td><td class="num violation"></td><td class="num rate"></td><td class="num lambda"></td><td class="status"></td>'
+    tr.innerHTML =
+      '<td class="name"><span class="swatch"></span><span></span></td><td class="target"></td><td class="num mean"></td><td class="num violation"></td><td class="num rate"></td><td class="num lambda"></td><td class="status"></td>'
     tr.querySelector('.swatch').style.background = PALETTE[i % PALETTE.length]
     tr.querySelector('.name span:last-child').textContent = c.channel
     tr.querySelector('.target').textContent = `${c.sense === '>=' ? '≥' : '≤'} ${c.threshold}`
@@ -350,9 +352,21 @@ function tiles(f, hello) {
     [train ? 'rollouts' : 'ingested', count(c?.ingested)],
   ]
   if (!train) {
-    list.push(['rejected', count(c?.rejected), c?.rejected > 0], ['duplicate', count(c?.duplicate)], ['stale', count(c?.stale)], ['groups dropped', count(c?.droppedGroups), c?.droppedGroups > 0], ['pending', count(c?.pending)], ['outbox', count(c?.outbox)])
+    list.push(
+      ['rejected', count(c?.rejected), c?.rejected > 0],
+      ['duplicate', count(c?.duplicate)],
+      ['stale', count(c?.stale)],
+      ['groups dropped', count(c?.droppedGroups), c?.droppedGroups > 0],
+      ['pending', count(c?.pending)],
+      ['outbox', count(c?.outbox)],
+    )
   } else {
-    list.push(['policy version', f?.policyVersion ?? '–'], ['accuracy', pct(f?.metrics?.accuracy)], ['inconsistency', pct(f?.metrics?.inconsistencyRate)], ['grounding', pct(f?.metrics?.grounding)])
+    list.push(
+      ['policy version', f?.policyVersion ?? '–'],
+      ['accuracy', pct(f?.metrics?.accuracy)],
+      ['inconsistency', pct(f?.metrics?.inconsistencyRate)],
+      ['grounding', pct(f?.metrics?.grounding)],
+    )
   }
   list.push(['frames lost', count(state.lost), state.lost > 0])
   const root = $('#tiles')
@@ -382,7 +396,12 @@ function batchTable(f, hello) {
     rows.push(['advantage mean ± std', `${fmt(f.advantage.mean)} ± ${fmt(f.advantage.std)}`])
     for (const [channel, v] of Object.entries(f.fracZeroStd)) rows.push([`no-signal groups · ${channel}`, pct(v)])
     if (f.learner !== undefined) {
-      rows.push(['loss', fmt(f.learner.loss, 4)], ['clip fraction', pct(f.learner.clipFraction)], ['mean ratio', fmt(f.learner.meanRatio, 4)], ['grad norm', fmt(f.learner.gradNorm, 4)])
+      rows.push(
+        ['loss', fmt(f.learner.loss, 4)],
+        ['clip fraction', pct(f.learner.clipFraction)],
+        ['mean ratio', fmt(f.learner.meanRatio, 4)],
+        ['grad norm', fmt(f.learner.gradNorm, 4)],
+      )
     }
   } else {
     rows.push(['', hello.source === 'train' ? 'waiting for the first RL step…' : 'waiting for the first batch…'])
@@ -504,7 +523,10 @@ async function checkToken(token) {
     const response = await fetch('/telemetry/auth', { headers: token === '' ? {} : { Authorization: `Bearer ${token}` }, cache: 'no-store' })
     if (response.status === 401) {
       const body = await response.json().catch(() => ({}))
-      askToken(token === '' ? 'This dashboard needs the viewer token (DUALSTREAM_VIEWER_TOKEN).' : `The token was refused: ${body.error ?? 'wrong token'}.`, token !== '')
+      askToken(
+        token === '' ? 'This dashboard needs the viewer token (DUALSTREAM_VIEWER_TOKEN).' : `The token was refused: ${body.error ?? 'wrong token'}.`,
+        token !== '',
+      )
       return
     }
     connStatus('disconnected', 'cannot connect — retrying')

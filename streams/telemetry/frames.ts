@@ -206,7 +206,10 @@ export class RateMeter {
 }
 
 /** The batch figures every frame carries, from a scored batch. */
-function batchFigures(summary: BatchSummary, config: Config): Pick<BatchFrame, 'step' | 'rollouts' | 'groups' | 'partialGroups' | 'objectives' | 'constraints' | 'fracZeroStd' | 'advantage'> {
+function batchFigures(
+  summary: BatchSummary,
+  config: Config,
+): Pick<BatchFrame, 'step' | 'rollouts' | 'groups' | 'partialGroups' | 'objectives' | 'constraints' | 'fracZeroStd' | 'advantage'> {
   const constraints: Record<string, ConstraintFigures> = {}
   for (const spec of config.constraints) {
     const measured = summary.constraints[spec.channel]
@@ -236,7 +239,14 @@ function batchFigures(summary: BatchSummary, config: Config): Pick<BatchFrame, '
 }
 
 /** A `serve` frame: a committed batch, the engine's stats right after, and the rates. */
-export function serveBatchFrame(input: { summary: BatchSummary; latencyMs: number; counts: TelemetryCounts; config: Config; now: number; rates: TelemetryRates }): BatchFrame {
+export function serveBatchFrame(input: {
+  summary: BatchSummary
+  latencyMs: number
+  counts: TelemetryCounts
+  config: Config
+  now: number
+  rates: TelemetryRates
+}): BatchFrame {
   return {
     type: 'batch',
     ...batchFigures(input.summary, input.config),
@@ -258,7 +268,14 @@ export interface StepFigures {
 }
 
 /** A `train` frame: one RL step, with the learner's figures and, when given, the sample rollout. */
-export function trainBatchFrame(input: { report: StepFigures; counts: TelemetryCounts; config: Config; now: number; rates: TelemetryRates; sample?: RolloutDescription }): BatchFrame {
+export function trainBatchFrame(input: {
+  report: StepFigures
+  counts: TelemetryCounts
+  config: Config
+  now: number
+  rates: TelemetryRates
+  sample?: RolloutDescription
+}): BatchFrame {
   const { report } = input
   const frame: BatchFrame = {
     type: 'batch',

@@ -43,15 +43,54 @@ export class TelemetryMetrics {
     const registers = [this.registry]
     const { config, hub } = options
     this.step = new Gauge({ name: 'dualstream_step', help: 'Step (dual update) of the latest batch.', registers })
-    this.lambda = new Gauge({ name: 'dualstream_lambda', help: 'Lagrange multiplier of each constraint after the latest dual update.', labelNames: ['constraint'], registers })
-    const thresholds = new Gauge({ name: 'dualstream_constraint_threshold', help: 'Threshold τ of each constraint.', labelNames: ['constraint', 'sense'], registers })
-    this.constraintMean = new Gauge({ name: 'dualstream_constraint_mean', help: 'Batch mean J of each constraint channel (latest batch).', labelNames: ['constraint'], registers })
-    this.violation = new Gauge({ name: 'dualstream_constraint_violation', help: 'Violation e of each constraint in the latest batch (τ − J for >=, J − τ for <=; positive = violated).', labelNames: ['constraint'], registers })
-    this.sampleViolationRate = new Gauge({ name: 'dualstream_constraint_sample_violation_rate', help: 'Share of the latest batch’s values on the wrong side of sampleThreshold.', labelNames: ['constraint'], registers })
-    this.objectiveMean = new Gauge({ name: 'dualstream_objective_mean', help: 'Batch mean of each objective channel (latest batch).', labelNames: ['objective'], registers })
-    this.fracZeroStd = new Gauge({ name: 'dualstream_frac_zero_std', help: 'Share of the latest batch’s groups with no signal, per channel.', labelNames: ['channel'], registers })
+    this.lambda = new Gauge({
+      name: 'dualstream_lambda',
+      help: 'Lagrange multiplier of each constraint after the latest dual update.',
+      labelNames: ['constraint'],
+      registers,
+    })
+    const thresholds = new Gauge({
+      name: 'dualstream_constraint_threshold',
+      help: 'Threshold τ of each constraint.',
+      labelNames: ['constraint', 'sense'],
+      registers,
+    })
+    this.constraintMean = new Gauge({
+      name: 'dualstream_constraint_mean',
+      help: 'Batch mean J of each constraint channel (latest batch).',
+      labelNames: ['constraint'],
+      registers,
+    })
+    this.violation = new Gauge({
+      name: 'dualstream_constraint_violation',
+      help: 'Violation e of each constraint in the latest batch (τ − J for >=, J − τ for <=; positive = violated).',
+      labelNames: ['constraint'],
+      registers,
+    })
+    this.sampleViolationRate = new Gauge({
+      name: 'dualstream_constraint_sample_violation_rate',
+      help: 'Share of the latest batch’s values on the wrong side of sampleThreshold.',
+      labelNames: ['constraint'],
+      registers,
+    })
+    this.objectiveMean = new Gauge({
+      name: 'dualstream_objective_mean',
+      help: 'Batch mean of each objective channel (latest batch).',
+      labelNames: ['objective'],
+      registers,
+    })
+    this.fracZeroStd = new Gauge({
+      name: 'dualstream_frac_zero_std',
+      help: 'Share of the latest batch’s groups with no signal, per channel.',
+      labelNames: ['channel'],
+      registers,
+    })
     this.advantage = new Gauge({ name: 'dualstream_advantage', help: 'Mean and std of the latest batch’s advantages.', labelNames: ['stat'], registers })
-    this.throughput = new Gauge({ name: 'dualstream_throughput_rollouts_per_second', help: 'Rollouts per second into batches over the last seconds.', registers })
+    this.throughput = new Gauge({
+      name: 'dualstream_throughput_rollouts_per_second',
+      help: 'Rollouts per second into batches over the last seconds.',
+      registers,
+    })
     for (const c of config.constraints) thresholds.set({ constraint: c.channel, sense: c.sense }, c.threshold)
     const { step, lambda } = options.state()
     this.step.set(step)
@@ -92,19 +131,59 @@ export class TelemetryMetrics {
         }
       },
     })
-    new Gauge({ name: 'dualstream_pending_rollouts', help: 'Rollouts inside the pipeline (open groups, the batch being filled).', registers, collect() { this.set(options.counts().pending) } })
-    new Gauge({ name: 'dualstream_outbox_batches', help: 'Batches not yet acknowledged by a trainer.', registers, collect() { this.set(options.counts().outbox) } })
+    new Gauge({
+      name: 'dualstream_pending_rollouts',
+      help: 'Rollouts inside the pipeline (open groups, the batch being filled).',
+      registers,
+      collect() {
+        this.set(options.counts().pending)
+      },
+    })
+    new Gauge({
+      name: 'dualstream_outbox_batches',
+      help: 'Batches not yet acknowledged by a trainer.',
+      registers,
+      collect() {
+        this.set(options.counts().outbox)
+      },
+    })
 
     this.latency =
       options.source === 'serve'
-        ? new Histogram({ name: 'dualstream_batch_latency_seconds', help: 'From the newest rollout of a batch being ingested to the batch being durable.', buckets: LATENCY_BUCKETS, registers })
-        : new Histogram({ name: 'dualstream_train_step_seconds', help: 'Wall time of one RL step (sampling, judging, the pipeline, the learner update).', buckets: LATENCY_BUCKETS, registers })
+        ? new Histogram({
+            name: 'dualstream_batch_latency_seconds',
+            help: 'From the newest rollout of a batch being ingested to the batch being durable.',
+            buckets: LATENCY_BUCKETS,
+            registers,
+          })
+        : new Histogram({
+            name: 'dualstream_train_step_seconds',
+            help: 'Wall time of one RL step (sampling, judging, the pipeline, the learner update).',
+            buckets: LATENCY_BUCKETS,
+            registers,
+          })
     if (options.source === 'train') {
-      this.learner = new Gauge({ name: 'dualstream_learner', help: 'The learner’s latest update: loss, clip_fraction, mean_ratio, grad_norm.', labelNames: ['stat'], registers })
+      this.learner = new Gauge({
+        name: 'dualstream_learner',
+        help: 'The learner’s latest update: loss, clip_fraction, mean_ratio, grad_norm.',
+        labelNames: ['stat'],
+        registers,
+      })
     }
 
-    this.droppedFrames = new Counter({ name: 'dualstream_telemetry_dropped_frames_total', help: 'Telemetry frames dropped from slow clients’ queues (all clients).', registers })
-    new Gauge({ name: 'dualstream_telemetry_clients', help: 'Connected /telemetry clients.', registers, collect() { this.set(hub.clientInfo().length) } })
+    this.droppedFrames = new Counter({
+      name: 'dualstream_telemetry_dropped_frames_total',
+      help: 'Telemetry frames dropped from slow clients’ queues (all clients).',
+      registers,
+    })
+    new Gauge({
+      name: 'dualstream_telemetry_clients',
+      help: 'Connected /telemetry clients.',
+      registers,
+      collect() {
+        this.set(hub.clientInfo().length)
+      },
+    })
     new Gauge({
       name: 'dualstream_telemetry_client_dropped_frames',
       help: 'Frames each connected /telemetry client lost so far (the client label is its connection number).',

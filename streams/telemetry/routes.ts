@@ -23,7 +23,9 @@ export interface Mountable {
  * The dashboard's folder: `streams/dashboard/` next to this module when run from source,
  * or in the package root when run from `dist/`.
  */
-export function dashboardDir(candidates: readonly URL[] = [new URL('../dashboard/', import.meta.url), new URL('../../../streams/dashboard/', import.meta.url)]): string {
+export function dashboardDir(
+  candidates: readonly URL[] = [new URL('../dashboard/', import.meta.url), new URL('../../../streams/dashboard/', import.meta.url)],
+): string {
   for (const candidate of candidates) {
     const dir = fileURLToPath(candidate)
     if (existsSync(`${dir}index.html`)) return dir
@@ -63,7 +65,13 @@ function serveFile(file: StaticFile): HttpRoute {
       response.writeHead(304, { ETag: file.etag })
       return void response.end()
     }
-    response.writeHead(200, { 'Content-Type': file.type, 'Content-Length': file.body.length, 'Cache-Control': 'no-cache', ETag: file.etag, ...SECURITY_HEADERS })
+    response.writeHead(200, {
+      'Content-Type': file.type,
+      'Content-Length': file.body.length,
+      'Cache-Control': 'no-cache',
+      ETag: file.etag,
+      ...SECURITY_HEADERS,
+    })
     response.end(request.method === 'HEAD' ? undefined : file.body)
   }
 }

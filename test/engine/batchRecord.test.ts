@@ -13,7 +13,17 @@ const config = parseConfig({
 })
 
 t.test('a channel nobody scored is null in the record, not NaN', (t) => {
-  const groups: Group[] = [{ promptId: 'p', partial: true, ts: 5, rollouts: [{ id: 'a', promptId: 'p', rewards: { acc: 1 } }, { id: 'b', promptId: 'p', rewards: { acc: 0 } }] }]
+  const groups: Group[] = [
+    {
+      promptId: 'p',
+      partial: true,
+      ts: 5,
+      rollouts: [
+        { id: 'a', promptId: 'p', rewards: { acc: 1 } },
+        { id: 'b', promptId: 'p', rewards: { acc: 0 } },
+      ],
+    },
+  ]
   const step = scoreGroups(groups, config, initialDualState(config.constraints))
   const batch: ScoredBatch = { groups, ts: 5, reason: 'flush', columns: { offsets: Int32Array.of(0, 2), columns: {} }, windows: {}, ...step }
   const record = batchRecord(batch)

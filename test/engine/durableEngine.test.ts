@@ -15,7 +15,12 @@ const base: ConfigInput = {
   constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.9, sampleThreshold: 0.5, dual: { rule: 'sgd', lr: 0.5, max: 5 } }],
 }
 const tempDir = () => mkdtempSync(join(tmpdir(), 'dualstream-engine-'))
-const rollout = (id: string, promptId: string, accuracy: number, consistency: number, extra: object = {}) => ({ id, promptId, rewards: { accuracy, consistency }, ...extra })
+const rollout = (id: string, promptId: string, accuracy: number, consistency: number, extra: object = {}) => ({
+  id,
+  promptId,
+  rewards: { accuracy, consistency },
+  ...extra,
+})
 const prompts = (from: number, to: number) => {
   const out = []
   for (let p = from; p < to; p++) for (let i = 0; i < 2; i++) out.push(rollout(`p${p}-${i}`, `p${p}`, (p + i) % 2, (p * 3 + i) % 4 === 0 ? 0 : 1))
@@ -33,7 +38,13 @@ async function openEngine(dataDir: string, input: ConfigInput = base, now?: () =
 
 t.test('ingest: valid items logged, invalid ones rejected item by item, duplicates acked once', async (t) => {
   const { engine, committed } = await openEngine(tempDir())
-  const outcome = await engine.ingest([rollout('a', 'p', 1, 1), { id: 'b', promptId: 'p', rewards: { accuracy: NaN } }, 'junk', rollout('a', 'p', 1, 1), rollout('c', 'p', 0, 1)])
+  const outcome = await engine.ingest([
+    rollout('a', 'p', 1, 1),
+    { id: 'b', promptId: 'p', rewards: { accuracy: NaN } },
+    'junk',
+    rollout('a', 'p', 1, 1),
+    rollout('c', 'p', 0, 1),
+  ])
   t.same(outcome.acked, ['a', 'a', 'c'])
   t.equal(outcome.duplicates, 1)
   t.same(outcome.rejected, [
@@ -59,26 +70,49 @@ t.test('batches are committed with λ, delivered in step order, acknowledged, an
   await engine.ingest([rollout('w0', 'w', 1, 1)])
   await engine.ingest(prompts(0, 5))
   await engine.settled()
-  t.same(committed.map((c) => c.outbox.step), [1, 2])
+  t.same(
+    committed.map((c) => c.outbox.step),
+    [1, 2],
+  )
   const first = committed[0].outbox
   t.equal(first.type, 'batch')
-  t.same(first.rollouts.map((r) => r.id), ['p0-0', 'p0-1', 'p1-0', 'p1-1'])
+  t.same(
+    first.rollouts.map((r) => r.id),
+    ['p0-0', 'p0-1', 'p1-0', 'p1-1'],
+  )
   t.ok(committed[0].latencyMs >= 0)
-  t.same(engine.pendingBatches().map((b) => b.step), [1, 2])
+  t.same(
+    engine.pendingBatches().map((b) => b.step),
+    [1, 2],
+  )
   t.equal(await engine.acknowledge(1), true)
   t.equal(await engine.acknowledge(1), false, 'a second ack of the same step is harmless')
-  t.same(engine.pendingBatches().map((b) => b.step), [2])
+  t.same(
+    engine.pendingBatches().map((b) => b.step),
+    [2],
+  )
   const before = engine.stats()
   t.match(before, { step: 2, pendingRollouts: 3, outbox: 1, nextSeq: 11 })
   await engine.close()
 
   ;({ engine, committed } = await openEngine(dataDir))
   t.match(engine.stats(), { step: 2, lambda: before.lambda, pendingRollouts: 3, outbox: 1, nextSeq: 11 }, 'state and pipeline contents restored')
-  t.same(engine.pendingBatches().map((b) => b.step), [2], 'the unacknowledged batch is still there for redelivery')
+  t.same(
+    engine.pendingBatches().map((b) => b.step),
+    [2],
+    'the unacknowledged batch is still there for redelivery',
+  )
   await engine.ingest(prompts(5, 8))
   await engine.settled()
-  t.same(committed.map((c) => c.outbox.step), [3, 4])
-  t.same(committed[0].outbox.rollouts.map((r) => r.id), ['p4-0', 'p4-1', 'p5-0', 'p5-1'], 'the group pending at shutdown joins the next batch')
+  t.same(
+    committed.map((c) => c.outbox.step),
+    [3, 4],
+  )
+  t.same(
+    committed[0].outbox.rollouts.map((r) => r.id),
+    ['p4-0', 'p4-1', 'p5-0', 'p5-1'],
+    'the group pending at shutdown joins the next batch',
+  )
   const live = [...engine.store.summaries()].map((s) => (s.summary as { lambda: object }).lambda)
   await engine.close()
 
@@ -97,7 +131,10 @@ t.test('a trainer policy version is logged and makes old rollouts stale, the sam
   await engine.acknowledge(1, 2)
   await engine.ingest([rollout('old', 'q', 1, 1, { policyVersion: 0 }), rollout('new', 'q', 1, 1, { policyVersion: 1 })])
   await engine.settled()
-  t.same(drops.map((d) => [d.reason, d.rollouts[0].id]), [['stale', 'old']])
+  t.same(
+    drops.map((d) => [d.reason, d.rollouts[0].id]),
+    [['stale', 'old']],
+  )
   t.equal(engine.stats().pipeline.stale, 1)
   await engine.close()
   const reopened = await openEngine(dataDir, config)
@@ -123,7 +160,11 @@ t.test('group timeouts run on logged watermarks: replay and restart agree', asyn
   clock += 60 // q too
   await new Promise((resolve) => setTimeout(resolve, 50))
   await engine.settled()
-  t.same(committed.map((c) => c.outbox.rollouts.map((r) => r.id)), [['a', 'b']], 'two partial groups of one form a batch')
+  t.same(
+    committed.map((c) => c.outbox.rollouts.map((r) => r.id)),
+    [['a', 'b']],
+    'two partial groups of one form a batch',
+  )
   t.equal(committed[0].summary.partialGroups, committed[0].summary.groups)
   t.equal(drops.length, 0)
   await engine.close()
@@ -154,9 +195,19 @@ t.test('dualstream replay --log reads a data folder read-only and writes its bat
   writeFileSync(configPath, JSON.stringify({ ...base, constraints: [{ ...base.constraints![0], threshold: 0.5 }] }))
   const result = await runCli(['replay', '-c', configPath, '--log', dataDir])
   t.equal(result.code, 0, result.stderr)
-  const records = result.stdout.trim().split('\n').map((l) => JSON.parse(l))
-  t.same(records.map((r) => r.step), [1, 2])
-  t.same(records.map((r) => r.lambda.consistency.before), [0, 0], 'τ = 0.5 is met: λ stays 0')
+  const records = result.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+  t.same(
+    records.map((r) => r.step),
+    [1, 2],
+  )
+  t.same(
+    records.map((r) => r.lambda.consistency.before),
+    [0, 0],
+    'τ = 0.5 is met: λ stays 0',
+  )
   t.match(result.stderr, 'replay: 8 log records → 2 batches')
   const missing = await runCli(['replay', '-c', configPath, '--log', join(dataDir, 'nope')])
   t.equal(missing.code, 1)
@@ -170,12 +221,19 @@ t.test('frames logged as they arrived (MessagePack and JSON) replay exactly, ref
   const binary = { type: 'rollouts', rollouts: [...prompts(0, 1), { id: 'bad', promptId: 'p', rewards: { accuracy: 'x' } }] }
   const text = { type: 'rollouts', rollouts: [prompts(0, 1)[0], ...prompts(1, 2)] }
   const first = await engine.ingest(wirePackr.unpack(wirePackr.pack(binary)).rollouts, { bytes: wirePackr.pack(binary), format: 'msgpack' })
-  t.same(first, { acked: ['p0-0', 'p0-1'], rejected: [{ index: 2, id: 'bad', field: 'rewards.accuracy', reason: 'must be a finite number or null, got the string "x"' }], duplicates: 0 })
+  t.same(first, {
+    acked: ['p0-0', 'p0-1'],
+    rejected: [{ index: 2, id: 'bad', field: 'rewards.accuracy', reason: 'must be a finite number or null, got the string "x"' }],
+    duplicates: 0,
+  })
   const json = Buffer.from(JSON.stringify(text))
   const second = await engine.ingest(JSON.parse(json.toString()).rollouts, { bytes: json, format: 'json' })
   t.same(second.duplicates, 1)
   await engine.settled()
-  t.same(committed.map((c) => c.outbox.rollouts.map((r) => r.id)), [['p0-0', 'p0-1', 'p1-0', 'p1-1']])
+  t.same(
+    committed.map((c) => c.outbox.rollouts.map((r) => r.id)),
+    [['p0-0', 'p0-1', 'p1-0', 'p1-1']],
+  )
   await engine.close()
   const replayed: string[][] = []
   t.same(await replayLog(parseConfig(base), dataDir, (b) => replayed.push(b.groups.flatMap((g) => g.rollouts.map((r) => r.id)))), { records: 4, batches: 1 })
@@ -187,14 +245,22 @@ t.test('frames logged as they arrived (MessagePack and JSON) replay exactly, ref
 
 t.test('a group cut short below minGroupSize is dropped and counted', async (t) => {
   let clock = 0
-  const engine = await DurableEngine.open({ config: parseConfig({ ...base, groupTimeoutMs: 10 }), dataDir: tempDir(), now: () => clock, watermarkIntervalMs: 2 })
+  const engine = await DurableEngine.open({
+    config: parseConfig({ ...base, groupTimeoutMs: 10 }),
+    dataDir: tempDir(),
+    now: () => clock,
+    watermarkIntervalMs: 2,
+  })
   const drops: DropEvent[] = []
   engine.drops.subscribe((d) => drops.push(d))
   await engine.ingest([rollout('lonely', 'p', 1, 1)])
   clock = 50
   await new Promise((resolve) => setTimeout(resolve, 30))
   await engine.settled()
-  t.same(drops.map((d) => [d.reason, d.count]), [['incomplete-group', 1]])
+  t.same(
+    drops.map((d) => [d.reason, d.count]),
+    [['incomplete-group', 1]],
+  )
   t.match(engine.stats().pipeline, { incompleteGroups: 1, incompleteGroupRollouts: 1 })
   await engine.close()
 })
@@ -215,18 +281,26 @@ t.test('a log whose records do not score (written by something else) fails the r
   const bad = { id: 'nan', promptId: 'p', rewards: { accuracy: NaN }, seq: 0, ts: 0 }
   await store.transact((tx) => {
     for (const id of ['nan', 'nan1', 'nan2', 'nan3']) tx.claim(id)
-    tx.append([0, 1, 2, 3].map((seq) => ({ kind: 'rollout' as const, seq, rollout: { ...bad, id: seq === 0 ? 'nan' : `nan${seq}`, promptId: `p${seq >> 1}`, seq } })))
+    tx.append(
+      [0, 1, 2, 3].map((seq) => ({ kind: 'rollout' as const, seq, rollout: { ...bad, id: seq === 0 ? 'nan' : `nan${seq}`, promptId: `p${seq >> 1}`, seq } })),
+    )
     tx.append([{ kind: 'watermark', seq: 4, ts: 1 }])
     return { ingested: 4, rejected: {}, duplicate: 0 }
   })
   await store.close()
-  await t.rejects(replayLog(parseConfig(base), dataDir, () => {}), /rollout "nan" \(prompt "p0"\): rewards\.accuracy is NaN/)
+  await t.rejects(
+    replayLog(parseConfig(base), dataDir, () => {}),
+    /rollout "nan" \(prompt "p0"\): rewards\.accuracy is NaN/,
+  )
   // the same bad batch, reached only when the end of the log flushes it
   const short = tempDir()
   const store2 = EngineStore.open(short)
   await store2.transact((tx) => (tx.claim(bad.id), tx.append([{ kind: 'rollout', seq: 0, rollout: { ...bad } }]), { ingested: 1, rejected: {}, duplicate: 0 }))
   await store2.close()
-  await t.rejects(replayLog(parseConfig({ ...base, minGroupSize: 1 }), short, () => {}), /rewards\.accuracy is NaN/)
+  await t.rejects(
+    replayLog(parseConfig({ ...base, minGroupSize: 1 }), short, () => {}),
+    /rewards\.accuracy is NaN/,
+  )
   const { runCli } = await import('../support/cli.js')
   const { writeFileSync } = await import('node:fs')
   const configPath = join(tempDir(), 'c.json')
@@ -248,6 +322,10 @@ t.test('a restart replays the watermarks and policy versions logged after the lo
   const reopened = await openEngine(dataDir, config)
   await reopened.engine.ingest([rollout('late', 'q', 1, 1, { policyVersion: 0 })])
   await reopened.engine.settled()
-  t.same(reopened.drops.map((d) => d.rollouts[0].id), ['late'], 'version 1 was restored from the log: a version-0 rollout is now stale')
+  t.same(
+    reopened.drops.map((d) => d.rollouts[0].id),
+    ['late'],
+    'version 1 was restored from the log: a version-0 rollout is now stale',
+  )
   await reopened.engine.close()
 })

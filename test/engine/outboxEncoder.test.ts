@@ -45,13 +45,28 @@ function sameOnTheWire(batch: ScoredBatch): boolean {
   return JSON.stringify(wireUnpackr.unpack(encodeBatchForTrainer(batch))) === JSON.stringify(wireUnpackr.unpack(wirePackr.pack(toOutbox(batch))))
 }
 
-const text = fc.oneof(fc.string({ minLength: 1, maxLength: 40 }), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 120 }), fc.string({ minLength: 250, maxLength: 300 }))
+const text = fc.oneof(
+  fc.string({ minLength: 1, maxLength: 40 }),
+  fc.string({ unit: 'grapheme', minLength: 1, maxLength: 120 }),
+  fc.string({ minLength: 250, maxLength: 300 }),
+)
 
 t.test('the bytes decode to exactly the trainer view, for any ids, prompt ids, payloads and batch size', (t) => {
   fc.assert(
     fc.property(
       fc.array(
-        fc.record({ promptId: text, rollouts: fc.array(fc.record({ id: text, acc: fc.constantFrom(0, 1, 0.5), c: fc.option(fc.double({ min: -1, max: 1, noNaN: true }), { nil: null }), payload: fc.option(fc.jsonValue(), { nil: undefined }) }), { minLength: 1, maxLength: 6 }) }),
+        fc.record({
+          promptId: text,
+          rollouts: fc.array(
+            fc.record({
+              id: text,
+              acc: fc.constantFrom(0, 1, 0.5),
+              c: fc.option(fc.double({ min: -1, max: 1, noNaN: true }), { nil: null }),
+              payload: fc.option(fc.jsonValue(), { nil: undefined }),
+            }),
+            { minLength: 1, maxLength: 6 },
+          ),
+        }),
         { minLength: 1, maxLength: 4 },
       ),
       (spec) => {
@@ -59,7 +74,12 @@ t.test('the bytes decode to exactly the trainer view, for any ids, prompt ids, p
           promptId: g.promptId,
           partial: false,
           ts: 0,
-          rollouts: g.rollouts.map((r) => ({ id: r.id, promptId: g.promptId, rewards: { acc: r.acc, c: r.c }, ...(r.payload === undefined ? {} : { payload: r.payload }) })),
+          rollouts: g.rollouts.map((r) => ({
+            id: r.id,
+            promptId: g.promptId,
+            rewards: { acc: r.acc, c: r.c },
+            ...(r.payload === undefined ? {} : { payload: r.payload }),
+          })),
         }))
         const batch = scored(groups)
         return sameOnTheWire(batch)
@@ -71,8 +91,19 @@ t.test('the bytes decode to exactly the trainer view, for any ids, prompt ids, p
 })
 
 t.test('array headers for 16 and 65,536 rollouts; ids of 70,000 characters', (t) => {
-  for (const [n, id] of [[16, 'r'], [65536, 'r'], [2, 'x'.repeat(70_000)]] as const) {
-    const groups: Group[] = [{ promptId: 'p', partial: false, ts: 0, rollouts: Array.from({ length: n }, (_, i) => ({ id: `${id}${i}`, promptId: 'p', rewards: { acc: i % 2, c: 1 } })) }]
+  for (const [n, id] of [
+    [16, 'r'],
+    [65536, 'r'],
+    [2, 'x'.repeat(70_000)],
+  ] as const) {
+    const groups: Group[] = [
+      {
+        promptId: 'p',
+        partial: false,
+        ts: 0,
+        rollouts: Array.from({ length: n }, (_, i) => ({ id: `${id}${i}`, promptId: 'p', rewards: { acc: i % 2, c: 1 } })),
+      },
+    ]
     const batch = scored(groups)
     const decoded = wireUnpackr.unpack(encodeBatchForTrainer(batch)) as { rollouts: unknown[] }
     t.equal(decoded.rollouts.length, n)
@@ -83,7 +114,17 @@ t.test('array headers for 16 and 65,536 rollouts; ids of 70,000 characters', (t)
 
 t.test('a payload key __proto__ (legal JSON) goes out verbatim; msgpackr decoders rename it on both sides alike', (t) => {
   const payload = JSON.parse('{"__proto__":0,"text":"ok"}') as unknown
-  const batch = scored([{ promptId: 'p', partial: false, ts: 0, rollouts: [{ id: 'a', promptId: 'p', rewards: { acc: 1, c: 1 }, payload }, { id: 'b', promptId: 'p', rewards: { acc: 0, c: 1 } }] }])
+  const batch = scored([
+    {
+      promptId: 'p',
+      partial: false,
+      ts: 0,
+      rollouts: [
+        { id: 'a', promptId: 'p', rewards: { acc: 1, c: 1 }, payload },
+        { id: 'b', promptId: 'p', rewards: { acc: 0, c: 1 } },
+      ],
+    },
+  ])
   const bytes = encodeBatchForTrainer(batch)
   t.ok(Buffer.from(bytes).includes(Buffer.from('\xa9__proto__', 'latin1')), 'the key is in the bytes as sent, for decoders that keep it')
   t.ok(sameOnTheWire(batch))

@@ -17,7 +17,8 @@ writeFileSync(
     constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.95, sampleThreshold: 0.5, dual: { rule: 'sgd', lr: 0.05, max: 10 } }],
   }),
 )
-const line = (id: string, promptId: string, accuracy: number, consistency: number | null, extra: object = {}) => JSON.stringify({ id, promptId, rewards: { accuracy, consistency }, ...extra })
+const line = (id: string, promptId: string, accuracy: number, consistency: number | null, extra: object = {}) =>
+  JSON.stringify({ id, promptId, rewards: { accuracy, consistency }, ...extra })
 
 const input = [
   line('a1', 'a', 1, 1, { ts: 0, policyVersion: 2 }),
@@ -35,7 +36,10 @@ const input = [
 t.test('replay writes one record per batch and accounts for every rollout', async (t) => {
   const result = await runCli(['replay', '--config', configPath], input)
   t.equal(result.code, 0, result.stderr)
-  const records = result.stdout.trim().split('\n').map((l) => JSON.parse(l))
+  const records = result.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
   t.equal(records.length, 2)
   const [first, last] = records
   t.same(Object.keys(first), ['step', 'groups', 'rollouts', 'partialGroups', 'lambda', 'constraints', 'objectives', 'fracZeroStd', 'advantages'])
@@ -94,7 +98,12 @@ t.test('replay() reports each batch to onBatch with the running summary', async 
   const { replay } = await import('../../src/engine/replay.js')
   const { loadConfig } = await import('../../src/config.js')
   const steps: number[] = []
-  const summary = await replay({ config: loadConfig(configPath), input: Readable.from([input]), output: new PassThrough(), onBatch: (b, s) => steps.push(b.step, s.batches) })
+  const summary = await replay({
+    config: loadConfig(configPath),
+    input: Readable.from([input]),
+    output: new PassThrough(),
+    onBatch: (b, s) => steps.push(b.step, s.batches),
+  })
   t.same(steps, [1, 1, 2, 2])
   t.equal(summary.inBatches, 6)
 })
@@ -115,7 +124,10 @@ t.test('a slow output pauses the input and resumes it when drained', async (t) =
   for (let p = 0; p < 200; p++) for (let i = 0; i < 2; i++) lines.push(line(`r${p}-${i}`, `q${p}`, i, 1, { ts: p }))
   let chunks = 0
   const slow = new Writable({ highWaterMark: 16, write: (_chunk, _encoding, done) => (chunks++, setTimeout(done, 1)) })
-  const input = Readable.from(lines.map((l) => `${l}\n`), { objectMode: false, highWaterMark: 64 })
+  const input = Readable.from(
+    lines.map((l) => `${l}\n`),
+    { objectMode: false, highWaterMark: 64 },
+  )
   let pauses = 0
   const pause = input.pause.bind(input)
   input.pause = () => (pauses++, pause())

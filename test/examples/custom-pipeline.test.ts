@@ -18,7 +18,10 @@ const correlation = (xs: number[], ys: number[]): number => {
 t.test('the length constraint turns the advantage against long completions once the mean exceeds 300', async (t) => {
   const { batches, dropped } = await runExample(640)
   t.same(dropped, [], 'a clean producer loses nothing')
-  t.equal(batches.reduce((n, b) => n + b.rolloutCount, 0), 640 * 8)
+  t.equal(
+    batches.reduce((n, b) => n + b.rolloutCount, 0),
+    640 * 8,
+  )
   const firstViolated = batches.findIndex((b) => b.constraints.length.mean > 300)
   t.ok(firstViolated > 0, 'lengths start under the threshold')
   t.equal(batches[firstViolated - 1].lambda.length.after, 0, 'λ stays 0 while the constraint holds')
@@ -36,8 +39,20 @@ t.test('the length constraint turns the advantage against long completions once 
 })
 
 t.test('what the producer gets wrong is dropped and reported, never silently', async (t) => {
-  const { batches, dropped } = await runExample(16, 1, [{ id: 'p0-0', promptId: 'p0', rewards: { accuracy: 1 }, payload: { tokens: 10 } }, { id: 'x', promptId: 'p0', rewards: { accuracy: 'yes' } }])
-  t.same(dropped.map((d) => [d.reason, d.count]), [['duplicate', 1], ['invalid', 1]])
+  const { batches, dropped } = await runExample(16, 1, [
+    { id: 'p0-0', promptId: 'p0', rewards: { accuracy: 1 }, payload: { tokens: 10 } },
+    { id: 'x', promptId: 'p0', rewards: { accuracy: 'yes' } },
+  ])
+  t.same(
+    dropped.map((d) => [d.reason, d.count]),
+    [
+      ['duplicate', 1],
+      ['invalid', 1],
+    ],
+  )
   t.match(dropped[1].detail, 'item 129: rollout "x": rewards.accuracy: must be a finite number or null, got the string "yes"')
-  t.equal(batches.reduce((n, b) => n + b.rolloutCount, 0), 128)
+  t.equal(
+    batches.reduce((n, b) => n + b.rolloutCount, 0),
+    128,
+  )
 })

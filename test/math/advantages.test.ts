@@ -110,15 +110,29 @@ t.test('a channel nobody scored yields zero advantages and is reported silent', 
 t.test('whitening a flat batch gives zeros, never NaN', (t) => {
   const normalize: Normalize = { ...GRPO, minStd: 0, eps: 0 }
   const config = parseConfig({ groupSize: 2, batchGroups: 2, whiten: 'batch', normalize, objectives: [{ channel: 'acc' }] })
-  const { advantages } = computeAdvantages(columnsOf({ acc: [[1, 1], [0, 0]] }), config, {})
+  const { advantages } = computeAdvantages(
+    columnsOf({
+      acc: [
+        [1, 1],
+        [0, 0],
+      ],
+    }),
+    config,
+    {},
+  )
   t.same(Array.from(advantages), [0, 0, 0, 0])
   t.end()
 })
 
 t.test('batches of any size, one after another, agree with the reference (the scratch column is reused and grown)', (t) => {
-  const config = parseConfig({ groupSize: 8, batchGroups: 1, objectives: [{ channel: 'acc' }], constraints: [{ channel: 'cons', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }] })
+  const config = parseConfig({
+    groupSize: 8,
+    batchGroups: 1,
+    objectives: [{ channel: 'acc' }],
+    constraints: [{ channel: 'cons', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }],
+  })
   let seed = 7
-  const random = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 4294967296)
+  const random = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 4294967296
   for (const groups of [300, 2, 1000, 5]) {
     const acc: Cell[][] = Array.from({ length: groups }, () => Array.from({ length: 8 }, () => (random() < 0.5 ? 1 : 0)))
     const cons: Cell[][] = Array.from({ length: groups }, () => Array.from({ length: 8 }, () => (random() < 0.1 ? null : random())))
@@ -131,7 +145,10 @@ t.test('batches of any size, one after another, agree with the reference (the sc
       { aggregation: 'normalize-then-sum', lambdaSum: 0.4, scaleByLambda: false, whiten: 'none', normalize: config.normalize },
     )
     t.equal(ours.advantages.length, groups * 8)
-    t.ok(Array.from(ours.advantages).every((a, i) => close(a, ref[i], 1e-9)), `${groups} groups`)
+    t.ok(
+      Array.from(ours.advantages).every((a, i) => close(a, ref[i], 1e-9)),
+      `${groups} groups`,
+    )
   }
   t.end()
 })

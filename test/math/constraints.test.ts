@@ -6,7 +6,7 @@ import { close } from '../support/batches.js'
 
 const spec = (sense: '>=' | '<=', window = 1) => ({ sense, threshold: 0.9, sampleThreshold: 0.5, window })
 
-t.test("J, violation and per-sample violation rate for both senses; unscored values left out", (t) => {
+t.test('J, violation and per-sample violation rate for both senses; unscored values left out', (t) => {
   const values = Float64Array.of(1, 0, NaN, 1, 0.4)
   const ge = measureConstraint(values, spec('>='), [])
   t.ok(close(ge.measure.mean, 0.6))
@@ -50,7 +50,10 @@ t.test('pooled J equals the mean of the concatenated last W batches', (t) => {
           window = r.window
           last = r.measure.mean
         }
-        const pooled = batches.slice(-w).flat().filter((x) => !Number.isNaN(x))
+        const pooled = batches
+          .slice(-w)
+          .flat()
+          .filter((x) => !Number.isNaN(x))
         const expected = pooled.length === 0 ? NaN : pooled.reduce((a, b) => a + b, 0) / pooled.length
         return window.length <= w && (Number.isNaN(expected) ? Number.isNaN(last) : close(last, expected, 1e-9))
       },

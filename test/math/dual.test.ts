@@ -140,13 +140,19 @@ t.test('dual state: initial, step, and the checks made before restoring one', (t
   t.same(state.step, 0, 'the input state is not modified')
 
   t.same(dualStateProblems(state, config.constraints), [])
-  const swapped = { step: 3, constraints: { a: state.constraints.b, b: { ...state.constraints.b, controller: { ...state.constraints.b.controller, history: [0] } } } }
+  const swapped = {
+    step: 3,
+    constraints: { a: state.constraints.b, b: { ...state.constraints.b, controller: { ...state.constraints.b.controller, history: [0] } } },
+  }
   t.same(dualStateProblems(swapped as typeof state, config.constraints), [
     'constraint "a": saved state is for rule "pid", config says "sgd"',
     'constraint "b": saved pid history has 1 entries, config delay is 3',
   ])
   t.same(dualStateProblems({ step: 0, constraints: {} }, config.constraints).length, 2)
   t.same(dualStateProblems(state, []), ['constraint "a": in the saved state, not in the config', 'constraint "b": in the saved state, not in the config'])
-  t.throws(() => stepController(config.constraints[0].dual, state.constraints.b.controller, 1), /dual state of rule "pid" cannot be stepped by a "sgd" controller/)
+  t.throws(
+    () => stepController(config.constraints[0].dual, state.constraints.b.controller, 1),
+    /dual state of rule "pid" cannot be stepped by a "sgd" controller/,
+  )
   t.end()
 })

@@ -26,7 +26,10 @@ t.test("Dr. GRPO (scale: 'none'): exactly r − mean", (t) => {
   const rewards = [0.25, 1, 0, 0.75]
   const m = rewards.reduce((a, b) => a + b) / rewards.length
   const { out } = run([rewards], { ...GRPO, scale: 'none' })
-  t.same(out, rewards.map((r) => r - m))
+  t.same(
+    out,
+    rewards.map((r) => r - m),
+  )
   t.end()
 })
 
@@ -56,7 +59,10 @@ t.test('invariant to shifting and positively scaling the rewards (GRPO, eps = 0)
       fc.double({ min: -100, max: 100, noNaN: true }),
       (groups, a, b) => {
         const base = run(groups, opts).out
-        const moved = run(groups.map((g) => g.map((x) => (x === null ? null : a * x + b))), opts).out
+        const moved = run(
+          groups.map((g) => g.map((x) => (x === null ? null : a * x + b))),
+          opts,
+        ).out
         return base.every((x, i) => close(x, moved[i], 1e-7))
       },
     ),
@@ -75,7 +81,10 @@ t.test('negating the rewards negates the advantages; Dr. GRPO is shift-invariant
         const negated = run(groups.map((g) => g.map((x) => -(x as number)))).out
         const dr = { ...GRPO, scale: 'none' as const }
         const drBase = run(groups, dr).out
-        const drMoved = run(groups.map((g) => g.map((x) => a * (x as number) + b)), dr).out
+        const drMoved = run(
+          groups.map((g) => g.map((x) => a * (x as number) + b)),
+          dr,
+        ).out
         return base.every((x, i) => close(x, -negated[i] || 0, 1e-9)) && drBase.every((x, i) => close(a * x, drMoved[i], 1e-7))
       },
     ),
@@ -99,31 +108,53 @@ t.test('zero-variance and single-valued groups contribute 0 and are counted as s
 
 t.test('missing values are left out of the statistics, never treated as 0', (t) => {
   fc.assert(
-    fc.property(fc.array(fc.integer({ min: -5, max: 5 }), { minLength: 2, maxLength: 8 }), fc.array(fc.boolean(), { minLength: 8, maxLength: 8 }), (xs, holes) => {
-      // the same values with nulls interleaved normalise exactly like the values alone
-      const withHoles: Cell[] = []
-      xs.forEach((x, i) => {
-        if (holes[i]) withHoles.push(null)
-        withHoles.push(x)
-      })
-      const dense = run([xs]).out
-      const sparse = run([withHoles]).out
-      const sparseValues = sparse.filter((_, i) => withHoles[i] !== null)
-      const holesAreZero = sparse.every((a, i) => withHoles[i] !== null || a === 0)
-      return holesAreZero && dense.every((a, i) => a === sparseValues[i])
-    }),
+    fc.property(
+      fc.array(fc.integer({ min: -5, max: 5 }), { minLength: 2, maxLength: 8 }),
+      fc.array(fc.boolean(), { minLength: 8, maxLength: 8 }),
+      (xs, holes) => {
+        // the same values with nulls interleaved normalise exactly like the values alone
+        const withHoles: Cell[] = []
+        xs.forEach((x, i) => {
+          if (holes[i]) withHoles.push(null)
+          withHoles.push(x)
+        })
+        const dense = run([xs]).out
+        const sparse = run([withHoles]).out
+        const sparseValues = sparse.filter((_, i) => withHoles[i] !== null)
+        const holesAreZero = sparse.every((a, i) => withHoles[i] !== null || a === 0)
+        return holesAreZero && dense.every((a, i) => a === sparseValues[i])
+      },
+    ),
   )
   t.end()
 })
 
 t.test('batch centring and scaling; a flat batch contributes nothing', (t) => {
-  const batch = run([[1, 1], [0, 0]], { ...GRPO, center: 'batch', scale: 'batch' })
+  const batch = run(
+    [
+      [1, 1],
+      [0, 0],
+    ],
+    { ...GRPO, center: 'batch', scale: 'batch' },
+  )
   // batch mean 0.5, sample std 0.577…: zero-variance groups still carry the batch-relative signal
   t.ok(close(batch.out[0], 0.5 / (Math.sqrt(1 / 3) + 1e-6), 1e-12))
   t.equal(batch.silent, 2)
-  const flat = run([[2, 2], [2, 2]], { ...GRPO, center: 'batch', scale: 'batch' })
+  const flat = run(
+    [
+      [2, 2],
+      [2, 2],
+    ],
+    { ...GRPO, center: 'batch', scale: 'batch' },
+  )
   t.same(flat.out, [0, 0, 0, 0])
-  const lite = run([[1, 0], [1, 1]], { ...GRPO, center: 'group', scale: 'batch' })
+  const lite = run(
+    [
+      [1, 0],
+      [1, 1],
+    ],
+    { ...GRPO, center: 'group', scale: 'batch' },
+  )
   t.same(lite.out.slice(2), [0, 0], 'a flat group with a group centre is silent')
   t.end()
 })

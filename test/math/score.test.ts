@@ -58,7 +58,10 @@ t.test('an empty batch and a constraint with no saved window', (t) => {
 })
 
 t.test('a non-finite reward from a user step upstream is an error naming the rollout and channel', (t) => {
-  t.throws(() => batchColumns([group('p', [{ acc: NaN }])], ['acc']), { name: 'RangeError', message: 'rollout "p-0" (prompt "p"): rewards.acc is NaN, expected a finite number or null' })
+  t.throws(() => batchColumns([group('p', [{ acc: NaN }])], ['acc']), {
+    name: 'RangeError',
+    message: 'rollout "p-0" (prompt "p"): rewards.acc is NaN, expected a finite number or null',
+  })
   const bad = group('p', [{ acc: 1 }])
   ;(bad.rollouts[0].rewards as Record<string, unknown>).acc = 'yes'
   t.throws(() => batchColumns([bad], ['acc']), { message: /rewards\.acc is the string "yes"/ })

@@ -50,7 +50,7 @@ t.test("a rollout's own groupSize, from the first of its group, overrides the op
   t.end()
 })
 
-t.test("a dropped group is reported against its own expected size", (t) => {
+t.test('a dropped group is reported against its own expected size', (t) => {
   const testScheduler = scheduler(t)
   const drops: RecordedDrop[] = []
   testScheduler.run(({ cold, expectObservable }) => {

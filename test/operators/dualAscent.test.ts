@@ -243,7 +243,13 @@ t.test('an early unsubscribe reaches the source', (t) => {
   const testScheduler = scheduler(t)
   testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
     const source = cold('-a--a-|', { a: measured(0.75) })
-    expectObservable(source.pipe(dualAscent(fgrpoConfig()), map((d) => d.step)), '^---!').toBe('-s---', { s: 1 })
+    expectObservable(
+      source.pipe(
+        dualAscent(fgrpoConfig()),
+        map((d) => d.step),
+      ),
+      '^---!',
+    ).toBe('-s---', { s: 1 })
     expectSubscriptions(source.subscriptions).toBe('^---!')
   })
   t.end()

@@ -103,7 +103,14 @@ t.test('GRPO (no constraints): A = (r − mean) / (std + 1e-6) with the sample s
     const std = Math.sqrt((0.75 ** 2 + 3 * 0.25 ** 2) / 3)
     t.equal(std, 0.5)
     expectObservable(cold('abcd|', { a, b, c, d }).pipe(fgrpo(config), summary)).toBe('---x|', {
-      x: { step: 1, reason: 'full', ts: 3, ids: ['r0', 'r1', 'r2', 'r3'], lambda: {}, advantages: [0.75 / (std + 1e-6), -0.25 / (std + 1e-6), -0.25 / (std + 1e-6), -0.25 / (std + 1e-6)] },
+      x: {
+        step: 1,
+        reason: 'full',
+        ts: 3,
+        ids: ['r0', 'r1', 'r2', 'r3'],
+        lambda: {},
+        advantages: [0.75 / (std + 1e-6), -0.25 / (std + 1e-6), -0.25 / (std + 1e-6), -0.25 / (std + 1e-6)],
+      },
     })
   })
   t.end()
@@ -114,7 +121,12 @@ t.test("Dr. GRPO (scale: 'none'): A = r − mean", (t) => {
   const config = parseConfig({ groupSize: 4, batchGroups: 1, objectives: [{ channel: 'acc' }], normalize: { scale: 'none' } })
   testScheduler.run(({ cold, expectObservable }) => {
     const [a, b, c, d] = [1, 0, 0, 0].map((acc, i) => rollout(`r${i}`, 'p', { ts: i, rewards: { acc } }))
-    expectObservable(cold('abcd|', { a, b, c, d }).pipe(fgrpo(config), map((s) => Array.from(s.advantages)))).toBe('---x|', {
+    expectObservable(
+      cold('abcd|', { a, b, c, d }).pipe(
+        fgrpo(config),
+        map((s) => Array.from(s.advantages)),
+      ),
+    ).toBe('---x|', {
       x: [0.75, -0.25, -0.25, -0.25],
     })
   })

@@ -114,7 +114,12 @@ t.test('an exception while scoring (unreadable columns) errors the output and un
     }
     const broken: DualBatch = { ...good, columns }
     const source = cold('a-b-a|', { a: good, b: broken })
-    expectObservable(source.pipe(groupAdvantages(fgrpoConfig()), map((s) => s.rolloutCount))).toBe('a-#', { a: 4 }, boom)
+    expectObservable(
+      source.pipe(
+        groupAdvantages(fgrpoConfig()),
+        map((s) => s.rolloutCount),
+      ),
+    ).toBe('a-#', { a: 4 }, boom)
     expectSubscriptions(source.subscriptions).toBe('^-!')
   })
   t.end()
@@ -147,7 +152,13 @@ t.test('an early unsubscribe reaches the source', (t) => {
   const testScheduler = scheduler(t)
   testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
     const source = cold('-a--a-|', { a: referenceDual(0) })
-    expectObservable(source.pipe(groupAdvantages(fgrpoConfig()), map((s) => s.rolloutCount)), '^---!').toBe('-n---', { n: 4 })
+    expectObservable(
+      source.pipe(
+        groupAdvantages(fgrpoConfig()),
+        map((s) => s.rolloutCount),
+      ),
+      '^---!',
+    ).toBe('-n---', { n: 4 })
     expectSubscriptions(source.subscriptions).toBe('^---!')
   })
   t.end()
@@ -157,7 +168,11 @@ t.test('stateless: a re-subscription scores the same batch the same way', (t) =>
   const testScheduler = scheduler(t)
   testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
     const source = cold('a#', { a: referenceDual(0) }, boom)
-    const result = source.pipe(groupAdvantages(fgrpoConfig()), retry(1), map((s) => Array.from(s.advantages)))
+    const result = source.pipe(
+      groupAdvantages(fgrpoConfig()),
+      retry(1),
+      map((s) => Array.from(s.advantages)),
+    )
     expectObservable(result).toBe('xx#', { x: [H, -H, -H, H] }, boom)
     expectSubscriptions(source.subscriptions).toBe(['^!', '-^!'])
   })

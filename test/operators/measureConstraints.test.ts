@@ -9,7 +9,13 @@ import { boom, group, referenceGroups, rollout, scheduler } from './fixtures/hel
 const batchOf = (groups: Group[], ts = 0): Batch => ({ groups, ts, reason: 'full' })
 /** A batch of one group whose consistency values are given (acc 1 throughout). */
 const consistencyBatch = (...values: (number | null)[]): Batch =>
-  batchOf([group('p', 0, values.map((consistency, i) => rollout(`c${i}`, 'p', { rewards: { acc: 1, consistency } })))])
+  batchOf([
+    group(
+      'p',
+      0,
+      values.map((consistency, i) => rollout(`c${i}`, 'p', { rewards: { acc: 1, consistency } })),
+    ),
+  ])
 
 t.test('measures J, the violation and the per-sample violation rate, and lays the batch out as columns', (t) => {
   const testScheduler = scheduler(t)
@@ -128,15 +134,27 @@ t.test('an initialState supplies the windows to resume from', (t) => {
       map((m) => [m.constraints.consistency.mean, m.windows.consistency]),
     )
     expectObservable(result).toBe('xy|', {
-      x: [3 / 8, [{ sum: 0, count: 4 }, { sum: 3, count: 4 }]],
-      y: [5 / 6, [{ sum: 3, count: 4 }, { sum: 2, count: 2 }]],
+      x: [
+        3 / 8,
+        [
+          { sum: 0, count: 4 },
+          { sum: 3, count: 4 },
+        ],
+      ],
+      y: [
+        5 / 6,
+        [
+          { sum: 3, count: 4 },
+          { sum: 2, count: 2 },
+        ],
+      ],
     })
   })
   t.same(initialState.constraints.consistency.window, [{ sum: 0, count: 4 }], 'the initial state is not modified')
   t.end()
 })
 
-t.test("a saved window of a channel the config no longer measures is left as it was", (t) => {
+t.test('a saved window of a channel the config no longer measures is left as it was', (t) => {
   const testScheduler = scheduler(t)
   const config = fgrpoConfig({
     constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.9, window: 2, dual: { rule: 'sgd', lr: 0.05 } }],
@@ -173,7 +191,13 @@ t.test('a non-finite reward produced by a user step upstream errors the stream w
       return { ...batch, groups: [g1, { ...g2, rollouts: [{ ...r3, rewards: { ...r3.rewards, consistency: 0 / 0 } }, r4] }] }
     })
     const expected = new RangeError('rollout "r3" (prompt "p2"): rewards.consistency is NaN, expected a finite number or null')
-    expectObservable(source.pipe(score, measureConstraints(config), map((m) => m.constraints.consistency.count))).toBe('a-#', { a: 4 }, expected)
+    expectObservable(
+      source.pipe(
+        score,
+        measureConstraints(config),
+        map((m) => m.constraints.consistency.count),
+      ),
+    ).toBe('a-#', { a: 4 }, expected)
     expectSubscriptions(source.subscriptions).toBe('^-!')
   })
   t.end()
@@ -206,7 +230,10 @@ t.test('an early unsubscribe reaches the source', (t) => {
   const testScheduler = scheduler(t)
   testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
     const source = cold('-a--a-|', { a: batchOf(referenceGroups()) })
-    const result = source.pipe(measureConstraints(fgrpoConfig()), map((m) => m.constraints.consistency.mean))
+    const result = source.pipe(
+      measureConstraints(fgrpoConfig()),
+      map((m) => m.constraints.consistency.mean),
+    )
     expectObservable(result, '^---!').toBe('-m---', { m: 0.75 })
     expectSubscriptions(source.subscriptions).toBe('^---!')
   })
@@ -223,7 +250,11 @@ t.test('state is released: a re-subscription starts with empty windows', (t) => 
     const second = cold('b|', { b: consistencyBatch(1, 1) })
     let n = 0
     const source = defer(() => (n++ === 0 ? first : second))
-    const result = source.pipe(measureConstraints(config), retry(1), map((m) => m.constraints.consistency.mean))
+    const result = source.pipe(
+      measureConstraints(config),
+      retry(1),
+      map((m) => m.constraints.consistency.mean),
+    )
     // pooled with the failed subscription's batch it would be 0.5
     expectObservable(result).toBe('xy|', { x: 0, y: 1 })
   })

@@ -33,7 +33,9 @@ t.test('maxWaitMs sends a partial batch on time (virtual clock)', (t) => {
   newScheduler(t).run(({ cold, expectObservable }) => {
     const a = rollout('a', [1, 1])
     const source = cold('a 20ms |', { a })
-    expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 10, maxWaitMs: 5 }))).toBe('5ms a 15ms |', { a: { ...a, rewards: { accuracy: 1, judge: 2 } } })
+    expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 10, maxWaitMs: 5 }))).toBe('5ms a 15ms |', {
+      a: { ...a, rewards: { accuracy: 1, judge: 2 } },
+    })
   })
   t.end()
 })
@@ -41,11 +43,23 @@ t.test('maxWaitMs sends a partial batch on time (virtual clock)', (t) => {
 t.test('errors: features of the wrong size, too few scores, a non-finite score, a failing model, a failing source', (t) => {
   newScheduler(t).run(({ cold, expectObservable, expectSubscriptions }) => {
     const source = cold('-a|', { a: rollout('a', [1]) })
-    expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 1 }))).toBe('-#', undefined, new RangeError('scoreRollouts(judge): rollout "a" has 1 features, the model takes 2'))
+    expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 1 }))).toBe(
+      '-#',
+      undefined,
+      new RangeError('scoreRollouts(judge): rollout "a" has 1 features, the model takes 2'),
+    )
     expectSubscriptions(source.subscriptions).toBe('^!')
     const two = cold('-a|', { a: rollout('a', [1, 2]) })
-    expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => of([]) }))).toBe('-#', undefined, new RangeError('scoreRollouts(judge): the model returned 0 scores for 1 rollouts'))
-    expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => of([NaN]) }))).toBe('-#', undefined, new RangeError('scoreRollouts(judge): the model scored rollout "a" NaN'))
+    expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => of([]) }))).toBe(
+      '-#',
+      undefined,
+      new RangeError('scoreRollouts(judge): the model returned 0 scores for 1 rollouts'),
+    )
+    expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => of([NaN]) }))).toBe(
+      '-#',
+      undefined,
+      new RangeError('scoreRollouts(judge): the model scored rollout "a" NaN'),
+    )
     expectObservable(two.pipe(scoreRollouts({ ...options, batchSize: 1, model: () => throwError(() => 'model down') }))).toBe('-#', undefined, 'model down')
     expectObservable(cold<Rollout<Payload>>('-#', undefined, 'source down').pipe(scoreRollouts(options))).toBe('-#', undefined, 'source down')
   })
@@ -58,7 +72,9 @@ t.test('empty and never sources; early unsubscribe', (t) => {
     const never = cold<Rollout<Payload>>('-')
     expectObservable(never.pipe(scoreRollouts(options))).toBe('-')
     const source = cold('-a-a-a-|', { a: rollout('a', [1, 2]) })
-    expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 1 })), '^--!').toBe('-a-', { a: { ...rollout('a', [1, 2]), rewards: { accuracy: 1, judge: 3 } } })
+    expectObservable(source.pipe(scoreRollouts({ ...options, batchSize: 1 })), '^--!').toBe('-a-', {
+      a: { ...rollout('a', [1, 2]), rewards: { accuracy: 1, judge: 3 } },
+    })
     expectSubscriptions(source.subscriptions).toBe('^--!')
   })
   t.end()
@@ -77,7 +93,10 @@ t.test('a real ONNX judge built in the test, run by onnxruntime', async (t) => {
   const inputs = [rollout('a', [1, 0]), rollout('b', [0, 3]), rollout('c', [0.25, 0.5])]
   const scored = await lastValueFrom(from(inputs).pipe(scoreRollouts({ ...options, model: judge.run, batchSize: 2 }), toArray()))
   const sigmoid = (z: number) => 1 / (1 + Math.exp(-z))
-  t.same(scored.map((r) => r.id), ['a', 'b', 'c'])
+  t.same(
+    scored.map((r) => r.id),
+    ['a', 'b', 'c'],
+  )
   scored.forEach((r, i) => t.ok(Math.abs((r.rewards.judge as number) - sigmoid(2 * inputs[i].payload!.x[0] - inputs[i].payload!.x[1] + 0.5)) < 1e-6))
   await judge.release()
   await t.rejects(loadOnnxScorer(g.serialize(), { output: 'nope' }), /the scoring model has no output "nope" \(it has score\)/)
@@ -88,6 +107,9 @@ t.test('a real ONNX judge built in the test, run by onnxruntime', async (t) => {
   const path = join(mkdtempSync(join(tmpdir(), 'dualstream-judge-')), 'judge.onnx')
   writeFileSync(path, g.serialize())
   const fromFile = await loadOnnxScorer(path, { input: 'features', output: 'score' })
-  t.same(Array.from(await fromFile.run(Float32Array.of(1, 0), 1)).map((x) => x.toFixed(5)), [sigmoid(2.5).toFixed(5)])
+  t.same(
+    Array.from(await fromFile.run(Float32Array.of(1, 0), 1)).map((x) => x.toFixed(5)),
+    [sigmoid(2.5).toFixed(5)],
+  )
   await fromFile.release()
 })

@@ -6,11 +6,28 @@ import { boom, recordDrops, scheduler, type RecordedDrop } from './fixtures/help
 t.test('valid items come out as clean rollouts: known fields only, missing rewards as null', (t) => {
   const testScheduler = scheduler(t)
   testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
-    const raw1 = { id: 'r1', promptId: 'p1', rewards: { acc: 1, consistency: null, grounding: undefined }, policyVersion: 3, groupSize: 4, ts: 10, payload: { tokens: [1, 2] }, extra: 'ignored' }
+    const raw1 = {
+      id: 'r1',
+      promptId: 'p1',
+      rewards: { acc: 1, consistency: null, grounding: undefined },
+      policyVersion: 3,
+      groupSize: 4,
+      ts: 10,
+      payload: { tokens: [1, 2] },
+      extra: 'ignored',
+    }
     const raw2 = { id: 'r2', promptId: 'p1', rewards: {}, policyVersion: null, groupSize: null, ts: null }
     const source = cold('-a-b-|', { a: raw1, b: raw2 })
     expectObservable(source.pipe(validateRollouts())).toBe('-a-b-|', {
-      a: { id: 'r1', promptId: 'p1', rewards: { acc: 1, consistency: null, grounding: null }, policyVersion: 3, groupSize: 4, ts: 10, payload: { tokens: [1, 2] } },
+      a: {
+        id: 'r1',
+        promptId: 'p1',
+        rewards: { acc: 1, consistency: null, grounding: null },
+        policyVersion: 3,
+        groupSize: 4,
+        ts: 10,
+        payload: { tokens: [1, 2] },
+      },
       b: { id: 'r2', promptId: 'p1', rewards: {} },
     })
     expectSubscriptions(source.subscriptions).toBe('^----!')
@@ -69,8 +86,22 @@ t.test("'drop' drops and reports every invalid item with reason 'invalid', count
     })
   })
   t.same(drops, [
-    { frame: 2, reason: 'invalid', count: 1, ids: [], promptId: undefined, detail: 'item 1: rollout "r2": rewards.acc: must be a finite number or null, got the string "1"' },
-    { frame: 3, reason: 'invalid', count: 1, ids: [], promptId: undefined, detail: 'item 2: rollout: (rollout): must be an object, got the string "not an object"' },
+    {
+      frame: 2,
+      reason: 'invalid',
+      count: 1,
+      ids: [],
+      promptId: undefined,
+      detail: 'item 1: rollout "r2": rewards.acc: must be a finite number or null, got the string "1"',
+    },
+    {
+      frame: 3,
+      reason: 'invalid',
+      count: 1,
+      ids: [],
+      promptId: undefined,
+      detail: 'item 2: rollout: (rollout): must be an object, got the string "not an object"',
+    },
     {
       frame: 4,
       reason: 'invalid',
@@ -98,7 +129,9 @@ t.test('limits are applied', (t) => {
   const drops: RecordedDrop[] = []
   testScheduler.run(({ cold, expectObservable }) => {
     const long = { id: 'abcd', promptId: 'p', rewards: { x: 1, y: 2 } }
-    const result = cold('a|', { a: long }).pipe(validateRollouts({ onInvalid: 'drop', limits: { maxIdLength: 3, maxChannels: 1 }, onDrop: recordDrops(testScheduler, drops) }))
+    const result = cold('a|', { a: long }).pipe(
+      validateRollouts({ onInvalid: 'drop', limits: { maxIdLength: 3, maxChannels: 1 }, onDrop: recordDrops(testScheduler, drops) }),
+    )
     expectObservable(result).toBe('-|')
   })
   t.same(

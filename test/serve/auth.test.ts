@@ -14,7 +14,10 @@ t.test('loopback hosts, and no binding beyond them without tokens', (t) => {
   for (const host of ['0.0.0.0', '::', '10.0.0.1', 'example.org', '::ffff:10.0.0.1', '[::]']) t.notOk(isLoopback(host), host)
   t.equal(bindProblem('127.0.0.1', {}), undefined)
   t.equal(bindProblem('0.0.0.0', { producer: 'p', trainer: 't', viewer: 'v' }), undefined)
-  t.equal(bindProblem('0.0.0.0', {}), 'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN')
+  t.equal(
+    bindProblem('0.0.0.0', {}),
+    'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN',
+  )
   t.equal(bindProblem('::', { producer: 'p', viewer: 'v' }), 'refusing to listen on :: (not loopback) without tokens: set DUALSTREAM_TRAINER_TOKEN')
   t.end()
 })
@@ -58,7 +61,9 @@ t.test('the upgrade is refused with 401 before any frame; the right token opens 
   // a client that vanishes in the middle of its upgrade does not disturb the server
   const socket = connect(served.port, '127.0.0.1')
   await new Promise((resolve) => socket.once('connect', resolve))
-  socket.write('GET /ingest HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+  socket.write(
+    'GET /ingest HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  )
   socket.resetAndDestroy()
   const client = await Client.open(served.url('/ingest', 'token=P'))
   t.equal((await client.nth('credit')).type, 'credit', 'still serving')
@@ -78,7 +83,8 @@ t.test('a malformed request URL, and upgrades during shutdown', async (t) => {
       socket.write(request)
     })
   }
-  const upgrade = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`
+  const upgrade = (path: string) =>
+    `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`
   const bad = await raw(upgrade('http://['))
   t.match(bad, /^HTTP\/1\.1 400 Bad Request/)
   t.match(bad, /malformed request URL/)

@@ -39,7 +39,22 @@ t.test('dualstream serve: prints where it listens, serves, stops on SIGINT and r
   const data = join(tempDir(), 'data')
   const listeners = () => process.listenerCount('SIGINT') + process.listenerCount('SIGTERM')
   const before = listeners()
-  const first = await startCli(['-c', config, '-d', data, '--port', '0', '--credit', '100', '--max-outbox', '10', '--max-frame-bytes', '65536', '--heartbeat-ms', '0'])
+  const first = await startCli([
+    '-c',
+    config,
+    '-d',
+    data,
+    '--port',
+    '0',
+    '--credit',
+    '100',
+    '--max-outbox',
+    '10',
+    '--max-frame-bytes',
+    '65536',
+    '--heartbeat-ms',
+    '0',
+  ])
   t.match(first.output(), /^dualstream serve: data .*data: step 0, λ consistency=0\.000, 0 rollouts logged, 0 pending, 0 batches unacknowledged\n/)
   const producer = await Client.open(`ws://127.0.0.1:${first.port}/ingest`)
   t.equal((await producer.nth('credit')).credit, 100)
@@ -67,7 +82,10 @@ t.test('dualstream serve refuses what it cannot do', async (t) => {
   delete process.env.DUALSTREAM_VIEWER_TOKEN
   const open = await runCli(['serve', '-c', config, '-d', tempDir(), '--host', '0.0.0.0', '--port', '0'])
   t.equal(open.code, 2)
-  t.match(open.stderr, 'dualstream serve: refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN')
+  t.match(
+    open.stderr,
+    'dualstream serve: refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN',
+  )
   const port = await runCli(['serve', '-c', config, '-d', tempDir(), '--port', '70000'])
   t.equal(port.code, 2)
   t.match(port.stderr, "option '-p, --port <n>' argument '70000' is invalid. must be an integer from 0 to 65535.")
@@ -120,12 +138,19 @@ t.test('serve() stops with 1 when the engine fails, and other errors propagate',
   aborted.abort()
   out = ''
   const unconstrained = parseConfig({ groupSize: 2, batchGroups: 1, objectives: [{ channel: 'accuracy' }] })
-  t.equal(await serve({ config: unconstrained, dataDir: tempDir(), host: 'localhost', port: 0, tokens: {} }, { stdout }, aborted.signal), 0, 'an aborted signal stops at once')
+  t.equal(
+    await serve({ config: unconstrained, dataDir: tempDir(), host: 'localhost', port: 0, tokens: {} }, { stdout }, aborted.signal),
+    0,
+    'an aborted signal stops at once',
+  )
   t.match(out, /: step 0, 0 rollouts logged/, 'no λ without constraints')
   await t.rejects(serve({ config: parseConfig(baseConfig), dataDir: tempDir(), host: '10.1.2.3', port: 0, tokens: {} }, { stdout }, aborted.signal), ServeError)
 })
 
 t.test('the listening line names IPv6 hosts in brackets', (t) => {
-  t.equal(listeningLine('::1', 8787), 'dualstream serve: listening on http://[::1]:8787 (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n')
+  t.equal(
+    listeningLine('::1', 8787),
+    'dualstream serve: listening on http://[::1]:8787 (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n',
+  )
   t.end()
 })

@@ -30,7 +30,7 @@ const config = {
 function makeRollouts() {
   const out = []
   let state = 7
-  const random = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 4294967296)
+  const random = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 4294967296
   for (let block = 0; block < PROMPTS; block += 10) {
     for (let i = 0; i < G; i++) {
       for (let p = block; p < block + 10; p++) {
@@ -60,7 +60,11 @@ process.on('exit', () => {
 })
 
 function startServe(configPath: string, dataDir: string): Promise<Child> {
-  const child = spawn(process.execPath, [...process.execArgv, mainScript, 'serve', '-c', configPath, '-d', dataDir, '--port', '0', '--heartbeat-ms', '0', '--credit', '100'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(
+    process.execPath,
+    [...process.execArgv, mainScript, 'serve', '-c', configPath, '-d', dataDir, '--port', '0', '--heartbeat-ms', '0', '--credit', '100'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
   let output = ''
   running.add(child)
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
@@ -171,7 +175,11 @@ t.test('SIGKILL at several points, restart, resend: exactly once, and λ equal t
 
   t.equal(acked.size, rollouts.length, 'every rollout acknowledged')
   const steps = [...deliveries.keys()].sort((a, b) => a - b)
-  t.same(steps, Array.from({ length: STEPS }, (_, i) => i + 1), 'every step delivered')
+  t.same(
+    steps,
+    Array.from({ length: STEPS }, (_, i) => i + 1),
+    'every step delivered',
+  )
   const redelivered = steps.filter((s) => deliveries.get(s)!.length > 1)
   t.ok(redelivered.length >= 3, `unacknowledged batches were redelivered after restarts (steps ${redelivered.join(', ')})`)
   const differing = redelivered.filter((s) => {
@@ -182,12 +190,22 @@ t.test('SIGKILL at several points, restart, resend: exactly once, and λ equal t
   const count = new Map<string, number>()
   for (const step of steps) for (const r of deliveries.get(step)![0].rollouts) count.set(r.id, (count.get(r.id) ?? 0) + 1)
   t.equal(count.size, rollouts.length, 'every rollout in a delivered batch')
-  t.ok([...count.values()].every((n) => n === 1), 'each in exactly one')
+  t.ok(
+    [...count.values()].every((n) => n === 1),
+    'each in exactly one',
+  )
 
   const replay = await runCli(['replay', '-c', configPath, '--log', dataDir])
   t.equal(replay.code, 0, replay.stderr)
-  const records = replay.stdout.trim().split('\n').map((line) => JSON.parse(line))
-  t.same(records.map((r) => r.step), steps, 'replay --log gives the same steps')
+  const records = replay.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line))
+  t.same(
+    records.map((r) => r.step),
+    steps,
+    'replay --log gives the same steps',
+  )
   t.same(
     records.map((r) => r.lambda),
     steps.map((s) => deliveries.get(s)![0].lambda),

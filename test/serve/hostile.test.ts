@@ -30,7 +30,21 @@ function hostileFrames(count: number): Hostile[] {
   const r = rng(42)
   const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => r.int(256)))
   const nested = (depth: number): unknown => (depth === 0 ? 1 : [nested(depth - 1)])
-  const wrong: unknown[] = [5, 'rollouts', [1, 2], { type: 5 }, { type: 'rollouts', rollouts: { a: 1 } }, { type: 'ack', step: 1 }, {}, { type: null }, true, null, { type: 'rollouts', rollouts: 'x'.repeat(100) }, 1.5, { type: ['rollouts'] }]
+  const wrong: unknown[] = [
+    5,
+    'rollouts',
+    [1, 2],
+    { type: 5 },
+    { type: 'rollouts', rollouts: { a: 1 } },
+    { type: 'ack', step: 1 },
+    {},
+    { type: null },
+    true,
+    null,
+    { type: 'rollouts', rollouts: 'x'.repeat(100) },
+    1.5,
+    { type: ['rollouts'] },
+  ]
   const badItems = (i: number): unknown[] => [
     { id: `h${i}-nan`, promptId: 'h', rewards: { accuracy: NaN } },
     { id: `h${i}-inf`, promptId: 'h', rewards: { accuracy: Infinity, consistency: -Infinity } },
@@ -52,17 +66,40 @@ function hostileFrames(count: number): Hostile[] {
     const slot = i % 20
     if (slot < 5) frames.push({ kind: 'random bytes', binary: true, data: bytes(1 + r.int(200)) })
     else if (slot < 8) frames.push({ kind: 'random text', binary: false, data: bytes(1 + r.int(200)) })
-    else if (slot < 11) frames.push({ kind: 'wrong types', binary: r.next() < 0.5, data: r.next() < 0.5 ? pack(wrong[r.int(wrong.length)]) : Buffer.from(JSON.stringify(wrong[r.int(wrong.length)])) })
+    else if (slot < 11)
+      frames.push({
+        kind: 'wrong types',
+        binary: r.next() < 0.5,
+        data: r.next() < 0.5 ? pack(wrong[r.int(wrong.length)]) : Buffer.from(JSON.stringify(wrong[r.int(wrong.length)])),
+      })
     else if (slot < 14) {
       const items = badItems(i)
-      frames.push({ kind: 'NaN and bad items', binary: true, data: pack({ type: 'rollouts', rollouts: [items[r.int(items.length)], items[r.int(items.length)], items[r.int(items.length)]] }) })
+      frames.push({
+        kind: 'NaN and bad items',
+        binary: true,
+        data: pack({ type: 'rollouts', rollouts: [items[r.int(items.length)], items[r.int(items.length)], items[r.int(items.length)]] }),
+      })
     } else if (slot < 16) {
       const which = r.int(4)
       const data =
         which === 0
           ? Buffer.from([0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]) // an array claiming 2^32 - 1 elements
           : which === 1
-            ? Buffer.from([0x82, 0xa4, ...Buffer.from('type'), 0xa8, ...Buffer.from('rollouts'), 0xa8, ...Buffer.from('rollouts'), 0xdd, 0x7f, 0xff, 0xff, 0xff, 0xc0]) // claims 2^31 rollouts
+            ? Buffer.from([
+                0x82,
+                0xa4,
+                ...Buffer.from('type'),
+                0xa8,
+                ...Buffer.from('rollouts'),
+                0xa8,
+                ...Buffer.from('rollouts'),
+                0xdd,
+                0x7f,
+                0xff,
+                0xff,
+                0xff,
+                0xc0,
+              ]) // claims 2^31 rollouts
             : which === 2
               ? pack({ type: 'rollouts', rollouts: new Array(5000).fill(0) }) // real, too many
               : Buffer.from([0xdf, 0xff, 0xff, 0xff, 0xff, 0xa0]) // a map claiming 2^32 entries
@@ -85,7 +122,12 @@ function hostileFrames(count: number): Hostile[] {
 
 t.test('10,000 hostile frames are each answered with a reason while a valid producer loses nothing', async (t) => {
   const served = await startServer({
-    config: { groupSize: 8, batchGroups: 4, objectives: [{ channel: 'accuracy' }], constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }] },
+    config: {
+      groupSize: 8,
+      batchGroups: 4,
+      objectives: [{ channel: 'accuracy' }],
+      constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }],
+    },
     limits: { maxFrameBytes: MAX_FRAME },
     maxRolloutsPerFrame: 1000,
     heartbeatMs: 0,
@@ -119,17 +161,34 @@ t.test('10,000 hostile frames are each answered with a reason while a valid prod
   // each hostile frame gets exactly one answer: an error, or (for a well-formed frame of bad items) an ack after its rejected frame
   await hostile.until(() => hostile.count('error') + hostile.count('ack') === HOSTILE, 60_000, 'an answer to every hostile frame')
   for (const brute of brutes) await brute.until(() => brute.closed !== undefined)
-  t.same(brutes.map((b) => b.closed!.code), [1009, 1009, 1009], 'frames far over the limit: the connection is closed as "message too big"')
+  t.same(
+    brutes.map((b) => b.closed!.code),
+    [1009, 1009, 1009],
+    'frames far over the limit: the connection is closed as "message too big"',
+  )
 
   t.equal(hostile.closed, undefined, 'the hostile connection is still open')
-  t.ok(hostile.of('error').every((e) => typeof e.code === 'string' && typeof e.reason === 'string' && e.reason.length > 0), 'every error frame has a code and a reason')
-  t.ok(hostile.of('rejected').every((r) => r.errors.length > 0 && r.errors.every((e: { field: string; reason: string }) => e.field.length > 0 && e.reason.length > 0)), 'every rejected item has a field and a reason')
+  t.ok(
+    hostile.of('error').every((e) => typeof e.code === 'string' && typeof e.reason === 'string' && e.reason.length > 0),
+    'every error frame has a code and a reason',
+  )
+  t.ok(
+    hostile
+      .of('rejected')
+      .every((r) => r.errors.length > 0 && r.errors.every((e: { field: string; reason: string }) => e.field.length > 0 && e.reason.length > 0)),
+    'every rejected item has a field and a reason',
+  )
   t.equal(hostile.count('rejected'), hostile.count('ack'), 'frames of bad items: rejected, then an empty ack')
-  t.ok(hostile.of('ack').every((a) => a.ids.length === 0), 'no hostile item was accepted')
+  t.ok(
+    hostile.of('ack').every((a) => a.ids.length === 0),
+    'no hostile item was accepted',
+  )
   const codes: Record<string, number> = {}
   for (const e of hostile.of('error')) codes[e.code] = (codes[e.code] ?? 0) + 1
   t.match(codes, { decode: Number, 'bad-frame': Number, 'too-many-rollouts': Number, 'too-large': Number })
-  t.comment(`hostile frames by kind: ${JSON.stringify(Object.fromEntries(hostileKinds))}; answers by code: ${JSON.stringify(codes)}, rejected ${hostile.count('rejected')}`)
+  t.comment(
+    `hostile frames by kind: ${JSON.stringify(Object.fromEntries(hostileKinds))}; answers by code: ${JSON.stringify(codes)}, rejected ${hostile.count('rejected')}`,
+  )
 
   // the valid producer: everything acknowledged once, and every rollout in exactly one batch
   t.same(
@@ -140,7 +199,10 @@ t.test('10,000 hostile frames are each answered with a reason while a valid prod
   const seen = new Map<string, number>()
   for (const batch of trainer.of('batch')) for (const r of batch.rollouts) seen.set(r.id, (seen.get(r.id) ?? 0) + 1)
   t.equal(seen.size, valid.length, 'every valid rollout is in a batch')
-  t.ok([...seen.values()].every((n) => n === 1), 'exactly once')
+  t.ok(
+    [...seen.values()].every((n) => n === 1),
+    'exactly once',
+  )
   t.same(
     trainer.of('batch').map((b) => b.step),
     Array.from({ length: 250 }, (_, i) => i + 1),

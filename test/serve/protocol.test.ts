@@ -24,7 +24,13 @@ t.test('round trip: rollouts in, acks once durable, item errors beside, batches 
   t.same(await producer.nth('credit'), { type: 'credit', credit: 4096 }, 'the credit comes first')
   producer.send({
     type: 'rollouts',
-    rollouts: [rollout('a', 'p', 1, 1), { id: 'r9', promptId: 'p', rewards: { accuracy: NaN } }, rollout('c', 'p', 0, 0, { payload: { tokens: [1, 2] } }), rollout('a', 'p', 1, 1), 7],
+    rollouts: [
+      rollout('a', 'p', 1, 1),
+      { id: 'r9', promptId: 'p', rewards: { accuracy: NaN } },
+      rollout('c', 'p', 0, 0, { payload: { tokens: [1, 2] } }),
+      rollout('a', 'p', 1, 1),
+      7,
+    ],
   })
   const rejected = await producer.nth('rejected')
   t.same(rejected, {
@@ -46,7 +52,12 @@ t.test('round trip: rollouts in, acks once durable, item errors beside, batches 
   t.match(first, { type: 'batch', lambda: { consistency: { before: 0 } }, constraints: { consistency: { count: 4 } } })
   t.same(
     first.rollouts.map((r: { id: string; promptId: string }) => [r.id, r.promptId]),
-    [['a', 'p'], ['c', 'p'], ['q0-0', 'q0'], ['q0-1', 'q0']],
+    [
+      ['a', 'p'],
+      ['c', 'p'],
+      ['q0-0', 'q0'],
+      ['q0-1', 'q0'],
+    ],
   )
   t.same(first.rollouts[1].payload, { tokens: [1, 2] }, 'the payload passes through untouched')
   t.type(first.rollouts[0].advantage, 'number')
@@ -105,10 +116,19 @@ t.test('frame-level errors carry a code and a reason, and the connection goes on
   t.teardown(() => served.close())
   const producer = await Client.open(served.url('/ingest'))
   const errors: [unknown, object][] = [
-    [{ type: 'ack', step: 1 }, { code: 'unknown-type', reason: 'unknown frame type "ack" on /ingest (expected "rollouts")' }],
-    [{ type: 'rollouts', rollouts: 'many' }, { code: 'bad-frame', reason: 'rollouts: must be an array of rollouts, got the string "many"' }],
+    [
+      { type: 'ack', step: 1 },
+      { code: 'unknown-type', reason: 'unknown frame type "ack" on /ingest (expected "rollouts")' },
+    ],
+    [
+      { type: 'rollouts', rollouts: 'many' },
+      { code: 'bad-frame', reason: 'rollouts: must be an array of rollouts, got the string "many"' },
+    ],
     [{ type: 'rollouts' }, { code: 'bad-frame', reason: 'rollouts: must be an array of rollouts, got nothing' }],
-    [{ type: 'rollouts', rollouts: [1, 2, 3, 4] }, { code: 'too-many-rollouts', reason: 'rollouts: 4 items in one frame, at most 3 are accepted (split the frame)' }],
+    [
+      { type: 'rollouts', rollouts: [1, 2, 3, 4] },
+      { code: 'too-many-rollouts', reason: 'rollouts: 4 items in one frame, at most 3 are accepted (split the frame)' },
+    ],
     [[1, 2], { code: 'bad-frame', reason: 'a frame must be a map with a string "type", got an array' }],
   ]
   for (const [frame] of errors) producer.send(frame)
@@ -204,7 +224,11 @@ t.test('credit: a producer past its credit is paused until acks free it', async 
   const all = prompts('c', 10)
   for (let i = 0; i < all.length; i += 2) producer.send({ type: 'rollouts', rollouts: all.slice(i, i + 2) })
   await producer.until(() => producer.of('ack').length === 10)
-  t.same(producer.of('ack').flatMap((a) => a.ids), all.map((r) => r.id), 'nothing lost, answered in order')
+  t.same(
+    producer.of('ack').flatMap((a) => a.ids),
+    all.map((r) => r.id),
+    'nothing lost, answered in order',
+  )
   t.ok(served.server.health().pauses >= 1, `paused ${served.server.health().pauses} times`)
   await producer.close()
   t.ok(served.server.health().pauses >= 1, 'pauses of closed connections still counted')
@@ -229,7 +253,11 @@ t.test('credit shrinks while the trainer outbox grows, down to 0, and comes back
   await producer.nth('ack', 4)
   const trainer = await Client.open(served.url('/batches'))
   await trainer.nth('batch', 4)
-  t.same(trainer.of('batch').map((b) => b.step), [1, 2, 3, 4], 'the outbox comes in step order')
+  t.same(
+    trainer.of('batch').map((b) => b.step),
+    [1, 2, 3, 4],
+    'the outbox comes in step order',
+  )
   for (const step of [1, 2, 3, 4]) trainer.send({ type: 'ack', step })
   await producer.until(() => producer.credit === 8, 5000, 'credit back to 8')
   t.same(
@@ -253,7 +281,11 @@ t.test('a trainer gets every unacknowledged batch again on reconnect; a new trai
   await first.close()
   const second = await Client.open(served.url('/batches'))
   await second.nth('batch', 2)
-  t.same(second.of('batch').map((b) => b.step), [2, 3], 'redelivered in step order')
+  t.same(
+    second.of('batch').map((b) => b.step),
+    [2, 3],
+    'redelivered in step order',
+  )
   t.same(second.of('batch')[0], first.of('batch')[1], 'the same batch')
   // a third connection replaces the second, which is told why
   const third = await Client.open(served.url('/batches'))
@@ -262,13 +294,20 @@ t.test('a trainer gets every unacknowledged batch again on reconnect; a new trai
   await third.nth('batch', 2)
   producer.send({ type: 'rollouts', rollouts: prompts('u', 2) })
   await third.nth('batch', 3)
-  t.same(third.of('batch').map((b) => b.step), [2, 3, 4], 'pending first, then new batches')
+  t.same(
+    third.of('batch').map((b) => b.step),
+    [2, 3, 4],
+    'pending first, then new batches',
+  )
   // a commit announced after the connection already took it from the outbox is not sent twice
   const connection = (served.server as unknown as { trainer: { enqueue(b: object): void } }).trainer
   connection.enqueue(third.of('batch')[0])
   producer.send({ type: 'rollouts', rollouts: prompts('w', 2) })
   await third.nth('batch', 4)
-  t.same(third.of('batch').map((b) => b.step), [2, 3, 4, 5])
+  t.same(
+    third.of('batch').map((b) => b.step),
+    [2, 3, 4, 5],
+  )
   t.equal(served.server.health().trainer, true)
   await third.close()
   t.equal(served.server.health().trainer, false)

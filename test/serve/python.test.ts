@@ -16,12 +16,19 @@ const PYTHON = '/usr/bin/python3'
 const examples = fileURLToPath(new URL('../../examples/python/', import.meta.url))
 const probe = existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import msgpack, websockets']) : undefined
 const missing =
-  probe?.status === 0 ? false : `${PYTHON} cannot import msgpack and websockets (apt-get install python3-msgpack python3-websockets; .ci/run does): ${probe?.stderr.toString().trim().split('\n').at(-1) ?? 'no such file'}`
+  probe?.status === 0
+    ? false
+    : `${PYTHON} cannot import msgpack and websockets (apt-get install python3-msgpack python3-websockets; .ci/run does): ${probe?.stderr.toString().trim().split('\n').at(-1) ?? 'no such file'}`
 const run = promisify(execFile)
 
 t.test('python producer → engine → python trainer, with tokens, item errors and step dedup', { skip: missing }, async (t) => {
   const served = await startServer({
-    config: { groupSize: 8, batchGroups: 4, objectives: [{ channel: 'accuracy' }], constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }] },
+    config: {
+      groupSize: 8,
+      batchGroups: 4,
+      objectives: [{ channel: 'accuracy' }],
+      constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.1 } }],
+    },
     tokens: { producer: 'producer-secret', trainer: 'trainer-secret' },
   })
   t.teardown(() => served.close())
@@ -29,7 +36,14 @@ t.test('python producer → engine → python trainer, with tokens, item errors 
   const input = join(dir, 'rollouts.jsonl')
   const lines: string[] = []
   for (let i = 0; i < 1024; i++) {
-    lines.push(JSON.stringify({ id: `r${i}`, promptId: `p${i >> 3}`, rewards: { accuracy: i % 3 === 0 ? 1 : 0, consistency: i % 5 === 0 ? 0 : 1 }, payload: { text: `completion ${i}` } }))
+    lines.push(
+      JSON.stringify({
+        id: `r${i}`,
+        promptId: `p${i >> 3}`,
+        rewards: { accuracy: i % 3 === 0 ? 1 : 0, consistency: i % 5 === 0 ? 0 : 1 },
+        payload: { text: `completion ${i}` },
+      }),
+    )
     if (i === 100) lines.push('{"id": "bad-nan", "promptId": "x", "rewards": {"accuracy": NaN}}')
     if (i === 200) lines.push('{"id": "bad-type", "promptId": "x", "rewards": {"accuracy": "high"}}')
   }
@@ -49,12 +63,26 @@ t.test('python producer → engine → python trainer, with tokens, item errors 
   const state = join(dir, 'trainer-state.json')
   const out = join(dir, 'applied.jsonl')
   writeFileSync(state, JSON.stringify({ lastStep: 1, policyVersion: 0, applied: 1 }))
-  const trained = await run(PYTHON, [join(examples, 'trainer.py'), '--url', served.url('/batches'), '--state', state, '--out', out, '--steps', '31', '--policy-version-every', '8'], { env })
+  const trained = await run(
+    PYTHON,
+    [join(examples, 'trainer.py'), '--url', served.url('/batches'), '--state', state, '--out', out, '--steps', '31', '--policy-version-every', '8'],
+    { env },
+  )
   t.same(JSON.parse(trained.stdout), { applied: 31, skipped: 1, lastStep: 32, policyVersion: 4 })
-  const applied = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
-  t.same(applied.map((a) => a.step), Array.from({ length: 31 }, (_, i) => i + 2))
+  const applied = readFileSync(out, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+  t.same(
+    applied.map((a) => a.step),
+    Array.from({ length: 31 }, (_, i) => i + 2),
+  )
   const summaries = [...served.engine.store.summaries()].map((s) => s.summary as { lambda: Record<string, { after: number }> })
-  t.same(applied.map((a) => a.lambda.consistency), summaries.slice(1).map((s) => s.lambda.consistency.after), 'the trainer saw the engine’s λ')
+  t.same(
+    applied.map((a) => a.lambda.consistency),
+    summaries.slice(1).map((s) => s.lambda.consistency.after),
+    'the trainer saw the engine’s λ',
+  )
   const ids = applied.flatMap((a) => Object.keys(a.advantages))
   t.equal(new Set(ids).size, 1024 - 32, 'every rollout of steps 2..32 applied once')
   for (let i = 0; i < 100 && served.server.health().outbox > 0; i++) await new Promise((r) => setTimeout(r, 20))
@@ -62,7 +90,9 @@ t.test('python producer → engine → python trainer, with tokens, item errors 
   t.equal(JSON.parse(readFileSync(state, 'utf8')).lastStep, 32)
 
   // a wrong token: the producer gives up with the 401 reason
-  const refused = await run(PYTHON, [join(examples, 'producer.py'), '--url', served.url('/ingest'), '--synthetic', '8', '--token', 'nope', '--retries', '0'], { env }).catch((error: { code: number; stdout: string; stderr: string }) => error)
+  const refused = await run(PYTHON, [join(examples, 'producer.py'), '--url', served.url('/ingest'), '--synthetic', '8', '--token', 'nope', '--retries', '0'], {
+    env,
+  }).catch((error: { code: number; stdout: string; stderr: string }) => error)
   t.equal((refused as { code: number }).code, 1)
   t.match((refused as { stderr: string }).stderr, /401/)
   t.match(JSON.parse((refused as { stdout: string }).stdout), { unacknowledged: 8 })

@@ -31,7 +31,12 @@ export function tempDir(prefix = 'dualstream-serve-'): string {
   return dir
 }
 
-export const rollout = (id: string, promptId: string, accuracy: number, consistency: number, extra: object = {}) => ({ id, promptId, rewards: { accuracy, consistency }, ...extra })
+export const rollout = (id: string, promptId: string, accuracy: number, consistency: number, extra: object = {}) => ({
+  id,
+  promptId,
+  rewards: { accuracy, consistency },
+  ...extra,
+})
 
 /** `count` prompts of `groupSize` rollouts each, ids `${prefix}${p}-${i}`. */
 export function prompts(prefix: string, count: number, groupSize = 2) {
@@ -116,7 +121,10 @@ export class Client {
   until(test: () => boolean, timeoutMs = 10_000, what = 'a condition'): Promise<void> {
     if (test()) return Promise.resolve()
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(this.frames.slice(-5)).slice(0, 800)}`)), timeoutMs)
+      const timer = setTimeout(
+        () => reject(new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(this.frames.slice(-5)).slice(0, 800)}`)),
+        timeoutMs,
+      )
       this.waiters.push({
         test,
         resolve: () => {

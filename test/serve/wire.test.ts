@@ -6,11 +6,38 @@ const bytes = (...b: number[]) => Uint8Array.from(b)
 
 t.test('checkMsgpack accepts every well-formed scalar and container form', (t) => {
   const values: unknown[] = [
-    0, 127, -1, -32, null, true, false, 'a', 'x'.repeat(40), 'y'.repeat(300), 'z'.repeat(70_000),
-    Buffer.alloc(10), Buffer.alloc(300), Buffer.alloc(70_000), 0.5, 255, 65_535, 2 ** 32 - 1, -128, -32_768, -(2 ** 31),
-    [], [1, [2, [3]]], new Array(20).fill(1), new Array(70_000).fill(0), {}, { a: { b: {} } },
-    Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`k${i}`, i])), Object.fromEntries(Array.from({ length: 60_000 }, (_, i) => [`k${i}`, 0])),
-    new Date(0), new Date(2 ** 40), new Date(-1),
+    0,
+    127,
+    -1,
+    -32,
+    null,
+    true,
+    false,
+    'a',
+    'x'.repeat(40),
+    'y'.repeat(300),
+    'z'.repeat(70_000),
+    Buffer.alloc(10),
+    Buffer.alloc(300),
+    Buffer.alloc(70_000),
+    0.5,
+    255,
+    65_535,
+    2 ** 32 - 1,
+    -128,
+    -32_768,
+    -(2 ** 31),
+    [],
+    [1, [2, [3]]],
+    new Array(20).fill(1),
+    new Array(70_000).fill(0),
+    {},
+    { a: { b: {} } },
+    Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`k${i}`, i])),
+    Object.fromEntries(Array.from({ length: 60_000 }, (_, i) => [`k${i}`, 0])),
+    new Date(0),
+    new Date(2 ** 40),
+    new Date(-1),
   ]
   for (const value of values) t.equal(checkMsgpack(pack(value), 32), undefined, `${describeValue(value)}`)
   const raw = [
@@ -70,10 +97,22 @@ t.test('decodeFrame: MessagePack and JSON to a typed map, or a code and a reason
   t.same(decodeFrame(Buffer.from('{"type":"x","n":1}'), false, limits), { ok: true, frame: { type: 'x', n: 1 } })
   const big = decodeFrame(pack({ type: 'x', s: 'a'.repeat(2000) }), true, limits)
   t.same(big, { ok: false, code: 'too-large', reason: `frame of 2015 bytes exceeds the limit of 1000 bytes` })
-  t.match(decodeFrame(Buffer.from([0xc1]), true, limits), { ok: false, code: 'decode', reason: 'not valid MessagePack: byte 0: 0xc1 is not a MessagePack type' })
-  t.match(decodeFrame(Buffer.from([0x81, 0x80, 0x02]), true, limits), { ok: false, code: 'decode', reason: /^not valid MessagePack: .*property type/ }, 'msgpackr errors are caught')
+  t.match(decodeFrame(Buffer.from([0xc1]), true, limits), {
+    ok: false,
+    code: 'decode',
+    reason: 'not valid MessagePack: byte 0: 0xc1 is not a MessagePack type',
+  })
+  t.match(
+    decodeFrame(Buffer.from([0x81, 0x80, 0x02]), true, limits),
+    { ok: false, code: 'decode', reason: /^not valid MessagePack: .*property type/ },
+    'msgpackr errors are caught',
+  )
   t.match(decodeFrame(Buffer.from([0xff, 0xfe]), false, limits), { ok: false, code: 'decode', reason: 'text frame is not valid UTF-8' })
-  t.match(decodeFrame(Buffer.from('[[[[[[[[[[1]]]]]]]]]]'), false, limits), { ok: false, code: 'decode', reason: /not valid JSON: character 8: nested deeper than 8/ })
+  t.match(decodeFrame(Buffer.from('[[[[[[[[[[1]]]]]]]]]]'), false, limits), {
+    ok: false,
+    code: 'decode',
+    reason: /not valid JSON: character 8: nested deeper than 8/,
+  })
   t.match(decodeFrame(Buffer.from('{"type":'), false, limits), { ok: false, code: 'decode', reason: /^not valid JSON: / })
   t.match(decodeFrame(Buffer.from('[1]'), false, limits), { ok: false, code: 'bad-frame', reason: 'a frame must be a map with a string "type", got an array' })
   t.match(decodeFrame(pack(new Date(0)), true, limits), { ok: false, code: 'bad-frame', reason: /got a timestamp/ })

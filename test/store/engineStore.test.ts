@@ -27,7 +27,13 @@ t.test('entries are appended at the next seq only; ids are claimed once', async 
 })
 
 t.test('a frame entry whose item no longer reads as a rollout names the seq, the item and the field', (t) => {
-  const bytes = wirePackr.pack({ type: 'rollouts', rollouts: [{ id: 'ok', promptId: 'p', rewards: {} }, { id: 'x', promptId: 'p', rewards: { a: 'no' } }] })
+  const bytes = wirePackr.pack({
+    type: 'rollouts',
+    rollouts: [
+      { id: 'ok', promptId: 'p', rewards: {} },
+      { id: 'x', promptId: 'p', rewards: { a: 'no' } },
+    ],
+  })
   const entry: FrameEntry = { kind: 'frame', seq: 40, count: 2, ts: 1, format: 'msgpack', bytes }
   t.throws(() => entryRecords(entry), /log entry at seq 40: item 1 no longer reads as a rollout: rollout "x": rewards\.a: must be a finite number or null/)
   const selected = entryRecords({ ...entry, count: 1, accepted: new Uint8Array(Uint32Array.of(0).buffer) })
@@ -43,7 +49,8 @@ class CollidingHasher extends IdHasher {
   }
 }
 
-const rolloutEntry = (seq: number, ids: string[]): LogRecord[] => ids.map((id, k) => ({ kind: 'rollout', seq: seq + k, rollout: { id, promptId: 'p', rewards: {}, seq: seq + k, ts: 1 } }))
+const rolloutEntry = (seq: number, ids: string[]): LogRecord[] =>
+  ids.map((id, k) => ({ kind: 'rollout', seq: seq + k, rollout: { id, promptId: 'p', rewards: {}, seq: seq + k, ts: 1 } }))
 
 /** Claims `ids` in one transaction and appends the new ones; resolves to which were new. */
 async function ingest(store: EngineStore, ids: string[]): Promise<boolean[]> {
@@ -76,7 +83,7 @@ t.test('with every hash colliding, duplicates are still found exactly: in the tr
   await store.close()
 })
 
-t.test('the index survives a restart with the store\'s own seed, and is rebuilt for a log written without it', async (t) => {
+t.test("the index survives a restart with the store's own seed, and is rebuilt for a log written without it", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dualstream-store-'))
   let store = EngineStore.open(dir)
   const seed = store.meta.get('idHashSeed')

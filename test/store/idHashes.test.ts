@@ -36,7 +36,11 @@ t.test('hashes are deterministic per seed, differ between seeds, and do not coll
   t.same(hashOf(a, 'rollout-7'), hashOf(new IdHasher(1, 2), 'rollout-7'))
   t.not(hashOf(a, 'rollout-7').join(), hashOf(b, 'rollout-7').join())
   // odd lengths, the empty string, non-ASCII and surrogate pairs all hash
-  for (const id of ['', 'x', 'xy', 'é', '😀', 'a😀b']) t.ok(hashOf(a, id).every((lane) => Number.isInteger(lane) && lane >= 0 && lane < 2 ** 32), JSON.stringify(id))
+  for (const id of ['', 'x', 'xy', 'é', '😀', 'a😀b'])
+    t.ok(
+      hashOf(a, id).every((lane) => Number.isInteger(lane) && lane >= 0 && lane < 2 ** 32),
+      JSON.stringify(id),
+    )
   t.not(hashOf(a, 'ab').join(), hashOf(a, 'ab\u0000').join(), 'a trailing NUL is not padding')
   const table = new IdHashTable()
   let collisions = 0

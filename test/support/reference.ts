@@ -51,7 +51,13 @@ export interface ReferenceTerm {
 /** The combined advantage, both aggregations, scaleByLambda and whitening. */
 export function referenceAdvantages(
   terms: ReferenceTerm[],
-  settings: { aggregation: 'normalize-then-sum' | 'sum-then-normalize'; lambdaSum: number; scaleByLambda: boolean; whiten: 'none' | 'batch'; normalize: Normalize },
+  settings: {
+    aggregation: 'normalize-then-sum' | 'sum-then-normalize'
+    lambdaSum: number
+    scaleByLambda: boolean
+    whiten: 'none' | 'batch'
+    normalize: Normalize
+  },
 ): number[] {
   const shape = terms[0].groups
   let out: number[][]

@@ -9,12 +9,22 @@ import { pack } from '../serve/support.js'
 /** Debian's chromium (`apt-get install -y chromium`; `.ci/run` installs it); DUALSTREAM_CHROMIUM overrides. */
 export const CHROMIUM = process.env.DUALSTREAM_CHROMIUM ?? '/usr/bin/chromium'
 
-export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', '--disable-component-update', '--disable-sync']
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--no-first-run',
+  '--disable-component-update',
+  '--disable-sync',
+]
 
 /** Launches headless Chromium, or fails with what to do: the dashboard test never skips silently. */
 export async function launchChromium(): Promise<Browser> {
   if (!existsSync(CHROMIUM)) {
-    throw new Error(`the dashboard test needs headless Chromium at ${CHROMIUM}: install it with "apt-get install -y chromium" (as .ci/run does), or set DUALSTREAM_CHROMIUM to its path`)
+    throw new Error(
+      `the dashboard test needs headless Chromium at ${CHROMIUM}: install it with "apt-get install -y chromium" (as .ci/run does), or set DUALSTREAM_CHROMIUM to its path`,
+    )
   }
   return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
 }

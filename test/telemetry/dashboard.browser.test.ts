@@ -31,7 +31,16 @@ async function startServe(tokens: Record<string, string> = {}) {
   let ready!: (parts: { engine: DurableEngine; port: number }) => void
   const listening = new Promise<{ engine: DurableEngine; port: number }>((resolve) => (ready = resolve))
   const exit = serve(
-    { config: parseConfig(dashboardConfig), dataDir: tempDir(), host: '127.0.0.1', port: 0, tokens, heartbeatMs: 0, telemetry: { processMetrics: false }, onListening: ready },
+    {
+      config: parseConfig(dashboardConfig),
+      dataDir: tempDir(),
+      host: '127.0.0.1',
+      port: 0,
+      tokens,
+      heartbeatMs: 0,
+      telemetry: { processMetrics: false },
+      onListening: ready,
+    },
     { stdout: quiet },
     stop.signal,
   )
@@ -85,7 +94,14 @@ t.test('serve: the page opened mid-run charts every streamed step and shows λ',
   )
 
   // every panel has its chart, with every step
-  const panels = await page.$$eval('.panel', (els) => els.map((el) => ({ id: el.getAttribute('data-chart'), points: el.getAttribute('data-points'), lastStep: el.getAttribute('data-last-step'), canvases: el.querySelectorAll('canvas').length })))
+  const panels = await page.$$eval('.panel', (els) =>
+    els.map((el) => ({
+      id: el.getAttribute('data-chart'),
+      points: el.getAttribute('data-points'),
+      lastStep: el.getAttribute('data-last-step'),
+      canvases: el.querySelectorAll('canvas').length,
+    })),
+  )
   t.same(
     panels.map((p) => p.id),
     ['lambda', 'constraints', 'violation', 'objectives', 'throughput'],
@@ -105,12 +121,26 @@ t.test('serve: the page opened mid-run charts every streamed step and shows λ',
   }
   t.ok(lambda.consistency > 0 || lambda.toxicity > 0, 'the constraints were violated at some point: λ moved')
   const series = await page.evaluate(() => {
-    const panel = (globalThis as unknown as { dualstream: { panels: { spec: { id: string }; columns: { cols: (number | null)[][] } }[] } }).dualstream.panels.find((p) => p.spec.id === 'lambda')!
+    const panel = (
+      globalThis as unknown as { dualstream: { panels: { spec: { id: string }; columns: { cols: (number | null)[][] } }[] } }
+    ).dualstream.panels.find((p) => p.spec.id === 'lambda')!
     return panel.columns.cols
   })
-  t.same(series[0], Array.from({ length: total }, (_, i) => i + 1), 'x: the steps')
-  t.same(series[1], frames.map((f) => f.constraints.consistency.lambda), 'λ consistency per step')
-  t.same(series[2], frames.map((f) => f.constraints.toxicity.lambda), 'λ toxicity per step')
+  t.same(
+    series[0],
+    Array.from({ length: total }, (_, i) => i + 1),
+    'x: the steps',
+  )
+  t.same(
+    series[1],
+    frames.map((f) => f.constraints.consistency.lambda),
+    'λ consistency per step',
+  )
+  t.same(
+    series[2],
+    frames.map((f) => f.constraints.toxicity.lambda),
+    'λ toxicity per step',
+  )
   t.match(await page.textContent('#constraints tbody'), /consistency.*≥ 0\.9.*toxicity.*≤ 0\.1/s)
 
   const shot = join(artifactsDir(), 'dashboard.png')
@@ -137,7 +167,12 @@ t.test('serve with a viewer token: the page asks for it, refuses a wrong one, th
   await page.fill('#token', 'let-me-see')
   await page.click('#token-submit')
   await page.waitForSelector('body[data-state="live"]')
-  t.equal(await page.evaluate(() => (globalThis as unknown as { sessionStorage: { getItem(key: string): string | null } }).sessionStorage.getItem('dualstream.viewerToken')), 'let-me-see')
+  t.equal(
+    await page.evaluate(() =>
+      (globalThis as unknown as { sessionStorage: { getItem(key: string): string | null } }).sessionStorage.getItem('dualstream.viewerToken'),
+    ),
+    'let-me-see',
+  )
 
   const trainer = await ackingTrainer(served.url('/batches'))
   const producer = await Client.open(served.url('/ingest'))
@@ -176,7 +211,9 @@ t.test('the built-in training: learner charts and the sample rollout picture', a
   await page.waitForSelector('#sample svg [data-claim="2"]')
 
   t.equal(await page.getAttribute('body', 'data-source'), 'train')
-  const panels = await page.$$eval('.panel', (els) => els.map((el) => [el.getAttribute('data-chart'), el.getAttribute('data-points'), el.querySelectorAll('canvas').length]))
+  const panels = await page.$$eval('.panel', (els) =>
+    els.map((el) => [el.getAttribute('data-chart'), el.getAttribute('data-points'), el.querySelectorAll('canvas').length]),
+  )
   t.same(
     panels.map((p) => p[0]),
     ['lambda', 'constraints', 'violation', 'objectives', 'throughput', 'learner'],

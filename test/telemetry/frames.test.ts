@@ -74,7 +74,11 @@ t.test('rates over a sliding window, null until it spans long enough', (t) => {
   t.same(meter.update(500, { rollouts: 50, ingested: 100, batches: 5 }), { rolloutsPerSec: 100, ingestPerSec: 200, batchesPerSec: 10 })
   // 2 s later: the window keeps the last sample at or before its start
   t.same(meter.update(2500, { rollouts: 250, ingested: 300, batches: 25 }), { rolloutsPerSec: 100, ingestPerSec: 100, batchesPerSec: 10 })
-  t.same(meter.update(3000, { rollouts: 350, ingested: 400, batches: 35 }), { rolloutsPerSec: 120, ingestPerSec: 120, batchesPerSec: 12 }, 'since the last sample at or before the window’s start (500)')
+  t.same(
+    meter.update(3000, { rollouts: 350, ingested: 400, batches: 35 }),
+    { rolloutsPerSec: 120, ingestPerSec: 120, batchesPerSec: 12 },
+    'since the last sample at or before the window’s start (500)',
+  )
   t.end()
 })
 
@@ -98,7 +102,17 @@ t.test('a serve frame: per constraint mean, threshold, violation, rate, λ; NaN 
     throughput: rates,
     latencyMs: 12,
   })
-  t.same(frame.constraints.judge, { sense: '>=', threshold: 0.9, mean: 0.5, violation: 0.4, sampleViolationRate: 0.5, sampleThreshold: 0.5, count: 2, lambda: 0.2, lambdaBefore: 0 })
+  t.same(frame.constraints.judge, {
+    sense: '>=',
+    threshold: 0.9,
+    mean: 0.5,
+    violation: 0.4,
+    sampleViolationRate: 0.5,
+    sampleThreshold: 0.5,
+    count: 2,
+    lambda: 0.2,
+    lambdaBefore: 0,
+  })
   t.equal(frame.constraints.judge.lambda, batch.lambda.judge.after)
   t.equal(frame.constraints.cost.sense, '<=')
   t.ok(Math.abs(frame.constraints.cost.mean! - 0.3) < 1e-12)
@@ -110,7 +124,17 @@ t.test('a serve frame: per constraint mean, threshold, violation, rate, λ; NaN 
   const empty = batchOf([{ acc: null }, { acc: null }])
   const bare: ScoredBatch = { ...empty, constraints: {}, lambda: {} }
   const none = serveBatchFrame({ summary: batchSummary(bare), latencyMs: NaN, counts, config, now: 0, rates })
-  t.same(none.constraints.judge, { sense: '>=', threshold: 0.9, mean: null, violation: null, sampleViolationRate: null, sampleThreshold: 0.5, count: 0, lambda: 0, lambdaBefore: 0 })
+  t.same(none.constraints.judge, {
+    sense: '>=',
+    threshold: 0.9,
+    mean: null,
+    violation: null,
+    sampleViolationRate: null,
+    sampleThreshold: 0.5,
+    count: 0,
+    lambda: 0,
+    lambdaBefore: 0,
+  })
   t.same(none.objectives, { acc: null })
   t.equal(none.latencyMs, null)
   t.same(JSON.parse(JSON.stringify(none)), none, 'JSON says the same thing')
@@ -122,12 +146,35 @@ t.test('a training frame: learner and batch metrics, the sample only when given'
     { acc: 1, judge: 1, cost: 0 },
     { acc: 1, judge: 1, cost: 0 },
   ])
-  const report = { step: 7, policyVersion: 7, batch, learner: { loss: 0.1, clipFraction: 0.2, meanRatio: 1, gradNorm: NaN }, metrics: { accuracy: 1, inconsistencyRate: 0, grounding: Infinity }, ms: 3.5 }
+  const report = {
+    step: 7,
+    policyVersion: 7,
+    batch,
+    learner: { loss: 0.1, clipFraction: 0.2, meanRatio: 1, gradNorm: NaN },
+    metrics: { accuracy: 1, inconsistencyRate: 0, grounding: Infinity },
+    ms: 3.5,
+  }
   const rates = { rolloutsPerSec: null, ingestPerSec: null, batchesPerSec: null }
   const frame = trainBatchFrame({ report, counts, config, now: 9, rates })
-  t.match(frame, { type: 'batch', step: 7, policyVersion: 7, latencyMs: 3.5, learner: { loss: 0.1, clipFraction: 0.2, meanRatio: 1, gradNorm: null }, metrics: { accuracy: 1, inconsistencyRate: 0, grounding: null } })
+  t.match(frame, {
+    type: 'batch',
+    step: 7,
+    policyVersion: 7,
+    latencyMs: 3.5,
+    learner: { loss: 0.1, clipFraction: 0.2, meanRatio: 1, gradNorm: null },
+    metrics: { accuracy: 1, inconsistencyRate: 0, grounding: null },
+  })
   t.notOk('sample' in frame)
-  const sample = { grid: 4, objects: [], question: { a: 'red', b: 'blue', axis: 'x' as const, text: '?' }, claims: [], answer: 'less' as const, correctAnswer: 'less' as const, judgement: { accuracy: 1, grounding: 1, consistency: 1 }, text: '' }
+  const sample = {
+    grid: 4,
+    objects: [],
+    question: { a: 'red', b: 'blue', axis: 'x' as const, text: '?' },
+    claims: [],
+    answer: 'less' as const,
+    correctAnswer: 'less' as const,
+    judgement: { accuracy: 1, grounding: 1, consistency: 1 },
+    text: '',
+  }
   t.equal(trainBatchFrame({ report, counts, config, now: 9, rates, sample }).sample, sample)
   const partial = trainBatchFrame({ report: { ...report, learner: {} as never, metrics: {} as never }, counts, config, now: 9, rates })
   t.same(partial.learner, { loss: null, clipFraction: null, meanRatio: null, gradNorm: null }, 'missing figures are null')

@@ -42,7 +42,19 @@ function frame(step: number, padding = 0, sample?: BatchFrame['sample']): BatchF
     constraints: {},
     fracZeroStd: {},
     advantage: { mean: 0, std: 1 },
-    counts: { ingested: 0, rejected: 0, rejectedByReason: {}, duplicate: 0, stale: 0, droppedGroups: 0, droppedGroupRollouts: 0, batches: step, rolloutsInBatches: 0, pending: 0, outbox: 0 },
+    counts: {
+      ingested: 0,
+      rejected: 0,
+      rejectedByReason: {},
+      duplicate: 0,
+      stale: 0,
+      droppedGroups: 0,
+      droppedGroupRollouts: 0,
+      batches: step,
+      rolloutsInBatches: 0,
+      pending: 0,
+      outbox: 0,
+    },
     throughput: { rolloutsPerSec: null, ingestPerSec: null, batchesPerSec: null },
     latencyMs: 1,
     ...(padding > 0 ? { padding: 'x'.repeat(padding) } : {}),
@@ -54,7 +66,11 @@ function frame(step: number, padding = 0, sample?: BatchFrame['sample']): BatchF
 /** A hub behind a telemetry server on a free port. */
 async function hubServer(options: Partial<HubOptions> = {}) {
   let dropped = 0
-  const hub = new TelemetryHub({ hello: () => ({ source: 'serve', config: telemetryConfig(config), step: 0, lambda: {}, counts: null }), onDropped: () => dropped++, ...options })
+  const hub = new TelemetryHub({
+    hello: () => ({ source: 'serve', config: telemetryConfig(config), step: 0, lambda: {}, counts: null }),
+    onDropped: () => dropped++,
+    ...options,
+  })
   const server = new TelemetryServer({ heartbeatMs: 0 })
   server.addWebSocketEndpoint('/telemetry', { role: 'viewer', connect: (ws, format) => hub.connect(ws, format) })
   const { port } = await server.listen(0, '127.0.0.1')
@@ -70,7 +86,16 @@ async function hubServer(options: Partial<HubOptions> = {}) {
   }
 }
 
-const sample = { grid: 4, objects: [], question: { a: 'red', b: 'blue', axis: 'x' as const, text: '?' }, claims: [], answer: 'less' as const, correctAnswer: 'less' as const, judgement: { accuracy: 1, grounding: 1, consistency: 1 }, text: 's' }
+const sample = {
+  grid: 4,
+  objects: [],
+  question: { a: 'red', b: 'blue', axis: 'x' as const, text: '?' },
+  claims: [],
+  answer: 'less' as const,
+  correctAnswer: 'less' as const,
+  judgement: { accuracy: 1, grounding: 1, consistency: 1 },
+  text: 's',
+}
 
 t.test('hello with the recent history (samples kept apart), then every frame, in either format', async (t) => {
   const served = await hubServer({ historyLimit: 3 })

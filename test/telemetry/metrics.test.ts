@@ -11,7 +11,19 @@ const config = parseConfig({
   constraints: [{ channel: 'judge', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.5 } }],
 })
 
-const zero = (): TelemetryCounts => ({ ingested: 0, rejected: 0, rejectedByReason: {}, duplicate: 0, stale: 0, droppedGroups: 0, droppedGroupRollouts: 0, batches: 0, rolloutsInBatches: 0, pending: 0, outbox: 0 })
+const zero = (): TelemetryCounts => ({
+  ingested: 0,
+  rejected: 0,
+  rejectedByReason: {},
+  duplicate: 0,
+  stale: 0,
+  droppedGroups: 0,
+  droppedGroupRollouts: 0,
+  batches: 0,
+  rolloutsInBatches: 0,
+  pending: 0,
+  outbox: 0,
+})
 
 /** One sample's value from the exposition text (undefined when the series is absent). */
 function value(text: string, series: string): number | undefined {
@@ -27,7 +39,9 @@ const frame = (over: Partial<BatchFrame> = {}): BatchFrame => ({
   groups: 1,
   partialGroups: 0,
   objectives: { acc: 0.75 },
-  constraints: { judge: { sense: '>=', threshold: 0.9, mean: 0.5, violation: 0.4, sampleViolationRate: 0.5, sampleThreshold: 0.9, count: 2, lambda: 0.2, lambdaBefore: 0 } },
+  constraints: {
+    judge: { sense: '>=', threshold: 0.9, mean: 0.5, violation: 0.4, sampleViolationRate: 0.5, sampleThreshold: 0.9, count: 2, lambda: 0.2, lambdaBefore: 0 },
+  },
   fracZeroStd: { acc: 0.5, judge: 0 },
   advantage: { mean: 0, std: 1 },
   counts: zero(),
@@ -39,7 +53,14 @@ const frame = (over: Partial<BatchFrame> = {}): BatchFrame => ({
 t.test('serve metrics: gauges from frames, counters from the running totals, the latency histogram', async (t) => {
   const counts = zero()
   const hub = new TelemetryHub({ hello: () => ({ source: 'serve', config: {} as never, step: 0, lambda: {}, counts: null }) })
-  const metrics = new TelemetryMetrics({ source: 'serve', config, hub, counts: () => counts, state: () => ({ step: 2, lambda: { judge: 0.125 } }), processMetrics: false })
+  const metrics = new TelemetryMetrics({
+    source: 'serve',
+    config,
+    hub,
+    counts: () => counts,
+    state: () => ({ step: 2, lambda: { judge: 0.125 } }),
+    processMetrics: false,
+  })
   let text = await metrics.text()
   t.equal(value(text, 'dualstream_step'), 2, 'from the state before any batch')
   t.equal(value(text, 'dualstream_lambda{constraint="judge"}'), 0.125)
@@ -50,7 +71,18 @@ t.test('serve metrics: gauges from frames, counters from the running totals, the
   t.notMatch(text, 'dualstream_learner')
 
   metrics.observe(frame())
-  Object.assign(counts, { ingested: 10, duplicate: 2, stale: 1, droppedGroups: 1, droppedGroupRollouts: 1, batches: 4, rolloutsInBatches: 8, pending: 2, outbox: 3, rejectedByReason: { rewards: 2 } })
+  Object.assign(counts, {
+    ingested: 10,
+    duplicate: 2,
+    stale: 1,
+    droppedGroups: 1,
+    droppedGroupRollouts: 1,
+    batches: 4,
+    rolloutsInBatches: 8,
+    pending: 2,
+    outbox: 3,
+    rejectedByReason: { rewards: 2 },
+  })
   metrics.countDropped()
   text = await metrics.text()
   t.equal(value(text, 'dualstream_step'), 4)
@@ -87,7 +119,15 @@ t.test('serve metrics: gauges from frames, counters from the running totals, the
   t.equal(value(text, 'dualstream_rollouts_ingested_total'), 15)
 
   // a batch without data for a figure drops that series rather than keeping a stale value
-  metrics.observe(frame({ objectives: { acc: null }, constraints: { judge: { ...frame().constraints.judge, mean: null, violation: null, sampleViolationRate: null } }, advantage: { mean: null, std: null }, throughput: { rolloutsPerSec: null, ingestPerSec: null, batchesPerSec: null }, latencyMs: null }))
+  metrics.observe(
+    frame({
+      objectives: { acc: null },
+      constraints: { judge: { ...frame().constraints.judge, mean: null, violation: null, sampleViolationRate: null } },
+      advantage: { mean: null, std: null },
+      throughput: { rolloutsPerSec: null, ingestPerSec: null, batchesPerSec: null },
+      latencyMs: null,
+    }),
+  )
   text = await metrics.text()
   t.equal(value(text, 'dualstream_constraint_mean{constraint="judge"}'), undefined)
   t.equal(value(text, 'dualstream_objective_mean{objective="acc"}'), undefined)

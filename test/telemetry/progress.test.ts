@@ -73,7 +73,12 @@ t.test('dualstream replay shows its progress on a terminal, for a file and for s
   const config = join(dir, 'config.json')
   writeFileSync(config, JSON.stringify(baseConfig))
   const input = join(dir, 'rollouts.jsonl')
-  writeFileSync(input, `${prompts('r', 40).map((r) => JSON.stringify(r)).join('\n')}\n`)
+  writeFileSync(
+    input,
+    `${prompts('r', 40)
+      .map((r) => JSON.stringify(r))
+      .join('\n')}\n`,
+  )
   const replayWith = async (args: string[], stdin = '') => {
     const err = terminal()
     const stdout = new PassThrough()
@@ -85,7 +90,12 @@ t.test('dualstream replay shows its progress on a terminal, for a file and for s
   t.equal(fromFile.code, 0)
   t.match(fromFile.stderr, /replay .* 100% \| step 20 \| \d+ rollouts\/s \| λ consistency \d\.\d{3}/)
   t.match(fromFile.stderr, 'replay: 80 rollouts read → 20 batches')
-  const fromStdin = await replayWith(['-i', '-'], prompts('s', 4).map((r) => JSON.stringify(r)).join('\n'))
+  const fromStdin = await replayWith(
+    ['-i', '-'],
+    prompts('s', 4)
+      .map((r) => JSON.stringify(r))
+      .join('\n'),
+  )
   t.equal(fromStdin.code, 0)
   t.match(fromStdin.stderr, /replay \| 8 rollouts \| step 2 \|/)
   const missing = await replayWith(['-i', join(dir, 'nowhere.jsonl')])

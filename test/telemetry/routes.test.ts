@@ -33,7 +33,10 @@ function raw(url: string, method: string, headers: Record<string, string> = {}):
 
 t.test('the dashboard files: found from source or dist, served from memory with ETags', async (t) => {
   t.match(dashboardDir(), /streams\/dashboard\/$/)
-  t.throws(() => dashboardDir([new URL('file:///nowhere/a/'), new URL('file:///nowhere/b/')]), /the dashboard files \(streams\/dashboard\/index\.html\) are missing; looked in \/nowhere\/a\/, \/nowhere\/b\//)
+  t.throws(
+    () => dashboardDir([new URL('file:///nowhere/a/'), new URL('file:///nowhere/b/')]),
+    /the dashboard files \(streams\/dashboard\/index\.html\) are missing; looked in \/nowhere\/a\/, \/nowhere\/b\//,
+  )
   const routes = dashboardRoutes()
   t.same([...routes.keys()], ['/', '/dashboard.js', '/rollout.js', '/dashboard.css', '/assets/uPlot.esm.js', '/assets/uPlot.min.css'])
   const page = await serveRoute(routes.get('/')!)
@@ -119,7 +122,9 @@ t.test('the telemetry server: routes, upgrades with tokens, port fallback, heart
     })
   t.match(await rawRequest('GET http://[ HTTP/1.1\r\nHost: x\r\n\r\n'), /^HTTP\/1\.1 400 Bad Request[^]*malformed request URL/)
   t.match(
-    await rawRequest('GET http://[ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'),
+    await rawRequest(
+      'GET http://[ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    ),
     /^HTTP\/1\.1 400 Bad Request[^]*malformed request URL/,
   )
   t.equal((await upgradeStatus(`ws://127.0.0.1:${port}/nowhere`)).status, 404)

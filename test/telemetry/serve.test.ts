@@ -16,7 +16,20 @@ async function startServe(tokens: Record<string, string> = {}, telemetry = {}) {
   stdout.on('data', (c: Buffer) => (out += c.toString()))
   let ready!: (parts: { engine: DurableEngine; telemetry: EngineTelemetry; port: number }) => void
   const listening = new Promise<{ engine: DurableEngine; telemetry: EngineTelemetry; port: number }>((resolve) => (ready = resolve))
-  const exit = serve({ config: parseConfig(baseConfig), dataDir: tempDir(), host: '127.0.0.1', port: 0, tokens, heartbeatMs: 0, telemetry: { processMetrics: false, ...telemetry }, onListening: ready }, { stdout }, stop.signal)
+  const exit = serve(
+    {
+      config: parseConfig(baseConfig),
+      dataDir: tempDir(),
+      host: '127.0.0.1',
+      port: 0,
+      tokens,
+      heartbeatMs: 0,
+      telemetry: { processMetrics: false, ...telemetry },
+      onListening: ready,
+    },
+    { stdout },
+    stop.signal,
+  )
   const parts = await listening
   return {
     ...parts,
@@ -101,7 +114,10 @@ t.test('serve with a viewer token: /telemetry refuses without it; the page itsel
 
 t.test('serving beyond loopback needs a viewer token too', (t) => {
   t.equal(bindProblem('0.0.0.0', { producer: 'p', trainer: 't' }), 'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_VIEWER_TOKEN')
-  t.equal(bindProblem('0.0.0.0', {}), 'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN')
+  t.equal(
+    bindProblem('0.0.0.0', {}),
+    'refusing to listen on 0.0.0.0 (not loopback) without tokens: set DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN and DUALSTREAM_VIEWER_TOKEN',
+  )
   t.equal(bindProblem('0.0.0.0', { producer: 'p', trainer: 't', viewer: 'v' }), undefined)
   t.end()
 })
@@ -131,7 +147,14 @@ t.test('a config without constraints says so on the progress line', async (t) =>
   let ready!: (parts: { engine: DurableEngine; telemetry: EngineTelemetry }) => void
   const listening = new Promise<{ engine: DurableEngine; telemetry: EngineTelemetry }>((resolve) => (ready = resolve))
   const exit = serve(
-    { config: parseConfig({ groupSize: 2, batchGroups: 1, objectives: [{ channel: 'accuracy' }] }), dataDir: tempDir(), host: '127.0.0.1', port: 0, tokens: {}, onListening: ready },
+    {
+      config: parseConfig({ groupSize: 2, batchGroups: 1, objectives: [{ channel: 'accuracy' }] }),
+      dataDir: tempDir(),
+      host: '127.0.0.1',
+      port: 0,
+      tokens: {},
+      onListening: ready,
+    },
     { stdout: new PassThrough(), stderr: new PassThrough() },
     stop.signal,
   )

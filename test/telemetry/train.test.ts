@@ -15,7 +15,14 @@ const config = parseConfig(PRESETS.fgrpo)
 
 /** A step report over one scored group (the trainer's shape), counting calls of `sample`. */
 function report(step: number, calls: { n: number }): StepReportLike {
-  const groups: Group[] = [{ promptId: 'p', partial: false, ts: step, rollouts: [0, 1].map((i) => ({ id: `s${step}-${i}`, promptId: 'p', rewards: { accuracy: i, consistency: 1, grounding: 0.5 } })) }]
+  const groups: Group[] = [
+    {
+      promptId: 'p',
+      partial: false,
+      ts: step,
+      rollouts: [0, 1].map((i) => ({ id: `s${step}-${i}`, promptId: 'p', rewards: { accuracy: i, consistency: 1, grounding: 0.5 } })),
+    },
+  ]
   const scored = scoreGroups(groups, config, { ...initialDualState(config.constraints), step: step - 1 })
   const batch: ScoredBatch = { groups, ts: step, reason: 'full', columns: { offsets: Int32Array.of(0, 2), columns: {} }, windows: {}, ...scored }
   return {
@@ -27,7 +34,16 @@ function report(step: number, calls: { n: number }): StepReportLike {
     ms: 3,
     sample: () => {
       calls.n++
-      return { grid: 4, objects: [], question: { a: 'red', b: 'blue', axis: 'x', text: '?' }, claims: [], answer: 'less', correctAnswer: 'less', judgement: { accuracy: 1, grounding: 1, consistency: 1 }, text: `step ${step}` }
+      return {
+        grid: 4,
+        objects: [],
+        question: { a: 'red', b: 'blue', axis: 'x', text: '?' },
+        claims: [],
+        answer: 'less',
+        correctAnswer: 'less',
+        judgement: { accuracy: 1, grounding: 1, consistency: 1 },
+        text: `step ${step}`,
+      }
     },
   }
 }
@@ -41,7 +57,15 @@ t.test('training telemetry: phases throttled within a phase, a sample a few time
     published.push(frame)
     publish(frame)
   }
-  t.match(telemetry.hub.hello(), { source: 'train', step: 10, lambda: { consistency: 0.5, grounding: 0 }, counts: null, phase: 'starting', history: [], sample: null })
+  t.match(telemetry.hub.hello(), {
+    source: 'train',
+    step: 10,
+    lambda: { consistency: 0.5, grounding: 0 },
+    counts: null,
+    phase: 'starting',
+    history: [],
+    sample: null,
+  })
 
   telemetry.status('warm start', 0, 500)
   now += 50

@@ -51,7 +51,9 @@ t.test('train: Ctrl-C stops after the current step, saves, summarises and exits 
   const { spawn } = await import('node:child_process')
   const { mainScript } = await import('../support/cli.js')
   const data = tempDir()
-  const child = spawn(process.execPath, [...process.execArgv, mainScript, 'train', '--steps', '1000000', '--data', data, '--no-dashboard'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...process.execArgv, mainScript, 'train', '--steps', '1000000', '--data', data, '--no-dashboard'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   let stdout = ''
   let interrupted = false
   child.stdout.on('data', (c: Buffer) => {
@@ -102,7 +104,13 @@ t.test('in-process evaluation, the checks and the table', async (t) => {
   t.equal(report.runs[0].settings?.evalScenes, 50)
   t.match(formatEvaluation(report), 'held-out scenes per run: 50; 1 RL steps per run')
   const checks = acceptanceChecks({ accuracy: 0.999, inconsistencyRate: 0.25, grounding: 0.4 }, { accuracy: 0.995, inconsistencyRate: 0.01, grounding: 0.95 })
-  t.same(checks.map((c) => c.pass), [true, true, true, true])
-  t.same(acceptanceChecks({ accuracy: 1, inconsistencyRate: 0.1, grounding: 0.9 }, { accuracy: 0.9, inconsistencyRate: 0.05, grounding: 0.9 }).map((c) => c.pass), [false, false, false, false])
+  t.same(
+    checks.map((c) => c.pass),
+    [true, true, true, true],
+  )
+  t.same(
+    acceptanceChecks({ accuracy: 1, inconsistencyRate: 0.1, grounding: 0.9 }, { accuracy: 0.9, inconsistencyRate: 0.05, grounding: 0.9 }).map((c) => c.pass),
+    [false, false, false, false],
+  )
   t.match(formatTrainSummary([{ label: 'x', metrics: { accuracy: NaN, inconsistencyRate: 0, grounding: 1 } }], {}), /x +– +0\.0% +100\.0%/)
 })

@@ -16,7 +16,10 @@ t.test('smoke: after the warm start, GRPO raises the reward within a few dozen s
   const accuracy: number[] = []
   await trainer.train(60, (r) => accuracy.push(r.metrics.accuracy))
   const after = await trainer.evaluate(1000)
-  t.ok(mean(accuracy.slice(-10)) > mean(accuracy.slice(0, 10)) + 0.02, `batch accuracy ${mean(accuracy.slice(0, 10)).toFixed(3)} → ${mean(accuracy.slice(-10)).toFixed(3)}`)
+  t.ok(
+    mean(accuracy.slice(-10)) > mean(accuracy.slice(0, 10)) + 0.02,
+    `batch accuracy ${mean(accuracy.slice(0, 10)).toFixed(3)} → ${mean(accuracy.slice(-10)).toFixed(3)}`,
+  )
   t.ok(after.accuracy > before.accuracy, `held-out accuracy ${before.accuracy} → ${after.accuracy}`)
   t.same(trainer.lambda, {}, 'GRPO has no multipliers')
   t.equal(trainer.rlSteps, 60)
@@ -29,7 +32,16 @@ t.test('FGRPO: the rollouts go through the pipeline; unmet constraints raise λ,
   await trainer.warmStart()
   const reports: StepReport[] = []
   await trainer.train(5, (r) => reports.push(r))
-  t.same(reports.map((r) => [r.step, r.policyVersion]), [[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]])
+  t.same(
+    reports.map((r) => [r.step, r.policyVersion]),
+    [
+      [1, 1],
+      [2, 2],
+      [3, 3],
+      [4, 4],
+      [5, 5],
+    ],
+  )
   const first = reports[0]
   t.equal(first.batch.rolloutCount, 64, '8 prompts × G = 8 in one batch')
   t.equal(first.batch.groups.length, 8)
@@ -65,8 +77,14 @@ t.test('a resumed run is exactly an uninterrupted one', async (t) => {
   await resumed.close()
   await straight.close()
 
-  await t.rejects(SpatialGridTrainer.create({ config: parseConfig(GRPO_CONFIG), seed: 7, settings, dataDir }), /does not fit this config \(use another --data folder\):\n {2}constraint "consistency": in the saved state, not in the config/)
-  await t.rejects(SpatialGridTrainer.create({ config: parseConfig(FGRPO_CONFIG), seed: 7, settings, dataDir }), /saved run used groupSize 8 × batchGroups 4, the config says 8 × 64/)
+  await t.rejects(
+    SpatialGridTrainer.create({ config: parseConfig(GRPO_CONFIG), seed: 7, settings, dataDir }),
+    /does not fit this config \(use another --data folder\):\n {2}constraint "consistency": in the saved state, not in the config/,
+  )
+  await t.rejects(
+    SpatialGridTrainer.create({ config: parseConfig(FGRPO_CONFIG), seed: 7, settings, dataDir }),
+    /saved run used groupSize 8 × batchGroups 4, the config says 8 × 64/,
+  )
 })
 
 t.test('an abort stops after the current step, with a checkpoint', async (t) => {
@@ -83,6 +101,11 @@ t.test('an abort stops after the current step, with a checkpoint', async (t) => 
 })
 
 t.test('a config naming channels the task does not score is refused', async (t) => {
-  const config = parseConfig({ groupSize: 2, batchGroups: 1, objectives: [{ channel: 'accuracy' }], constraints: [{ channel: 'length', sense: '<=', threshold: 1, dual: { rule: 'sgd', lr: 1 } }] })
+  const config = parseConfig({
+    groupSize: 2,
+    batchGroups: 1,
+    objectives: [{ channel: 'accuracy' }],
+    constraints: [{ channel: 'length', sense: '<=', threshold: 1, dual: { rule: 'sgd', lr: 1 } }],
+  })
   await t.rejects(SpatialGridTrainer.create({ config, seed: 0 }), /the built-in task scores accuracy, consistency, grounding; the config also names length/)
 })

@@ -1,3 +1,3 @@
 #!/usr/bin/env node
 // The compiled CLI (built by `npm install` through the `prepare` script).
-import '../dist/src/main.js'
+import '../dist/src/apps/main.js'

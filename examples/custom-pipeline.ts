@@ -9,8 +9,8 @@
  * Run: npx tsx examples/custom-pipeline.ts
  */
 import { from, map, toArray, lastValueFrom } from 'rxjs'
-import { parseConfig, type ConfigInput } from '../src/config.js'
-import type { DropEvent, ScoredBatch } from '../src/types.js'
+import { parseConfig, type ConfigInput } from '../src/core/config.js'
+import type { DropEvent, ScoredBatch } from '../src/core/types.js'
 import { dropDuplicates, fgrpo, validateRollouts } from '../operators/index.js'
 import { mulberry32 } from './support/random.js'
 

@@ -1,5 +1,5 @@
 import { asyncScheduler, type Observable, type OperatorFunction, type SchedulerLike } from 'rxjs'
-import type { DropEvent, Group, Rollout } from '../src/types.js'
+import type { DropEvent, Group, Rollout } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 export interface CompleteGroupsOptions {

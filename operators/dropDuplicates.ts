@@ -1,5 +1,5 @@
 import type { OperatorFunction } from 'rxjs'
-import type { DropEvent, Rollout } from '../src/types.js'
+import type { DropEvent, Rollout } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 /** Where seen ids are remembered; a Set by default, an LMDB index in the durable engine. */

@@ -1,5 +1,5 @@
 import type { Observable, OperatorFunction } from 'rxjs'
-import type { DropEvent, Rollout } from '../src/types.js'
+import type { DropEvent, Rollout } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 export interface DropStaleOptions {

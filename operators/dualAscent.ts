@@ -1,7 +1,7 @@
 import type { OperatorFunction } from 'rxjs'
-import type { Config } from '../src/config.js'
+import type { Config } from '../src/core/config.js'
 import { dualStateProblems, initialDualState, stepDual } from '../src/math/dual.js'
-import type { DualBatch, DualState, MeasuredBatch } from '../src/types.js'
+import type { DualBatch, DualState, MeasuredBatch } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 export interface DualAscentOptions {

@@ -1,6 +1,6 @@
 import { pipe, type Observable, type OperatorFunction, type SchedulerLike } from 'rxjs'
-import type { Config } from '../src/config.js'
-import type { DropEvent, DualState, Rollout, ScoredBatch } from '../src/types.js'
+import type { Config } from '../src/core/config.js'
+import type { DropEvent, DualState, Rollout, ScoredBatch } from '../src/core/types.js'
 import { completeGroups } from './completeGroups.js'
 import { dropStale } from './dropStale.js'
 import { dualAscent } from './dualAscent.js'

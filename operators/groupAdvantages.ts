@@ -1,7 +1,7 @@
 import type { OperatorFunction } from 'rxjs'
 import type { AdvantageSettings } from '../src/math/advantages.js'
 import { summarizeAdvantages } from '../src/math/score.js'
-import type { DualBatch, ScoredBatch } from '../src/types.js'
+import type { DualBatch, ScoredBatch } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 /**

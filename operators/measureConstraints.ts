@@ -1,9 +1,9 @@
 import type { OperatorFunction } from 'rxjs'
-import { configChannels, type Config } from '../src/config.js'
+import { configChannels, type Config } from '../src/core/config.js'
 import { batchColumns } from '../src/math/columns.js'
 import { measureBatch } from '../src/math/score.js'
 import { initialDualState } from '../src/math/dual.js'
-import type { Batch, DualState, MeasuredBatch } from '../src/types.js'
+import type { Batch, DualState, MeasuredBatch } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 export interface MeasureConstraintsOptions {

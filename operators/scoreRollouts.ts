@@ -12,7 +12,7 @@ import {
   type OperatorFunction,
   type SchedulerLike,
 } from 'rxjs'
-import type { Rollout } from '../src/types.js'
+import type { Rollout } from '../src/core/types.js'
 
 /** A model over a batch: `features` is [rows, featureDim] row-major; one score per row back. */
 export type ScoringModel = (features: Float32Array, rows: number) => ObservableInput<ArrayLike<number>>

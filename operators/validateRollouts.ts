@@ -1,6 +1,6 @@
 import type { OperatorFunction } from 'rxjs'
-import type { DropEvent, Rollout } from '../src/types.js'
-import { DEFAULT_LIMITS, formatFieldError, validateRollout, type FieldError, type ValidationLimits } from '../src/validate.js'
+import type { DropEvent, Rollout } from '../src/core/types.js'
+import { DEFAULT_LIMITS, formatFieldError, validateRollout, type FieldError, type ValidationLimits } from '../src/core/validate.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 /** Raised downstream for an invalid item when `onInvalid` is `'error'`. */

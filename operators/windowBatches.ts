@@ -1,5 +1,5 @@
 import { type Observable, type OperatorFunction } from 'rxjs'
-import type { Batch, BatchCloseReason, Group } from '../src/types.js'
+import type { Batch, BatchCloseReason, Group } from '../src/core/types.js'
 import { operate, OperatorSubscriber } from './internal/operate.js'
 
 export interface WindowBatchesOptions {

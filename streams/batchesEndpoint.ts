@@ -7,8 +7,8 @@
  * step.
  */
 import type { WebSocket } from 'ws'
-import { wireUnpackr } from '../src/codec.js'
-import type { Delivery } from '../src/store/engineStore.js'
+import { wireUnpackr } from '../src/state/codec.js'
+import type { Delivery } from '../src/state/engineStore.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What the trainer connection needs from the server around it. */

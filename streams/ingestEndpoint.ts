@@ -6,7 +6,7 @@
  * the socket is no longer read until answers free credit.
  */
 import type { WebSocket } from 'ws'
-import type { DurableEngine, IngestOutcome } from '../src/engine/durableEngine.js'
+import type { DurableEngine, IngestOutcome } from '../src/state/durableEngine.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What a producer connection needs from the server around it. */

@@ -7,8 +7,8 @@
  * reason, never in an exception.
  */
 import { isUtf8 } from 'node:buffer'
-import { describe } from '../src/math/columns.js'
-import { wirePackr as packr, wireUnpackr as unpackr, type WireFormat } from '../src/codec.js'
+import { describe } from '../src/core/describe.js'
+import { wirePackr as packr, wireUnpackr as unpackr, type WireFormat } from '../src/state/codec.js'
 
 export type { WireFormat }
 

@@ -2,8 +2,8 @@ import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { runBenchmarks } from '../src/bench/run.js'
-import { formatRate, median, quantile, throughput } from '../src/bench/measure.js'
+import { runBenchmarks } from '../src/apps/bench/run.js'
+import { formatRate, median, quantile, throughput } from '../src/apps/bench/measure.js'
 
 t.test('the benchmarks run at small size, print a table and write JSON', async (t) => {
   const json = join(mkdtempSync(join(tmpdir(), 'dualstream-bench-')), 'bench.json')

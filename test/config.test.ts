@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { ConfigError, configChannels, formatPath, loadConfig, parseConfig } from '../src/config.js'
+import { ConfigError, configChannels, formatPath, loadConfig, parseConfig } from '../src/core/config.js'
 
 const minimal = { groupSize: 8, batchGroups: 16, objectives: [{ channel: 'accuracy' }] }
 

@@ -8,8 +8,8 @@
  * require |g_onnx − g_fd| ≤ 1e-4·max(|g_fd|, 1e-2) + 1e-6; observed worst case is ~4e-5 relative.
  */
 import t from 'tap'
-import { MASKED, Rng } from '../src/spatialgrid/index.js'
-import { OnnxPolicy, mlpParamSpecs, type MlpConfig, type ParamValues } from '../src/policy/index.js'
+import { MASKED, Rng } from '../src/models/spatialgrid/index.js'
+import { OnnxPolicy, mlpParamSpecs, type MlpConfig, type ParamValues } from '../src/models/policy/index.js'
 
 type P64 = Record<string, Float64Array>
 

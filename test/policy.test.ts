@@ -20,8 +20,8 @@ import {
   sampleCategorical,
   validateMlpConfig,
   zerosLike,
-} from '../src/policy/index.js'
-import { MASKED, Rng, featureRows, maskRows, resolveSpatialGridConfig, sampleScenes } from '../src/spatialgrid/index.js'
+} from '../src/models/policy/index.js'
+import { MASKED, Rng, featureRows, maskRows, resolveSpatialGridConfig, sampleScenes } from '../src/models/spatialgrid/index.js'
 
 t.test('graph builder: names, attributes, initializers, errors', async (t) => {
   const g = new GraphBuilder('demo')

@@ -34,7 +34,7 @@ import {
   typeName,
   type Scene,
   type TokenPolicy,
-} from '../src/spatialgrid/index.js'
+} from '../src/models/spatialgrid/index.js'
 
 const spec = resolveSpatialGridConfig()
 const arbSeed = fc.integer({ min: 0, max: 0xffffffff })

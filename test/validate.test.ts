@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { DEFAULT_LIMITS, formatFieldError, validateRollout } from '../src/validate.js'
+import { DEFAULT_LIMITS, formatFieldError, validateRollout } from '../src/core/validate.js'
 
 t.test('a good rollout comes back clean, with only the known fields', (t) => {
   const result = validateRollout({

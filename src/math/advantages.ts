@@ -3,16 +3,13 @@
  * decoupled `normalize-then-sum` (FGRPO) or `sum-then-normalize` (constraints folded into
  * the reward), optional division by (1 + Σλ) and optional batch whitening.
  */
-import type { Config, Normalize } from '../config.js'
+import type { Config, Normalize } from '../core/config.js'
+import type { BatchColumns } from '../core/types.js'
 import { normalizeChannel } from './normalize.js'
 import { rangeStats } from './stats.js'
 
-/** A batch laid out as columns: one Float64Array per channel (NaN = not scored). */
-export interface BatchColumns {
-  /** Group g spans rollouts `offsets[g] .. offsets[g + 1]`. */
-  offsets: Int32Array
-  columns: Record<string, Float64Array>
-}
+/** The columnar batch layout, declared with the core types. */
+export type { BatchColumns }
 
 /** What the advantage computation needs from the config. */
 export type AdvantageSettings = Pick<Config, 'objectives' | 'constraints' | 'aggregation' | 'scaleByLambda' | 'whiten' | 'normalize'>

@@ -1,8 +1,8 @@
 /**
  * Lays a batch of rollout groups out as float64 columns, the form the math works on.
  */
-import type { Group } from '../types.js'
-import type { BatchColumns } from './advantages.js'
+import { describe } from '../core/describe.js'
+import type { BatchColumns, Group } from '../core/types.js'
 
 /**
  * Builds one column per channel (NaN where a rollout did not score it) and the group offsets.
@@ -40,12 +40,4 @@ export function batchColumns(groups: readonly Group[], channels: readonly string
     columns[channel] = column
   }
   return { offsets, columns }
-}
-
-/** Shows a bad value the way a user would recognise it in their producer. */
-export function describe(value: unknown): string {
-  if (typeof value === 'number') return String(value)
-  if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value)}`
-  if (Array.isArray(value)) return 'an array'
-  return value === null ? 'null' : typeof value
 }

@@ -2,8 +2,8 @@
  * Batch-level constraint measurement (DESIGN §3): J over the batch or pooled over the last
  * W batches, the violation e (positive = violated), and the per-sample violation rate.
  */
-import type { ConstraintSpec } from '../config.js'
-import type { ConstraintMeasure, WindowEntry } from '../types.js'
+import type { ConstraintSpec } from '../core/config.js'
+import type { ConstraintMeasure, WindowEntry } from '../core/types.js'
 
 /** The measurement and the window to keep for the next batch. */
 export interface MeasureResult {

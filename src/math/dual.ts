@@ -3,8 +3,8 @@
  * over a plain, JSON-serialisable state, so the state can be persisted with every batch
  * and a restart resumes exactly.
  */
-import type { ConstraintSpec, DualRule } from '../config.js'
-import type { ConstraintMeasure, ControllerState, DualState, LambdaChange } from '../types.js'
+import type { ConstraintSpec, DualRule } from '../core/config.js'
+import type { ConstraintMeasure, ControllerState, DualState, LambdaChange } from '../core/types.js'
 
 type Rule = DualRule & { max: number }
 

@@ -2,7 +2,7 @@
  * Per-channel group-relative normalisation (DESIGN §3): Â = (x − c) / (s + ε), with the
  * centre and scale taken per group, per batch, or (scale only) not at all (Dr. GRPO).
  */
-import type { Normalize } from '../config.js'
+import type { Normalize } from '../core/config.js'
 import { rangeStats } from './stats.js'
 
 /**

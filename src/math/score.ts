@@ -2,8 +2,8 @@
  * One FGRPO step on a batch, without RxJS: measure the constraints, update the multipliers,
  * then compute the advantages with the updated λ (DESIGN §3, "order within a step").
  */
-import { configChannels, type Config } from '../config.js'
-import type { ConstraintMeasure, DualState, Group, LambdaChange, WindowEntry } from '../types.js'
+import { configChannels, type Config } from '../core/config.js'
+import type { ConstraintMeasure, DualState, Group, LambdaChange, WindowEntry } from '../core/types.js'
 import { computeAdvantages, type AdvantageSettings, type BatchColumns } from './advantages.js'
 import { batchColumns } from './columns.js'
 import { measureConstraint } from './constraints.js'

@@ -4,12 +4,44 @@
  * training's step reports (`train`). Numbers that carry no data (NaN, ±Infinity) are `null`,
  * so the JSON and MessagePack forms say the same thing.
  */
-import type { Config } from '../../src/config.js'
-import type { EngineStats } from '../../src/engine/durableEngine.js'
-import { batchSummary, finiteOrNull, type BatchSummary } from '../../src/engine/batchRecord.js'
-import type { RolloutDescription } from '../../src/spatialgrid/render.js'
-import type { LearnerStats, EvalMetrics } from '../../src/train/trainer.js'
-import type { ScoredBatch } from '../../src/types.js'
+import type { Config } from '../../src/core/config.js'
+import type { EngineStats } from '../../src/state/durableEngine.js'
+import { batchSummary, finiteOrNull, type BatchSummary } from '../../src/state/batchRecord.js'
+import type { ScoredBatch } from '../../src/core/types.js'
+
+/**
+ * One sample rollout as the dashboard's picture draws it (`streams/dashboard/rollout.js`): the
+ * scene's objects on a square grid, the question about two of them along an axis, the claims
+ * (each true or not of the scene), the answer and the judges' scores. Telemetry declares the
+ * shape it shows; a task that wants its rollouts drawn describes them in it (SpatialGrid's
+ * `describeRollout` does).
+ */
+export interface SamplePicture {
+  readonly grid: number
+  readonly objects: readonly { readonly type: number; readonly name: string; readonly x: number; readonly y: number }[]
+  readonly question: { readonly a: string; readonly b: string; readonly axis: 'x' | 'y'; readonly text: string }
+  readonly claims: readonly { readonly subject: string; readonly axis: 'x' | 'y'; readonly value: number; readonly true: boolean }[]
+  readonly answer: string
+  readonly correctAnswer: string
+  readonly judgement: { readonly accuracy: number; readonly grounding: number; readonly consistency: number }
+  /** The rollout in one line of text. */
+  readonly text: string
+}
+
+/** What a training step's learner reports (loss and the PPO-style diagnostics). */
+export interface LearnerFigures {
+  loss: number
+  clipFraction: number
+  meanRatio: number
+  gradNorm: number
+}
+
+/** A batch's metrics in the paper's terms. */
+export interface RunMetrics {
+  accuracy: number
+  inconsistencyRate: number
+  grounding: number
+}
 
 /** Bumped when a field changes meaning or goes away (new fields do not bump it). */
 export const TELEMETRY_VERSION = 1
@@ -99,7 +131,7 @@ export interface BatchFrame {
   learner?: { loss: number | null; clipFraction: number | null; meanRatio: number | null; gradNorm: number | null }
   metrics?: { accuracy: number | null; inconsistencyRate: number | null; grounding: number | null }
   /** Training only, a few times a second at most: one rollout of the batch, described for the picture. */
-  sample?: RolloutDescription
+  sample?: SamplePicture
 }
 
 /** The first frame on every connection. */
@@ -115,7 +147,7 @@ export interface HelloFrame {
   /** The last batch frames, oldest first, without their samples, so that a page opened mid-run has charts at once. */
   history: BatchFrame[]
   /** The latest sample rollout, if any. */
-  sample: RolloutDescription | null
+  sample: SamplePicture | null
   /** What the training is doing (`warm start`, `RL`, `done`); undefined for serve. */
   phase?: string
   limits: { queue: number; history: number }
@@ -262,8 +294,8 @@ export interface StepFigures {
   step: number
   policyVersion: number
   batch: ScoredBatch
-  learner: LearnerStats
-  metrics: EvalMetrics
+  learner: LearnerFigures
+  metrics: RunMetrics
   ms: number
 }
 
@@ -274,7 +306,7 @@ export function trainBatchFrame(input: {
   config: Config
   now: number
   rates: TelemetryRates
-  sample?: RolloutDescription
+  sample?: SamplePicture
 }): BatchFrame {
   const { report } = input
   const frame: BatchFrame = {

@@ -5,7 +5,7 @@
  * they start from the totals of the data folder); the latency histogram is fed per batch.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { Config } from '../../src/config.js'
+import type { Config } from '../../src/core/config.js'
 import type { BatchFrame, TelemetryCounts, TelemetrySource } from './frames.js'
 import type { TelemetryHub } from './hub.js'
 

@@ -7,9 +7,8 @@
  * `/telemetry` (WebSocket, viewer token), `/metrics`, `/telemetry/auth` and the dashboard.
  */
 import type { Subscription } from 'rxjs'
-import type { Config } from '../../src/config.js'
-import type { CommittedBatch, DurableEngine } from '../../src/engine/durableEngine.js'
-import type { RolloutDescription } from '../../src/spatialgrid/render.js'
+import type { Config } from '../../src/core/config.js'
+import type { CommittedBatch, DurableEngine } from '../../src/state/durableEngine.js'
 import type { RoleTokens } from '../auth.js'
 import {
   RateMeter,
@@ -18,6 +17,7 @@ import {
   telemetryConfig,
   trainBatchFrame,
   type BatchFrame,
+  type SamplePicture,
   type StatusFrame,
   type StepFigures,
   type TelemetryCounts,
@@ -158,7 +158,7 @@ export interface TrainingTelemetryOptions extends TelemetryOptions {
 
 /** What a step report gives (the trainer's `StepReport`). */
 export interface StepReportLike extends StepFigures {
-  sample: () => RolloutDescription
+  sample: () => SamplePicture
 }
 
 /** Telemetry of the built-in training: one frame per RL step. */
@@ -200,7 +200,7 @@ export class TrainingTelemetry extends Telemetry {
     c.batches++
     c.rolloutsInBatches += report.batch.rolloutCount
     const rates = this.rates.update(now, { rollouts: c.rolloutsInBatches, ingested: c.ingested, batches: c.batches })
-    let sample: RolloutDescription | undefined
+    let sample: SamplePicture | undefined
     if (now - this.lastSample >= this.sampleEveryMs) {
       this.lastSample = now
       sample = report.sample()

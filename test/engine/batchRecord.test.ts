@@ -1,9 +1,9 @@
 import t from 'tap'
-import { parseConfig } from '../../src/config.js'
-import { batchRecord, batchSummary, finiteOrNull } from '../../src/engine/batchRecord.js'
+import { parseConfig } from '../../src/core/config.js'
+import { batchRecord, batchSummary, finiteOrNull } from '../../src/state/batchRecord.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { scoreGroups, summarizeAdvantages } from '../../src/math/score.js'
-import type { Group, ScoredBatch } from '../../src/types.js'
+import type { Group, ScoredBatch } from '../../src/core/types.js'
 
 const config = parseConfig({
   groupSize: 2,

@@ -2,11 +2,11 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { parseConfig, type ConfigInput } from '../../src/config.js'
-import { DurableEngine, defaultWatermarkInterval, rejectionReason, type CommittedBatch } from '../../src/engine/durableEngine.js'
-import { replayLog } from '../../src/engine/logReplay.js'
-import type { DropEvent } from '../../src/types.js'
-import { EngineStore } from '../../src/store/engineStore.js'
+import { parseConfig, type ConfigInput } from '../../src/core/config.js'
+import { DurableEngine, defaultWatermarkInterval, rejectionReason, type CommittedBatch } from '../../src/state/durableEngine.js'
+import { replayLog } from '../../src/state/logReplay.js'
+import type { DropEvent } from '../../src/core/types.js'
+import { EngineStore } from '../../src/state/engineStore.js'
 
 const base: ConfigInput = {
   groupSize: 2,
@@ -215,7 +215,7 @@ t.test('dualstream replay --log reads a data folder read-only and writes its bat
 })
 
 t.test('frames logged as they arrived (MessagePack and JSON) replay exactly, refused items and duplicates left out', async (t) => {
-  const { wirePackr } = await import('../../src/codec.js')
+  const { wirePackr } = await import('../../src/state/codec.js')
   const dataDir = tempDir()
   const { engine, committed } = await openEngine(dataDir)
   const binary = { type: 'rollouts', rollouts: [...prompts(0, 1), { id: 'bad', promptId: 'p', rewards: { accuracy: 'x' } }] }

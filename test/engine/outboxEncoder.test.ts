@@ -1,14 +1,14 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { wirePackr, wireUnpackr } from '../../src/codec.js'
-import { parseConfig } from '../../src/config.js'
-import { encodeBatchForTrainer } from '../../src/engine/outboxEncoder.js'
+import { wirePackr, wireUnpackr } from '../../src/state/codec.js'
+import { parseConfig } from '../../src/core/config.js'
+import { encodeBatchForTrainer } from '../../src/state/outboxEncoder.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { batchColumns } from '../../src/math/columns.js'
 import { scoreGroups } from '../../src/math/score.js'
-import type { Group, Rollout, ScoredBatch } from '../../src/types.js'
-import type { OutboxBatch } from '../../src/store/engineStore.js'
-import { constraintsRecord } from '../../src/engine/batchRecord.js'
+import type { Group, Rollout, ScoredBatch } from '../../src/core/types.js'
+import type { OutboxBatch } from '../../src/state/engineStore.js'
+import { constraintsRecord } from '../../src/state/batchRecord.js'
 
 const config = parseConfig({
   groupSize: 2,

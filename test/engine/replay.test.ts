@@ -95,8 +95,8 @@ t.test('files in and out; bad config or arguments exit 2', async (t) => {
 
 t.test('replay() reports each batch to onBatch with the running summary', async (t) => {
   const { Readable, PassThrough } = await import('node:stream')
-  const { replay } = await import('../../src/engine/replay.js')
-  const { loadConfig } = await import('../../src/config.js')
+  const { replay } = await import('../../src/apps/replay.js')
+  const { loadConfig } = await import('../../src/core/config.js')
   const steps: number[] = []
   const summary = await replay({
     config: loadConfig(configPath),
@@ -118,8 +118,8 @@ t.test('without constraints the summary has no λ', async (t) => {
 
 t.test('a slow output pauses the input and resumes it when drained', async (t) => {
   const { Readable, Writable } = await import('node:stream')
-  const { replay } = await import('../../src/engine/replay.js')
-  const { loadConfig } = await import('../../src/config.js')
+  const { replay } = await import('../../src/apps/replay.js')
+  const { loadConfig } = await import('../../src/core/config.js')
   const lines: string[] = []
   for (let p = 0; p < 200; p++) for (let i = 0; i < 2; i++) lines.push(line(`r${p}-${i}`, `q${p}`, i, 1, { ts: p }))
   let chunks = 0

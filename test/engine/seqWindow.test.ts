@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { SeqWindow } from '../../src/engine/seqWindow.js'
+import { SeqWindow } from '../../src/state/seqWindow.js'
 
 t.test('the lowest seq inside, against a Set, for any adds and removes', (t) => {
   fc.assert(

@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { parseConfig, type Normalize } from '../../src/config.js'
+import { parseConfig, type Normalize } from '../../src/core/config.js'
 import { computeAdvantages, senseSign } from '../../src/math/advantages.js'
 import { cellArb, channelOn, close, columnsOf, GRPO, normalizeArb, shapeArb } from '../support/batches.js'
 import { referenceAdvantages, referenceNormalize, type Cell } from '../support/reference.js'

@@ -1,7 +1,7 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { measureConstraint } from '../../src/math/constraints.js'
-import type { WindowEntry } from '../../src/types.js'
+import type { WindowEntry } from '../../src/core/types.js'
 import { close } from '../support/batches.js'
 
 const spec = (sense: '>=' | '<=', window = 1) => ({ sense, threshold: 0.9, sampleThreshold: 0.5, window })

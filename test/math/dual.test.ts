@@ -1,8 +1,8 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { parseConfig, type ConstraintSpec } from '../../src/config.js'
+import { parseConfig, type ConstraintSpec } from '../../src/core/config.js'
 import { dualStateProblems, initialControllerState, initialDualState, lambdaOf, lambdasOf, stepController, stepDual } from '../../src/math/dual.js'
-import type { ControllerState } from '../../src/types.js'
+import type { ControllerState } from '../../src/core/types.js'
 import { close } from '../support/batches.js'
 
 const constraint = (dual: object, sense: '>=' | '<=' = '>='): ConstraintSpec =>

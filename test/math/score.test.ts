@@ -1,9 +1,10 @@
 import t from 'tap'
-import { parseConfig } from '../../src/config.js'
-import { batchColumns, describe } from '../../src/math/columns.js'
+import { parseConfig } from '../../src/core/config.js'
+import { batchColumns } from '../../src/math/columns.js'
+import { describe } from '../../src/core/describe.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { measureBatch, scoreGroups } from '../../src/math/score.js'
-import type { Group } from '../../src/types.js'
+import type { Group } from '../../src/core/types.js'
 
 const group = (promptId: string, rewards: Record<string, number | null>[]): Group => ({
   promptId,

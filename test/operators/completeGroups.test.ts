@@ -1,7 +1,7 @@
 import t from 'tap'
 import { retry } from 'rxjs'
 import { completeGroups } from '../../operators/completeGroups.js'
-import type { Rollout } from '../../src/types.js'
+import type { Rollout } from '../../src/core/types.js'
 import { boom, group, recordDrops, rollout, scheduler, type RecordedDrop } from './fixtures/helpers.js'
 
 t.test('emits a group when it reaches groupSize', (t) => {

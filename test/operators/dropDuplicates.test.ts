@@ -1,7 +1,7 @@
 import t from 'tap'
 import { retry } from 'rxjs'
 import { dropDuplicates, type SeenIds } from '../../operators/dropDuplicates.js'
-import type { Rollout } from '../../src/types.js'
+import type { Rollout } from '../../src/core/types.js'
 import { boom, recordDrops, rollout, scheduler, type RecordedDrop } from './fixtures/helpers.js'
 
 t.test("lets each id through once and reports every repeat with reason 'duplicate' and count 1", (t) => {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { defer, retry } from 'rxjs'
 import { dropStale } from '../../operators/dropStale.js'
-import type { Rollout } from '../../src/types.js'
+import type { Rollout } from '../../src/core/types.js'
 import { boom, recordDrops, rollout, scheduler, type RecordedDrop } from './fixtures/helpers.js'
 
 const v = (id: string, policyVersion?: number): Rollout => rollout(id, `p-${id}`, policyVersion === undefined ? {} : { policyVersion })

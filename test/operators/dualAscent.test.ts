@@ -1,8 +1,8 @@
 import t from 'tap'
 import { catchError, map, retry, throwError } from 'rxjs'
 import { dualAscent } from '../../operators/dualAscent.js'
-import { parseConfig } from '../../src/config.js'
-import type { DualBatch, DualState, MeasuredBatch, WindowEntry } from '../../src/types.js'
+import { parseConfig } from '../../src/core/config.js'
+import type { DualBatch, DualState, MeasuredBatch, WindowEntry } from '../../src/core/types.js'
 import { fgrpoConfig } from './fixtures/config.js'
 import { boom, scheduler } from './fixtures/helpers.js'
 

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { defer, map, retry } from 'rxjs'
 import { measureConstraints } from '../../operators/measureConstraints.js'
-import { parseConfig } from '../../src/config.js'
-import type { Batch, DualState, Group, MeasuredBatch } from '../../src/types.js'
+import { parseConfig } from '../../src/core/config.js'
+import type { Batch, DualState, Group, MeasuredBatch } from '../../src/core/types.js'
 import { fgrpoConfig } from './fixtures/config.js'
 import { boom, group, referenceGroups, rollout, scheduler } from './fixtures/helpers.js'
 

@@ -2,9 +2,9 @@ import { lastValueFrom, of, from, toArray, throwError } from 'rxjs'
 import { TestScheduler } from 'rxjs/testing'
 import t from 'tap'
 import { scoreRollouts, type ScoringModel } from '../../operators/scoreRollouts.js'
-import { loadOnnxScorer } from '../../src/scoring/onnxScorer.js'
-import { GraphBuilder } from '../../src/policy/onnx-graph.js'
-import type { Rollout } from '../../src/types.js'
+import { loadOnnxScorer } from '../../src/models/onnxScorer.js'
+import { GraphBuilder } from '../../src/models/policy/onnx-graph.js'
+import type { Rollout } from '../../src/core/types.js'
 
 type Payload = { x: number[] }
 const rollout = (id: string, x: number[]): Rollout<Payload> => ({ id, promptId: 'p', rewards: { accuracy: 1 }, payload: { x } })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { retry } from 'rxjs'
 import { windowBatches } from '../../operators/windowBatches.js'
-import type { Batch, BatchCloseReason, Group } from '../../src/types.js'
+import type { Batch, BatchCloseReason, Group } from '../../src/core/types.js'
 import { boom, group, scheduler } from './fixtures/helpers.js'
 
 const batch = (groups: Group[], ts: number, reason: BatchCloseReason): Batch => ({ groups, ts, reason })

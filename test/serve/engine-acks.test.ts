@@ -1,6 +1,6 @@
 import t from 'tap'
-import { parseConfig } from '../../src/config.js'
-import { DurableEngine } from '../../src/engine/durableEngine.js'
+import { parseConfig } from '../../src/core/config.js'
+import { DurableEngine } from '../../src/state/durableEngine.js'
 import { baseConfig, prompts, tempDir } from './support.js'
 
 t.test('a step acknowledged twice at once counts once (the outbox count stays right)', async (t) => {

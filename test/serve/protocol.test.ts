@@ -1,8 +1,8 @@
 import { request } from 'node:http'
 import t from 'tap'
-import { replayLog } from '../../src/engine/logReplay.js'
-import { parseConfig } from '../../src/config.js'
-import { DurableEngine } from '../../src/engine/durableEngine.js'
+import { replayLog } from '../../src/state/logReplay.js'
+import { parseConfig } from '../../src/core/config.js'
+import { DurableEngine } from '../../src/state/durableEngine.js'
 import { EngineServer } from '../../streams/engineServer.js'
 import { baseConfig, Client, prompts, rollout, startServer, tempDir } from './support.js'
 

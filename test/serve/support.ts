@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Packr, Unpackr } from 'msgpackr'
 import WebSocket from 'ws'
-import { parseConfig, type ConfigInput } from '../../src/config.js'
-import { DurableEngine } from '../../src/engine/durableEngine.js'
+import { parseConfig, type ConfigInput } from '../../src/core/config.js'
+import { DurableEngine } from '../../src/state/durableEngine.js'
 import { EngineServer, type EngineServerOptions } from '../../streams/engineServer.js'
 
 export const packr = new Packr({ useRecords: false })

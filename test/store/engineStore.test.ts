@@ -2,9 +2,9 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { wirePackr } from '../../src/codec.js'
-import { EngineStore, entryRecords, type FrameEntry, type LogRecord } from '../../src/store/engineStore.js'
-import { IdHasher } from '../../src/store/idHashes.js'
+import { wirePackr } from '../../src/state/codec.js'
+import { EngineStore, entryRecords, type FrameEntry, type LogRecord } from '../../src/state/engineStore.js'
+import { IdHasher } from '../../src/state/idHashes.js'
 
 const counters = { ingested: 0, rejected: {}, duplicate: 0 }
 const open = () => EngineStore.open(mkdtempSync(join(tmpdir(), 'dualstream-store-')))

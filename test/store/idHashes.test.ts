@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { forEachHash, IdHasher, IdHashTable, packHashes } from '../../src/store/idHashes.js'
+import { forEachHash, IdHasher, IdHashTable, packHashes } from '../../src/state/idHashes.js'
 
 const hashOf = (hasher: IdHasher, id: string): [number, number] => (hasher.hash(id), [hasher.hi, hasher.lo])
 

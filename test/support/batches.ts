@@ -1,6 +1,6 @@
 /** Builders and fast-check arbitraries for batches used across the math tests. */
 import fc from 'fast-check'
-import type { Normalize } from '../../src/config.js'
+import type { Normalize } from '../../src/core/config.js'
 import type { BatchColumns } from '../../src/math/advantages.js'
 import type { Cell } from './reference.js'
 

@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process'
 import { PassThrough, Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
-import { run } from '../../src/cli.js'
+import { run } from '../../src/apps/cli.js'
 
 export interface CliResult {
   code: number
@@ -21,7 +21,7 @@ export async function runCli(argv: string[], stdin = ''): Promise<CliResult> {
 }
 
 /** The CLI entry point as a separate process, run with the same loader as the tests. */
-export const mainScript = fileURLToPath(new URL('../../src/main.ts', import.meta.url))
+export const mainScript = fileURLToPath(new URL('../../src/apps/main.ts', import.meta.url))
 
 export function spawnCli(argv: string[], stdin = '', env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
   return new Promise((resolve, reject) => {

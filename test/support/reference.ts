@@ -2,7 +2,7 @@
  * Slow, obviously-correct float64 references for the advantage math, written from DESIGN §3
  * with plain arrays and no shared code, to check the typed-array implementation against.
  */
-import type { Normalize } from '../../src/config.js'
+import type { Normalize } from '../../src/core/config.js'
 
 export type Cell = number | null
 

@@ -1,8 +1,8 @@
 import { createServer, type AddressInfo } from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
-import { benchFrames, type ClientReport } from '../../src/bench/durable.js'
-import { benchTelemetry, benchTelemetryIfAsked, openStuckClient, VARIANT_NAMES } from '../../src/bench/telemetry.js'
+import { benchFrames, type ClientReport } from '../../src/apps/bench/durable.js'
+import { benchTelemetry, benchTelemetryIfAsked, openStuckClient, VARIANT_NAMES } from '../../src/apps/bench/telemetry.js'
 import { pack } from '../serve/support.js'
 
 /**

@@ -1,9 +1,9 @@
 import t from 'tap'
-import { parseConfig } from '../../src/config.js'
+import { parseConfig } from '../../src/core/config.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { scoreGroups } from '../../src/math/score.js'
-import { batchSummary } from '../../src/engine/batchRecord.js'
-import type { Group, ScoredBatch } from '../../src/types.js'
+import { batchSummary } from '../../src/state/batchRecord.js'
+import type { Group, ScoredBatch } from '../../src/core/types.js'
 import { RateMeter, engineCounts, serveBatchFrame, telemetryConfig, trainBatchFrame } from '../../streams/telemetry/frames.js'
 
 const config = parseConfig({

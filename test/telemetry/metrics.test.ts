@@ -1,5 +1,5 @@
 import t from 'tap'
-import { parseConfig } from '../../src/config.js'
+import { parseConfig } from '../../src/core/config.js'
 import type { BatchFrame, TelemetryCounts } from '../../streams/telemetry/frames.js'
 import { TelemetryHub } from '../../streams/telemetry/hub.js'
 import { TelemetryMetrics } from '../../streams/telemetry/metrics.js'

@@ -2,8 +2,8 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { PassThrough, Readable } from 'node:stream'
 import t from 'tap'
-import { run } from '../../src/cli.js'
-import { createProgress, lambdaText, replayProgress } from '../../src/progress.js'
+import { run } from '../../src/apps/cli.js'
+import { createProgress, lambdaText, replayProgress } from '../../src/apps/progress.js'
 import { baseConfig, prompts, tempDir } from '../serve/support.js'
 
 /** A stream that says it is a terminal, and what was written to it. */

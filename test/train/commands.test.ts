@@ -2,8 +2,8 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { acceptanceChecks, formatEvaluation, runEvaluation, runInChild } from '../../src/train/evaluation.js'
-import { formatTrainSummary } from '../../src/train/commands.js'
+import { acceptanceChecks, formatEvaluation, runEvaluation, runInChild } from '../../src/apps/train/evaluation.js'
+import { formatTrainSummary } from '../../src/apps/train/commands.js'
 import { runCli } from '../support/cli.js'
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'dualstream-cmd-'))

@@ -2,9 +2,9 @@ import { existsSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { parseConfig } from '../../src/config.js'
-import { FGRPO_CONFIG, GRPO_CONFIG } from '../../src/train/presets.js'
-import { SpatialGridTrainer, type StepReport } from '../../src/train/trainer.js'
+import { parseConfig } from '../../src/core/config.js'
+import { FGRPO_CONFIG, GRPO_CONFIG } from '../../src/apps/train/presets.js'
+import { SpatialGridTrainer, type StepReport } from '../../src/apps/train/trainer.js'
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length
 const tempDir = () => mkdtempSync(join(tmpdir(), 'dualstream-train-'))

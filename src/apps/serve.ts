@@ -1,0 +1,145 @@
+/**
+ * `dualstream serve`: the durable engine (LMDB in `--data`) behind the WebSocket server, with
+ * live telemetry (`/telemetry`, `/metrics`, the dashboard at `/`) — the engine composition of
+ * DESIGN §1 (the one place in src/ that wires streams/ I/O).
+ */
+import { once } from 'node:events'
+import type { Config } from '../core/config.js'
+import { DurableEngine } from '../state/durableEngine.js'
+import { createProgress, fixed } from './progress.js'
+import { bindProblem, type RoleTokens } from '../../streams/auth.js'
+import { EngineServer, type EngineServerOptions } from '../../streams/engineServer.js'
+import { RateMeter } from '../../streams/telemetry/frames.js'
+import { EngineTelemetry, type TelemetryOptions } from '../../streams/telemetry/telemetry.js'
+
+export interface ServeOptions extends Omit<EngineServerOptions, 'engine' | 'onFailure'> {
+  config: Config
+  dataDir: string
+  host: string
+  /** 0 = any free port (the line printed says which). */
+  port: number
+  tokens: RoleTokens
+  /** Wall clock for the engine; injectable for tests. */
+  now?: () => number
+  /** Telemetry queue and history sizes, process metrics (for tests and tuning). */
+  telemetry?: TelemetryOptions
+  /** Called once listening, with the parts (for embedding and tests). */
+  onListening?: (parts: { engine: DurableEngine; server: EngineServer; telemetry: EngineTelemetry; port: number }) => void
+}
+
+/** The invocation cannot be served (a non-loopback host without tokens, a port in use…). */
+export class ServeError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'ServeError'
+  }
+}
+
+export interface ServeIO {
+  stdout: NodeJS.WritableStream
+  /** Where the progress line goes when it is a terminal. */
+  stderr?: NodeJS.WritableStream
+}
+
+/** The line announcing the address, in a form tests and scripts can parse. */
+export const listeningLine = (host: string, port: number): string =>
+  `dualstream serve: listening on http://${host.includes(':') ? `[${host}]` : host}:${port} (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n`
+
+/** How often the serve progress line is refreshed (ms). */
+export const SERVE_PROGRESS_MS = 250
+
+/**
+ * The progress line of a running server on a terminal: step, rates, each constraint's latest
+ * mean and λ, what waits. Refreshed from a timer (not per batch); a no-op when not a TTY.
+ */
+export function serveProgress(engine: DurableEngine, telemetry: EngineTelemetry, stream: NodeJS.WritableStream | undefined, force = false): { stop(): void } {
+  const meter = new RateMeter()
+  const figures = () => {
+    const stats = engine.stats()
+    const rates = meter.update(Date.now(), { rollouts: stats.pipeline.rolloutsInBatches, ingested: stats.ingest.ingested, batches: stats.pipeline.batches })
+    const latest = telemetry.latest
+    const constraints =
+      Object.entries(stats.lambda)
+        .map(([channel, lambda]) => `${channel} J ${fixed(latest?.constraints[channel]?.mean ?? NaN)} λ ${fixed(lambda)}`)
+        .join(', ') || 'no constraints'
+    return {
+      step: stats.step,
+      rate: fixed(rates.ingestPerSec ?? NaN, 0),
+      batched: fixed(rates.rolloutsPerSec ?? NaN, 0),
+      constraints,
+      pending: stats.pendingRollouts,
+      outbox: stats.outbox,
+    }
+  }
+  const bar = createProgress({
+    format: 'serve | step {step} | {rate} rollouts/s in, {batched} in batches | {constraints} | pending {pending}, outbox {outbox}',
+    total: 1,
+    stream,
+    force,
+    payload: figures(),
+  })
+  if (!bar.active) return { stop: () => {} }
+  const update = () => bar.update(0, figures())
+  const timer = setInterval(update, SERVE_PROGRESS_MS)
+  timer.unref()
+  return {
+    stop: () => {
+      clearInterval(timer)
+      update()
+      bar.stop()
+    },
+  }
+}
+
+/**
+ * Opens the engine, serves until `signal` aborts, then closes connections and the engine.
+ * Resolves with 0 after a clean stop, 1 when the engine failed while serving.
+ */
+export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSignal): Promise<number> {
+  const problem = bindProblem(options.host, options.tokens)
+  if (problem !== undefined) throw new ServeError(problem)
+  const engine = await DurableEngine.open({ config: options.config, dataDir: options.dataDir, now: options.now })
+  let failure: unknown
+  const failed = new AbortController()
+  const server = new EngineServer({
+    ...options,
+    engine,
+    onFailure: (error) => {
+      failure = error
+      failed.abort()
+    },
+  })
+  const telemetry = new EngineTelemetry(engine, options.telemetry)
+  telemetry.mount(server, options.tokens)
+  let address: { host: string; port: number }
+  try {
+    address = await server.listen(options.port, options.host)
+  } catch (error) {
+    telemetry.close()
+    await server.close()
+    await engine.close()
+    throw new ServeError(`cannot listen on ${options.host}:${options.port}: ${(error as Error).message}`)
+  }
+  const stats = engine.stats()
+  const lambda = Object.entries(stats.lambda)
+    .map(([channel, value]) => ` ${channel}=${value.toPrecision(4)}`)
+    .join('')
+  io.stdout.write(
+    `dualstream serve: data ${options.dataDir}: step ${stats.step}${lambda === '' ? '' : `, λ${lambda}`}, ${stats.ingest.ingested} rollouts logged, ${stats.pendingRollouts} pending, ${stats.outbox} batches unacknowledged\n`,
+  )
+  io.stdout.write(listeningLine(address.host, address.port))
+  options.onListening?.({ engine, server, telemetry, port: address.port })
+  const progress = serveProgress(engine, telemetry, io.stderr)
+  if (!signal.aborted) await Promise.race([once(signal, 'abort'), once(failed.signal, 'abort')])
+  progress.stop()
+  io.stdout.write(
+    failure === undefined
+      ? 'dualstream serve: shutting down\n'
+      : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${String(failure)}\n`,
+  )
+  telemetry.close()
+  await server.close()
+  await engine.close()
+  io.stdout.write('dualstream serve: stopped\n')
+  return failure === undefined ? 0 : 1
+}

@@ -1,0 +1,218 @@
+/**
+ * The policy on onnxruntime-node: three sessions (forward, surrogate gradient, NLL gradient) over
+ * one MLP whose parameters are graph inputs owned here as Float32Arrays. Adam updates
+ * `policy.params` in place and the next call simply feeds the new values.
+ */
+import { writeFile } from 'node:fs/promises'
+import ort from 'onnxruntime-node'
+import { Rng } from '../../core/rng.js'
+import {
+  buildForwardGraph,
+  buildNllGradientGraph,
+  buildSurrogateGradientGraph,
+  resolveSurrogateOptions,
+  type ResolvedSurrogateOptions,
+  type SurrogateOptions,
+} from './graphs.js'
+import { initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js'
+import { checkParams, cloneParams, type ParamSpec, type ParamValues } from './params.js'
+
+export interface PolicyOptions {
+  readonly inputDim: number
+  readonly vocab: number
+  /** Hidden widths (tanh). Default [128]. */
+  readonly hidden?: readonly number[]
+  /** Seed of the initialisation (ignored when `params` is given). Default 0. */
+  readonly seed?: number
+  /** Start from these parameters (copied) instead of a fresh initialisation. */
+  readonly params?: ParamValues
+  readonly surrogate?: SurrogateOptions
+  /** Passed through to onnxruntime; default ['cpu']. */
+  readonly executionProviders?: readonly ort.InferenceSession.ExecutionProviderConfig[]
+  /** Threads per operator; default 1 so two trainings can share a 2-core machine. */
+  readonly intraOpNumThreads?: number
+}
+
+/** Rows for the surrogate gradient: every token position of every rollout, stacked. */
+export interface SurrogateBatch {
+  readonly rows: number
+  /** [rows, inputDim] */
+  readonly features: Float32Array
+  /** [rows, vocab], additive (0 legal, −1e9 illegal) */
+  readonly mask: Float32Array
+  /** the sampled token of each row */
+  readonly actions: ArrayLike<number>
+  readonly advantages: Float32Array
+  /** log π_old(action) at sampling time */
+  readonly oldLogProbs: Float32Array
+  /** log π_ref(action); required when klCoef > 0, ignored otherwise */
+  readonly refLogProbs?: Float32Array
+  /** per-row weight of the sum (the caller's normalisation) */
+  readonly weights: Float32Array
+}
+
+export interface SurrogateResult {
+  readonly grads: ParamValues
+  readonly loss: number
+  readonly meanRatio: number
+  readonly clipFraction: number
+  /** w-weighted mean k3 KL to the reference (only when klCoef > 0). */
+  readonly meanKL?: number
+}
+
+/** Rows for the supervised gradient (−Σ w·log π(action)). */
+export interface NllBatch {
+  readonly rows: number
+  readonly features: Float32Array
+  readonly mask: Float32Array
+  readonly actions: ArrayLike<number>
+  readonly weights: Float32Array
+}
+
+export interface NllResult {
+  readonly grads: ParamValues
+  readonly loss: number
+}
+
+function checkLength(name: string, a: ArrayLike<number> | undefined, n: number): void {
+  if (a === undefined || a.length !== n) throw new Error(`policy batch: ${name} has ${a === undefined ? 'no' : a.length} values, expected ${n}`)
+}
+
+export class OnnxPolicy {
+  readonly network: MlpConfig
+  readonly specs: readonly ParamSpec[]
+  readonly surrogate: ResolvedSurrogateOptions
+  /** Live parameters: mutate in place (Adam) or replace with {@link OnnxPolicy.setParams}. */
+  params: ParamValues
+
+  private constructor(
+    network: MlpConfig,
+    params: ParamValues,
+    surrogate: ResolvedSurrogateOptions,
+    private readonly forwardSession: ort.InferenceSession,
+    private readonly surrogateSession: ort.InferenceSession,
+    private readonly nllSession: ort.InferenceSession,
+  ) {
+    this.network = network
+    this.specs = mlpParamSpecs(network)
+    this.params = params
+    this.surrogate = surrogate
+  }
+
+  static async create(options: PolicyOptions): Promise<OnnxPolicy> {
+    const network = validateMlpConfig({ inputDim: options.inputDim, hidden: options.hidden ?? [128], outputDim: options.vocab })
+    const surrogate = resolveSurrogateOptions(options.surrogate)
+    let params: ParamValues
+    if (options.params) {
+      checkParams(mlpParamSpecs(network), options.params, 'PolicyOptions.params')
+      params = cloneParams(options.params)
+    } else {
+      params = initMlpParams(network, new Rng(options.seed ?? 0))
+    }
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      executionProviders: options.executionProviders ?? ['cpu'],
+      intraOpNumThreads: options.intraOpNumThreads ?? 1,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+      graphOptimizationLevel: 'all',
+    }
+    const [fwd, sur, nll] = await Promise.all([
+      ort.InferenceSession.create(buildForwardGraph(network), sessionOptions),
+      ort.InferenceSession.create(buildSurrogateGradientGraph(network, surrogate), sessionOptions),
+      ort.InferenceSession.create(buildNllGradientGraph(network), sessionOptions),
+    ])
+    return new OnnxPolicy(network, params, surrogate, fwd, sur, nll)
+  }
+
+  /** Replace the parameters (copied), e.g. after loading a checkpoint. */
+  setParams(values: ParamValues): void {
+    checkParams(this.specs, values, 'OnnxPolicy.setParams')
+    this.params = cloneParams(values)
+  }
+
+  private paramFeeds(): Record<string, ort.Tensor> {
+    const feeds: Record<string, ort.Tensor> = {}
+    for (const s of this.specs) feeds[s.name] = new ort.Tensor('float32', this.params[s.name], s.shape)
+    return feeds
+  }
+
+  private rowFeeds(rows: number, features: Float32Array, mask: Float32Array): Record<string, ort.Tensor> {
+    if (!Number.isInteger(rows) || rows < 1) throw new Error(`policy batch: rows must be a positive integer (got ${rows})`)
+    checkLength('features', features, rows * this.network.inputDim)
+    checkLength('mask', mask, rows * this.network.outputDim)
+    return {
+      ...this.paramFeeds(),
+      features: new ort.Tensor('float32', features, [rows, this.network.inputDim]),
+      mask: new ort.Tensor('float32', mask, [rows, this.network.outputDim]),
+    }
+  }
+
+  private actionFeeds(rows: number, actions: ArrayLike<number>, weights: Float32Array): Record<string, ort.Tensor> {
+    checkLength('actions', actions, rows)
+    checkLength('weights', weights, rows)
+    const a = new BigInt64Array(rows)
+    for (let i = 0; i < rows; i++) {
+      const t = actions[i]
+      if (!Number.isInteger(t) || t < 0 || t >= this.network.outputDim)
+        throw new Error(`policy batch: actions[${i}] = ${t} is not a token in 0..${this.network.outputDim - 1}`)
+      a[i] = BigInt(t)
+    }
+    return { actions: new ort.Tensor('int64', a, [rows]), weights: new ort.Tensor('float32', weights, [rows]) }
+  }
+
+  private grads(out: ort.InferenceSession.ReturnType): ParamValues {
+    const grads: ParamValues = {}
+    for (const s of this.specs) grads[s.name] = out[`grad_${s.name}`].data as Float32Array
+    return grads
+  }
+
+  /** log π over the vocabulary, [rows, vocab] row-major, for feature rows under an additive mask. */
+  async logProbs(features: Float32Array, mask: Float32Array, rows: number): Promise<Float32Array> {
+    const out = await this.forwardSession.run(this.rowFeeds(rows, features, mask))
+    return out.logProbs.data as Float32Array
+  }
+
+  /** Gradient of the clipped surrogate (+ k3 KL when klCoef > 0) and the PPO diagnostics. */
+  async surrogateGradients(batch: SurrogateBatch): Promise<SurrogateResult> {
+    const { rows } = batch
+    const feeds = { ...this.rowFeeds(rows, batch.features, batch.mask), ...this.actionFeeds(rows, batch.actions, batch.weights) }
+    checkLength('advantages', batch.advantages, rows)
+    checkLength('oldLogProbs', batch.oldLogProbs, rows)
+    feeds.advantages = new ort.Tensor('float32', batch.advantages, [rows])
+    feeds.oldLogProbs = new ort.Tensor('float32', batch.oldLogProbs, [rows])
+    if (this.surrogate.klCoef > 0) {
+      checkLength('refLogProbs (required when klCoef > 0)', batch.refLogProbs, rows)
+      feeds.refLogProbs = new ort.Tensor('float32', batch.refLogProbs as Float32Array, [rows])
+    }
+    const out = await this.surrogateSession.run(feeds)
+    const scalar = (name: string) => (out[name].data as Float32Array)[0]
+    return {
+      grads: this.grads(out),
+      loss: scalar('loss'),
+      meanRatio: scalar('meanRatio'),
+      clipFraction: scalar('clipFraction'),
+      ...(this.surrogate.klCoef > 0 ? { meanKL: scalar('meanKL') } : {}),
+    }
+  }
+
+  /** Gradient of −Σ w·log π(action): the supervised warm start on gold traces. */
+  async nllGradients(batch: NllBatch): Promise<NllResult> {
+    const feeds = { ...this.rowFeeds(batch.rows, batch.features, batch.mask), ...this.actionFeeds(batch.rows, batch.actions, batch.weights) }
+    const out = await this.nllSession.run(feeds)
+    return { grads: this.grads(out), loss: (out.loss.data as Float32Array)[0] }
+  }
+
+  /** A standalone .onnx model (inputs: features, mask; output: logProbs) with the current parameters baked in. */
+  exportOnnx(): Uint8Array {
+    return buildForwardGraph(this.network, this.params)
+  }
+
+  /** Write {@link OnnxPolicy.exportOnnx} to a .onnx file any onnxruntime (or Netron) can open. */
+  async saveOnnx(path: string): Promise<void> {
+    await writeFile(path, this.exportOnnx())
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([this.forwardSession.release(), this.surrogateSession.release(), this.nllSession.release()])
+  }
+}

@@ -1,0 +1,372 @@
+/**
+ * The durable engine (DESIGN §5): ingest into the LMDB log with id dedup, the FGRPO pipeline
+ * fed from the log, each batch committed in one transaction with the dual state and the
+ * outbox, trainer acknowledgements, and an exact restart. Transport-free: the WebSocket
+ * server (streams/) drives it.
+ */
+import { Subject } from 'rxjs'
+import type { Config } from '../core/config.js'
+import { initialDualState, lambdasOf } from '../math/dual.js'
+import type { DropEvent, Rollout, ScoredBatch } from '../core/types.js'
+import { DEFAULT_LIMITS, validateRollout, type ValidationLimits } from '../core/validate.js'
+import { wireUnpackr, type WireFormat } from './codec.js'
+import {
+  EngineStore,
+  emptyPipelineCounters,
+  type Delivery,
+  type EngineMeta,
+  type FrameEntry,
+  type IngestCounters,
+  type LogRecord,
+  type OutboxBatch,
+  type PipelineCounters,
+} from './engineStore.js'
+import { batchSummary, type BatchSummary } from './batchRecord.js'
+import { EnginePipeline } from './pipeline.js'
+import { encodeBatchForTrainer } from './outboxEncoder.js'
+
+/** One refused item of an ingest frame. */
+export interface RejectedItem {
+  index: number
+  id?: string
+  field: string
+  reason: string
+}
+
+export interface IngestOutcome {
+  /** Ids now durable: newly logged ones and duplicates of logged ones. */
+  acked: string[]
+  rejected: RejectedItem[]
+  duplicates: number
+}
+
+/**
+ * What the engine tells its observers after each batch is durable. It holds the batch's
+ * summary and bytes, not its rollouts: those are released as soon as the batch is encoded,
+ * instead of living (and being copied by the garbage collector) until the disk has it.
+ */
+export interface CommittedBatch {
+  /** Counts, λ before/after, constraint measurements, objective means, advantage mean and std. */
+  summary: BatchSummary
+  /** The trainer's view of the batch (decoded from `delivery` on access). */
+  readonly outbox: OutboxBatch
+  /** The outbox batch as MessagePack bytes, as stored and as sent to trainers. */
+  delivery: Delivery
+  /** Milliseconds from the newest rollout's ingest to the batch being durable. */
+  latencyMs: number
+}
+
+/** The bytes of an ingest frame as it arrived, whose `rollouts` are the items: logged as they are. */
+export interface RawFrame {
+  bytes: Uint8Array
+  format: WireFormat
+}
+
+export interface EngineStats {
+  step: number
+  lambda: Record<string, number>
+  ingest: IngestCounters
+  pipeline: PipelineCounters
+  pendingRollouts: number
+  outbox: number
+  nextSeq: number
+}
+
+export interface DurableEngineOptions {
+  config: Config
+  dataDir: string
+  /** Wall clock (ms); injectable for tests. */
+  now?: () => number
+  /** How often to log a watermark while rollouts wait on a timeout (default from the config's timeouts; 0 = never). */
+  watermarkIntervalMs?: number
+  limits?: ValidationLimits
+}
+
+/** Default watermark period: a quarter of the shortest timeout, between 50 ms and 1 s. */
+export function defaultWatermarkInterval(config: Config): number {
+  const shortest = Math.min(config.groupTimeoutMs ?? Infinity, config.batchMaxWaitMs ?? Infinity)
+  return shortest === Infinity ? 0 : Math.min(1000, Math.max(50, shortest / 4))
+}
+
+export class DurableEngine {
+  /** Batches as they become durable, in step order (hot). */
+  readonly committed = new Subject<CommittedBatch>()
+  /** Rollouts that left the pipeline without a batch (hot). */
+  readonly drops = new Subject<DropEvent>()
+
+  private readonly now: () => number
+  private readonly limits: ValidationLimits
+  private readonly pipeline: EnginePipeline
+  private ingestCounters: IngestCounters
+  private pipelineCounters: PipelineCounters
+  private dualState: EngineMeta['dualState']
+  private lastTs: number
+  // keeps feeding and commits in seq order whatever order the writes resolve in
+  private feedChain: Promise<void> = Promise.resolve()
+  private commitChain: Promise<void> = Promise.resolve()
+  // unacknowledged steps that are durable (what a trainer may acknowledge)
+  private readonly outboxSteps: Set<number>
+  // consumption records still stored, to prune once the low-water mark passes them
+  private consumption: { step: number; maxSeq: number }[]
+  private failure: unknown
+  private watermarkTimer: NodeJS.Timeout | undefined
+  private closed = false
+
+  private constructor(
+    readonly config: Config,
+    readonly store: EngineStore,
+    options: DurableEngineOptions,
+  ) {
+    this.now = options.now ?? Date.now
+    this.limits = options.limits ?? DEFAULT_LIMITS
+    const meta = store.engineMeta()
+    this.dualState = meta?.dualState ?? initialDualState(config.constraints)
+    this.pipelineCounters = meta?.pipeline ?? emptyPipelineCounters()
+    this.ingestCounters = store.ingestCounters()
+    this.lastTs = store.lastTs()
+    this.outboxSteps = new Set(store.outbox.getKeys())
+    const consumption = store.consumption()
+    this.consumption = consumption.map(({ step, maxSeq }) => ({ step, maxSeq }))
+    const lowWater = meta?.lowWater ?? 0
+    this.pipeline = new EnginePipeline(config, {
+      initialState: this.dualState,
+      initialPolicyVersion: store.policyVersionBefore(lowWater),
+      onBatch: (batch, consumed) => this.commit(batch, consumed),
+      onDrop: (event) => {
+        if (event.reason === 'stale') this.pipelineCounters.stale += event.count
+        if (event.reason === 'incomplete-group') {
+          this.pipelineCounters.incompleteGroups++
+          this.pipelineCounters.incompleteGroupRollouts += event.count
+        }
+        this.drops.next(event)
+      },
+      onError: this.fail,
+    })
+    // restart: everything not consumed by a committed batch goes through the pipeline again
+    const consumed = new Set(consumption.flatMap((c) => c.seqs))
+    for (const record of store.records(lowWater)) {
+      if (record.kind === 'rollout' && consumed.has(record.seq)) continue
+      this.pipeline.feed(record)
+    }
+    const interval = options.watermarkIntervalMs ?? defaultWatermarkInterval(config)
+    if (interval > 0) {
+      this.watermarkTimer = setInterval(() => this.tick(), interval)
+      this.watermarkTimer.unref()
+    }
+  }
+
+  /** Opens the store in `dataDir`, restores the committed state and replays the unconsumed log. */
+  static async open(options: DurableEngineOptions): Promise<DurableEngine> {
+    const store = EngineStore.open(options.dataDir)
+    const engine = new DurableEngine(options.config, store, options)
+    await engine.commitChain
+    return engine
+  }
+
+  private readonly fail = (error: unknown): void => {
+    this.failure ??= error
+  }
+
+  private stamp(): number {
+    // event time never goes backwards, so the log replays with the same timeouts
+    this.lastTs = Math.max(this.now(), this.lastTs)
+    return this.lastTs
+  }
+
+  /**
+   * Validates a frame of rollouts, logs the new ones durably and resolves once they are on
+   * disk (only then may the producer be acknowledged); they are fed to the pipeline right
+   * after, in seq order (`settled()` waits for that). Invalid items are rejected one by
+   * one; the valid items of the same frame are still accepted. Duplicate ids are
+   * acknowledged and counted, not logged again. With `raw` (the frame's bytes, whose
+   * `rollouts` are `items`, e.g. straight from the wire), the log keeps those bytes instead
+   * of encoding the rollouts again; the items are then owned by the engine.
+   */
+  ingest(items: readonly unknown[], raw?: RawFrame): Promise<IngestOutcome> {
+    if (this.closed) return Promise.reject(new Error('the engine is closed'))
+    if (this.failure !== undefined) return Promise.reject(this.failure)
+    const rejected: RejectedItem[] = []
+    const acked: string[] = []
+    const valid: Rollout[] = []
+    const validIndex: number[] = []
+    for (let index = 0; index < items.length; index++) {
+      const result = validateRollout(items[index], this.limits, raw !== undefined)
+      if (result.ok) {
+        acked.push(result.rollout.id)
+        valid.push(result.rollout)
+        validIndex.push(index)
+        continue
+      }
+      for (const error of result.errors) rejected.push({ index, ...error })
+      const reason = rejectionReason(result.errors[0].field)
+      this.ingestCounters.rejected[reason] = (this.ingestCounters.rejected[reason] ?? 0) + 1
+    }
+    const ts = valid.length > 0 ? this.stamp() : this.lastTs
+    const accepted: Rollout[] = []
+    let duplicates = 0
+    // dedup and seqs happen in the write transaction, which runs in call order
+    const durable = this.store.transact((tx) => {
+      const first = tx.nextSeq
+      const indices: number[] = []
+      for (let k = 0; k < valid.length; k++) {
+        const rollout = valid[k]
+        if (!tx.claim(rollout.id)) {
+          duplicates++
+          continue
+        }
+        rollout.seq = first + accepted.length
+        rollout.ts = ts
+        accepted.push(rollout)
+        indices.push(validIndex[k])
+      }
+      if (accepted.length > 0) {
+        if (raw === undefined) tx.append(accepted.map((rollout) => ({ kind: 'rollout', seq: rollout.seq!, rollout })))
+        else {
+          const entry: FrameEntry = { kind: 'frame', seq: first, count: accepted.length, ts, format: raw.format, bytes: raw.bytes }
+          if (indices.length < items.length) entry.accepted = new Uint8Array(Uint32Array.from(indices).buffer)
+          tx.append(entry)
+        }
+      }
+      this.ingestCounters.duplicate += duplicates
+      this.ingestCounters.ingested += accepted.length
+      return structuredClone(this.ingestCounters)
+    })
+    // a failed write is reported through the promise returned here
+    this.feedInOrder(durable, () => accepted).catch(() => {})
+    // the producer's ack needs the rollouts on disk, not in the pipeline: it need not wait for
+    // them to be fed (and for the batches they complete to be scored and encoded)
+    return durable.then(() => ({ acked, rejected, duplicates }))
+  }
+
+  /** Feeds rollouts (or one other record) once durable, strictly in seq order. */
+  private feedInOrder(durable: Promise<void>, items: () => Rollout[] | LogRecord): Promise<void> {
+    const fed = this.feedChain
+      .then(() => durable)
+      .then(() => {
+        const fed = items()
+        if (!Array.isArray(fed)) return this.pipeline.feed(fed)
+        for (const rollout of fed) this.pipeline.feedRollout(rollout)
+      })
+    // a failed write fails this frame only; the chain goes on for the next
+    this.feedChain = fed.catch(() => {})
+    return fed
+  }
+
+  /** Logs one watermark or policy record; resolves once it is durable and fed. */
+  private appendRecord(make: (seq: number) => LogRecord): Promise<void> {
+    let record: LogRecord | undefined
+    const durable = this.store.transact((tx) => {
+      record = make(tx.nextSeq)
+      tx.append([record])
+      return structuredClone(this.ingestCounters)
+    })
+    return this.feedInOrder(durable, () => record!)
+  }
+
+  private commit(batch: ScoredBatch, consumedSeqs: number[]): void {
+    this.dualState = batch.dualState
+    this.pipelineCounters.batches++
+    this.pipelineCounters.rolloutsInBatches += batch.rolloutCount
+    const delivery: Delivery = { step: batch.step, bytes: encodeBatchForTrainer(batch) }
+    let newestTs = 0
+    for (const group of batch.groups) for (const rollout of group.rollouts) if (rollout.ts! > newestTs) newestTs = rollout.ts!
+    const lowWater = this.pipeline.lowWater()
+    const meta: EngineMeta = { dualState: batch.dualState, pipeline: { ...this.pipelineCounters }, lowWater }
+    // consumption records wholly below the low-water mark are implied by it from now on
+    const prune: number[] = []
+    this.consumption = this.consumption.filter((c) => (c.maxSeq < lowWater ? (prune.push(c.step), false) : true))
+    let maxSeq = -1
+    for (const seq of consumedSeqs) if (seq > maxSeq) maxSeq = seq
+    if (maxSeq >= lowWater) this.consumption.push({ step: batch.step, maxSeq })
+    else prune.push(batch.step)
+    const summary = batchSummary(batch)
+    const written = this.store.commitBatch({ delivery, summary: { ...summary, ts: this.now() }, consumedSeqs, meta, prune })
+    this.commitChain = this.commitChain
+      .then(() => written)
+      .then(() => {
+        this.outboxSteps.add(delivery.step)
+        this.committed.next({
+          summary,
+          delivery,
+          latencyMs: this.now() - newestTs,
+          get outbox() {
+            return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
+          },
+        })
+      }, this.fail)
+  }
+
+  /** Unacknowledged batches in step order, decoded. */
+  pendingBatches(): OutboxBatch[] {
+    return this.pendingDeliveries().map((d) => wireUnpackr.unpack(d.bytes) as OutboxBatch)
+  }
+
+  /** Unacknowledged batches in step order, as the bytes to send, for (re)delivery to a trainer. */
+  pendingDeliveries(): Delivery[] {
+    // an acknowledged removal may not be on disk yet
+    return this.store.pendingDeliveries().filter((d) => this.outboxSteps.has(d.step))
+  }
+
+  /**
+   * A trainer acknowledges a batch; a reported policy version is logged (durably, in seq
+   * order) so stale rollouts are judged the same way on replay. Resolves to false for a
+   * step that was not pending.
+   */
+  async acknowledge(step: number, policyVersion?: number): Promise<boolean> {
+    if (this.closed) throw new Error('the engine is closed')
+    // the same step acknowledged twice counts once
+    const known = this.outboxSteps.delete(step)
+    if (known) this.store.acknowledge(step)
+    if (policyVersion !== undefined) {
+      const ts = this.stamp()
+      await this.appendRecord((seq) => ({ kind: 'policy', seq, ts, version: policyVersion }))
+    }
+    return known
+  }
+
+  /** Logs a watermark when rollouts are waiting on a timeout and time has moved. */
+  private tick(): void {
+    if (this.pipeline.pendingRollouts === 0 || this.now() <= this.lastTs) return
+    const ts = this.stamp()
+    this.appendRecord((seq) => ({ kind: 'watermark', seq, ts })).catch(this.fail)
+  }
+
+  /** Resolves once every batch emitted so far is durable and announced. */
+  async settled(): Promise<void> {
+    await this.feedChain
+    await this.commitChain
+  }
+
+  stats(): EngineStats {
+    return {
+      step: this.dualState.step,
+      lambda: lambdasOf(this.dualState),
+      ingest: structuredClone(this.ingestCounters),
+      pipeline: { ...this.pipelineCounters },
+      pendingRollouts: this.pipeline.pendingRollouts,
+      outbox: this.outboxSteps.size,
+      nextSeq: this.store.nextSeq,
+    }
+  }
+
+  /** The failure that stopped the engine, if any (a store write that failed). */
+  get error(): unknown {
+    return this.failure
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.watermarkTimer !== undefined) clearInterval(this.watermarkTimer)
+    await this.settled()
+    this.pipeline.close()
+    this.committed.complete()
+    this.drops.complete()
+    await this.store.close()
+  }
+}
+
+/** The metric label of a rejection: the top-level field at fault (`rewards`, `id`…) or `shape`. */
+export function rejectionReason(field: string): string {
+  return field === '(rollout)' ? 'shape' : field.split('.')[0]
+}

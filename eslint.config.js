@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint'
 import prettier from 'eslint-config-prettier'
 
 export default tseslint.config(
-  { ignores: ['dist/', 'coverage/', '.tap/', 'artifacts/', 'node_modules/', 'examples/python/'] },
+  { ignores: ['dist/', 'coverage/', '.tap/', 'artifacts/', 'node_modules/', 'examples/python/', 'scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   prettier,

@@ -1,6 +1,6 @@
 import { asyncScheduler, type Observable, type OperatorFunction, type SchedulerLike } from 'rxjs'
 import type { DropEvent, Group, Rollout } from '../src/core/types.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 export interface CompleteGroupsOptions {
   /** Rollouts per prompt; a rollout's own `groupSize` (from the first of its group) wins. */
@@ -64,31 +64,29 @@ export function completeGroups<P>(options: CompleteGroupsOptions): OperatorFunct
       }
     }
 
-    source.subscribe(
-      new OperatorSubscriber<Rollout<P>>(subscriber, {
-        next: (rollout) => {
-          advance(eventTime(rollout))
-          const group = pending.get(rollout.promptId)
-          if (group !== undefined) {
-            group.rollouts.push(rollout)
-            if (group.rollouts.length < group.expected) return
-            pending.delete(rollout.promptId)
-            release(rollout.promptId, group.rollouts, false)
-            return
-          }
-          const expected = rollout.groupSize ?? groupSize
-          if (expected <= 1) release(rollout.promptId, [rollout], false)
-          else pending.set(rollout.promptId, { rollouts: [rollout], expected, deadline: watermark + timeoutMs })
-        },
-        complete: () => {
-          // end of input: nothing more will arrive for the pending groups
-          for (const [promptId, group] of pending) release(promptId, group.rollouts, true, group.expected)
-          pending.clear()
-          subscriber.complete()
-        },
-        finalize: () => pending.clear(),
-      }),
-    )
-    options.watermarks?.subscribe(new OperatorSubscriber<number>(subscriber, { next: advance, complete: () => {} }))
+    subscribeUpstream(source, subscriber, {
+      next: (rollout) => {
+        advance(eventTime(rollout))
+        const group = pending.get(rollout.promptId)
+        if (group !== undefined) {
+          group.rollouts.push(rollout)
+          if (group.rollouts.length < group.expected) return
+          pending.delete(rollout.promptId)
+          release(rollout.promptId, group.rollouts, false)
+          return
+        }
+        const expected = rollout.groupSize ?? groupSize
+        if (expected <= 1) release(rollout.promptId, [rollout], false)
+        else pending.set(rollout.promptId, { rollouts: [rollout], expected, deadline: watermark + timeoutMs })
+      },
+      complete: () => {
+        // end of input: nothing more will arrive for the pending groups
+        for (const [promptId, group] of pending) release(promptId, group.rollouts, true, group.expected)
+        pending.clear()
+        subscriber.complete()
+      },
+      finalize: () => pending.clear(),
+    })
+    if (options.watermarks !== undefined) subscribeUpstream(options.watermarks, subscriber, { next: advance, complete: () => {} })
   })
 }

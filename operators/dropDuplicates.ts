@@ -1,6 +1,6 @@
 import type { OperatorFunction } from 'rxjs'
 import type { DropEvent, Rollout } from '../src/core/types.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 /** Where seen ids are remembered; a Set by default, an LMDB index in the durable engine. */
 export interface SeenIds {
@@ -26,23 +26,21 @@ export function dropDuplicates<P>(options: DropDuplicatesOptions = {}): Operator
   return operate((source, subscriber) => {
     // ids seen so far (a default Set is released with the subscription)
     const seen = options.seen ?? new Set<string>()
-    source.subscribe(
-      new OperatorSubscriber<Rollout<P>>(subscriber, {
-        next: (rollout) => {
-          if (!seen.has(rollout.id)) {
-            seen.add(rollout.id)
-            subscriber.next(rollout)
-            return
-          }
-          options.onDrop?.({
-            reason: 'duplicate',
-            rollouts: [rollout],
-            count: 1,
-            promptId: rollout.promptId,
-            detail: `rollout "${rollout.id}" was already seen`,
-          })
-        },
-      }),
-    )
+    subscribeUpstream(source, subscriber, {
+      next: (rollout) => {
+        if (!seen.has(rollout.id)) {
+          seen.add(rollout.id)
+          subscriber.next(rollout)
+          return
+        }
+        options.onDrop?.({
+          reason: 'duplicate',
+          rollouts: [rollout],
+          count: 1,
+          promptId: rollout.promptId,
+          detail: `rollout "${rollout.id}" was already seen`,
+        })
+      },
+    })
   })
 }

@@ -1,6 +1,6 @@
 import type { Observable, OperatorFunction } from 'rxjs'
 import type { DropEvent, Rollout } from '../src/core/types.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 export interface DropStaleOptions {
   /** Largest accepted lag, in policy versions, behind the trainer's current version. */
@@ -28,32 +28,30 @@ export function dropStale<P>(options: DropStaleOptions): OperatorFunction<Rollou
     // the latest policy version published by the trainer
     let current = -Infinity
     const published = options.policyVersions
-    published?.subscribe(
-      new OperatorSubscriber<number>(subscriber, {
+    if (published !== undefined) {
+      subscribeUpstream(published, subscriber, {
         next: (version) => {
           if (version > current) current = version
         },
         complete: () => {},
-      }),
-    )
-    source.subscribe(
-      new OperatorSubscriber<Rollout<P>>(subscriber, {
-        next: (rollout) => {
-          const version = rollout.policyVersion
-          if (published === undefined && version !== undefined && version > current) current = version
-          if (version === undefined || current - version <= maxStaleness) {
-            subscriber.next(rollout)
-            return
-          }
-          options.onDrop?.({
-            reason: 'stale',
-            rollouts: [rollout],
-            count: 1,
-            promptId: rollout.promptId,
-            detail: `rollout "${rollout.id}" was sampled by policy ${version}, ${current - version} versions behind ${current} (maxStaleness ${maxStaleness})`,
-          })
-        },
-      }),
-    )
+      })
+    }
+    subscribeUpstream(source, subscriber, {
+      next: (rollout) => {
+        const version = rollout.policyVersion
+        if (published === undefined && version !== undefined && version > current) current = version
+        if (version === undefined || current - version <= maxStaleness) {
+          subscriber.next(rollout)
+          return
+        }
+        options.onDrop?.({
+          reason: 'stale',
+          rollouts: [rollout],
+          count: 1,
+          promptId: rollout.promptId,
+          detail: `rollout "${rollout.id}" was sampled by policy ${version}, ${current - version} versions behind ${current} (maxStaleness ${maxStaleness})`,
+        })
+      },
+    })
   })
 }

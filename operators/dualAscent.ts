@@ -2,7 +2,7 @@ import type { OperatorFunction } from 'rxjs'
 import type { Config } from '../src/core/config.js'
 import { dualStateProblems, initialDualState, stepDual } from '../src/math/dual.js'
 import type { DualBatch, DualState, MeasuredBatch } from '../src/core/types.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 export interface DualAscentOptions {
   /** Dual state to resume from (step counter and controllers); default: λ = init, step 0. */
@@ -13,6 +13,10 @@ export interface DualAscentOptions {
  * Updates each constraint's Lagrange multiplier from the batch's measured violation and
  * numbers the batch (`step`). Each emitted batch carries λ before and after, and the whole
  * dual state after the step, which is what a store persists with the batch to resume exactly.
+ *
+ * The second of three stages of `scoreBatches` (`measureConstraints` → dual ascent →
+ * `groupAdvantages`), for a custom pipeline that acts between them; give both stateful
+ * stages the same `initialState` to resume. `fgrpo` uses `scoreBatches`.
  *
  * @example
  * batches$.pipe(measureConstraints(config), dualAscent(config, { initialState: saved }))
@@ -25,14 +29,12 @@ export function dualAscent<P>(config: Pick<Config, 'constraints'>, options: Dual
   return operate((source, subscriber) => {
     // controllers and step counter, advanced once per batch
     let state = options.initialState ?? initialDualState(config.constraints)
-    source.subscribe(
-      new OperatorSubscriber<MeasuredBatch<P>>(subscriber, {
-        next: (batch) => {
-          const result = stepDual(state, config.constraints, batch.constraints, batch.windows)
-          state = result.state
-          subscriber.next({ ...batch, step: state.step, lambda: result.lambda, dualState: state })
-        },
-      }),
-    )
+    subscribeUpstream(source, subscriber, {
+      next: (batch) => {
+        const result = stepDual(state, config.constraints, batch.constraints, batch.windows)
+        state = result.state
+        subscriber.next({ ...batch, step: state.step, lambda: result.lambda, dualState: state })
+      },
+    })
   })
 }

@@ -3,9 +3,7 @@ import type { Config } from '../src/core/config.js'
 import type { DropEvent, DualState, Rollout, ScoredBatch } from '../src/core/types.js'
 import { completeGroups } from './completeGroups.js'
 import { dropStale } from './dropStale.js'
-import { dualAscent } from './dualAscent.js'
-import { groupAdvantages } from './groupAdvantages.js'
-import { measureConstraints } from './measureConstraints.js'
+import { scoreBatches } from './scoreBatches.js'
 import { windowBatches } from './windowBatches.js'
 
 export interface FgrpoOptions {
@@ -25,9 +23,10 @@ export interface FgrpoOptions {
 
 /**
  * The whole Faithful-GRPO pipeline from rollouts to scored batches: drop stale rollouts
- * (when `maxStaleness` is set), complete groups by prompt, window them into batches, measure
- * the constraints, update the multipliers, compute the advantages. With no constraints it is
- * plain GRPO (or Dr. GRPO with `scale: 'none'`).
+ * (when `maxStaleness` is set), complete groups by prompt, window them into batches, and
+ * score each batch with one step (`scoreBatches`: measure the constraints, update the
+ * multipliers, compute the advantages). With no constraints it is plain GRPO (or Dr. GRPO
+ * with `scale: 'none'`). The durable engine, its restart and both replays run this pipeline.
  *
  * Ids are expected to be unique already: the durable engine deduplicates against its LMDB
  * index at ingest; put `dropDuplicates()` in front for any other untrusted source.
@@ -54,8 +53,6 @@ export function fgrpo<P>(config: Config, options: FgrpoOptions = {}): OperatorFu
       onDrop,
     }),
     windowBatches<P>({ size: config.batchGroups, maxWaitMs: config.batchMaxWaitMs, watermarks }),
-    measureConstraints<P>(config, { initialState: options.initialState }),
-    dualAscent<P>(config, { initialState: options.initialState }),
-    groupAdvantages<P>(config),
+    scoreBatches<P>(config, { initialState: options.initialState }),
   )
 }

@@ -4,7 +4,7 @@ import { batchColumns } from '../src/math/columns.js'
 import { measureBatch } from '../src/math/score.js'
 import { initialDualState } from '../src/math/dual.js'
 import type { Batch, DualState, MeasuredBatch } from '../src/core/types.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 export interface MeasureConstraintsOptions {
   /** Dual state to resume from (its constraint windows are used); default: empty windows. */
@@ -19,6 +19,11 @@ export interface MeasureConstraintsOptions {
  * A reward that is neither a finite number nor null errors the stream with the rollout id
  * and channel.
  *
+ * The first of three stages of `scoreBatches` (measure → `dualAscent` → `groupAdvantages`),
+ * for a custom pipeline that acts between them, e.g. on the measurements before λ moves.
+ * Each stage keeps its own part of the dual state (this one the windows): `scoreBatches`,
+ * which `fgrpo` uses, folds the whole state through one reducer instead.
+ *
  * @example
  * batches$.pipe(measureConstraints(config), dualAscent(config), groupAdvantages(config))
  */
@@ -30,16 +35,14 @@ export function measureConstraints<P>(
   return operate((source, subscriber) => {
     // the windows of previous batches, per constraint
     let state: DualState = options.initialState ?? initialDualState(config.constraints)
-    source.subscribe(
-      new OperatorSubscriber<Batch<P>>(subscriber, {
-        next: (batch) => {
-          const columns = batchColumns(batch.groups, channels)
-          const measured = measureBatch(columns, config, state)
-          state = withWindows(state, measured.windows)
-          subscriber.next({ ...batch, constraints: measured.constraints, columns, windows: measured.windows })
-        },
-      }),
-    )
+    subscribeUpstream(source, subscriber, {
+      next: (batch) => {
+        const columns = batchColumns(batch.groups, channels)
+        const measured = measureBatch(columns, config, state)
+        state = withWindows(state, measured.windows)
+        subscriber.next({ ...batch, constraints: measured.constraints, columns, windows: measured.windows })
+      },
+    })
   })
 }
 

@@ -1,7 +1,7 @@
 import type { OperatorFunction } from 'rxjs'
 import type { DropEvent, Rollout } from '../src/core/types.js'
 import { DEFAULT_LIMITS, formatFieldError, validateRollout, type FieldError, type ValidationLimits } from '../src/core/validate.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 /** Raised downstream for an invalid item when `onInvalid` is `'error'`. */
 export class InvalidRolloutError extends Error {
@@ -35,19 +35,17 @@ export function validateRollouts<P>(options: ValidateRolloutsOptions = {}): Oper
   return operate((source, subscriber) => {
     // position of the item in the stream, for error messages
     let index = 0
-    source.subscribe(
-      new OperatorSubscriber<unknown>(subscriber, {
-        next: (item) => {
-          const at = index++
-          const result = validateRollout<P>(item, limits)
-          if (result.ok) {
-            subscriber.next(result.rollout)
-            return
-          }
-          if (onInvalid === 'error') throw new InvalidRolloutError(result.errors, at)
-          options.onDrop?.({ reason: 'invalid', rollouts: [], count: 1, detail: `item ${at}: ${result.errors.map(formatFieldError).join('; ')}` })
-        },
-      }),
-    )
+    subscribeUpstream(source, subscriber, {
+      next: (item) => {
+        const at = index++
+        const result = validateRollout<P>(item, limits)
+        if (result.ok) {
+          subscriber.next(result.rollout)
+          return
+        }
+        if (onInvalid === 'error') throw new InvalidRolloutError(result.errors, at)
+        options.onDrop?.({ reason: 'invalid', rollouts: [], count: 1, detail: `item ${at}: ${result.errors.map(formatFieldError).join('; ')}` })
+      },
+    })
   })
 }

@@ -1,6 +1,6 @@
 import { type Observable, type OperatorFunction } from 'rxjs'
 import type { Batch, BatchCloseReason, Group } from '../src/core/types.js'
-import { operate, OperatorSubscriber } from './internal/operate.js'
+import { operate, subscribeUpstream } from './internal/operate.js'
 
 export interface WindowBatchesOptions {
   /** Groups per batch. */
@@ -39,23 +39,21 @@ export function windowBatches<P>(options: WindowBatchesOptions): OperatorFunctio
       if (groups.length > 0 && watermark >= deadline) close('maxWait')
     }
 
-    source.subscribe(
-      new OperatorSubscriber<Group<P>>(subscriber, {
-        next: (group) => {
-          advance(group.ts)
-          if (groups.length === 0) deadline = watermark + maxWaitMs
-          groups.push(group)
-          if (groups.length >= size) close('full')
-        },
-        complete: () => {
-          if (groups.length > 0) close('flush')
-          subscriber.complete()
-        },
-        finalize: () => {
-          groups = []
-        },
-      }),
-    )
-    options.watermarks?.subscribe(new OperatorSubscriber<number>(subscriber, { next: advance, complete: () => {} }))
+    subscribeUpstream(source, subscriber, {
+      next: (group) => {
+        advance(group.ts)
+        if (groups.length === 0) deadline = watermark + maxWaitMs
+        groups.push(group)
+        if (groups.length >= size) close('full')
+      },
+      complete: () => {
+        if (groups.length > 0) close('flush')
+        subscriber.complete()
+      },
+      finalize: () => {
+        groups = []
+      },
+    })
+    if (options.watermarks !== undefined) subscribeUpstream(options.watermarks, subscriber, { next: advance, complete: () => {} })
   })
 }

@@ -1,7 +1,8 @@
 /**
- * The engine's network surface (DESIGN §6): one HTTP server; WebSocket endpoints `/ingest`
- * (producers) and `/batches` (the trainer), `GET /healthz`. Tokens are checked in the HTTP
- * `upgrade` handler, before any frame; a peer that stops answering pings is terminated.
+ * The engine's network surface (DESIGN §6): WebSocket endpoints `/ingest` (producers) and
+ * `/batches` (the trainer), `GET /healthz`, on the shared HTTP host (host/: tokens checked
+ * at the upgrade, heartbeat, error answers, graceful close). This file holds what is the
+ * engine's own: flow control, the trainer connection, health and the error counts.
  *
  * Flow control: each producer may have `credit` rollouts unanswered. While the trainer
  * outbox (unacknowledged batches) holds more than half of `maxOutbox` the credit shrinks in
@@ -11,15 +12,14 @@
  * trainer that reconnects after a network failure is not locked out by its own ghost, and
  * it first receives every unacknowledged batch.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import type { Duplex } from 'node:stream'
-import type { Subscription } from 'rxjs'
-import { WebSocketServer, type WebSocket } from 'ws'
+import type { Server } from 'node:http'
+import type { SchedulerLike, Subscription } from 'rxjs'
+import type { WebSocket } from 'ws'
 import type { CommittedBatch, DurableEngine } from '../src/state/durableEngine.js'
 import type { IngestCounters, PipelineCounters } from '../src/state/engineStore.js'
-import { authorize, refuseUpgrade, type Role, type RoleTokens } from './auth.js'
+import type { RoleTokens } from './auth.js'
 import { TrainerConnection } from './batchesEndpoint.js'
+import { HttpHost, sendJson, type Endpoint, type HttpRoute, type ListenResult, type Mountable } from './host/index.js'
 import { ProducerConnection } from './ingestEndpoint.js'
 import { DEFAULT_WIRE_LIMITS, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
@@ -43,6 +43,8 @@ export interface EngineServerOptions {
   closeTimeoutMs?: number
   /** The engine failed (a store write): the server keeps answering but cannot log anything. */
   onFailure?: (error: unknown) => void
+  /** Clock of the heartbeat and of the close timeout (default `asyncScheduler`; tests pass a virtual one). */
+  scheduler?: SchedulerLike
 }
 
 export const SERVER_DEFAULTS = {
@@ -80,64 +82,17 @@ export interface HealthReport {
   pauses: number
 }
 
-/** A WebSocket endpoint: who may open it and what to do with a connection. */
-export interface Endpoint {
-  role: Role
-  connect(ws: WebSocket, format: WireFormat, url: URL): void
-}
-
-/** A plain HTTP route. */
-export type HttpRoute = (request: IncomingMessage, response: ServerResponse, url: URL) => void
-
-/**
- * Answers a plain HTTP request from `routes`: 400 for a URL that does not parse, 426 for a
- * WebSocket endpoint asked over plain HTTP, 404 with `notFound(path)` for anything else.
- */
-export function routeRequest(
-  request: IncomingMessage,
-  response: ServerResponse,
-  routes: Map<string, HttpRoute>,
-  endpoints: Map<string, Endpoint>,
-  notFound: (path: string) => string,
-): void {
-  const url = parseUrl(request.url)
-  if (url === undefined) return sendJson(response, 400, { error: 'malformed request URL' })
-  const route = routes.get(url.pathname)
-  if (route !== undefined) return route(request, response, url)
-  if (endpoints.has(url.pathname)) return sendJson(response, 426, { error: `${url.pathname} is a WebSocket endpoint: connect with a WebSocket client` })
-  sendJson(response, 404, { error: notFound(url.pathname) })
-}
-
-// a server request always has a URL (the type allows none)
-/** The request's URL, or undefined when it cannot be parsed (`GET http://[`): answer 400, never throw in a server callback. */
-export const parseUrl = (raw: string | undefined): URL | undefined => {
-  try {
-    return new URL(raw as string, 'http://localhost')
-  } catch {
-    return undefined
-  }
-}
-
-/** Answers with a JSON body. */
-export function sendJson(response: ServerResponse, status: number, body: unknown): void {
-  response.writeHead(status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' })
-  response.end(`${JSON.stringify(body)}\n`)
-}
-
-export class EngineServer {
+export class EngineServer implements Mountable {
+  /** The HTTP + WebSocket host the endpoints are served on. */
+  readonly host: HttpHost
   readonly http: Server
-  private readonly wss: WebSocketServer
   private readonly engine: DurableEngine
   private readonly settings: typeof SERVER_DEFAULTS
   private readonly limits: WireLimits
-  private readonly endpoints = new Map<string, Endpoint>()
-  private readonly routes = new Map<string, HttpRoute>()
   private readonly producers = new Set<ProducerConnection>()
   private trainer: TrainerConnection | undefined
-  private readonly alive = new WeakMap<WebSocket, boolean>()
   private readonly frameErrors: Record<string, number> = {}
   private readonly subscription: Subscription
-  private readonly heartbeat: NodeJS.Timeout | undefined
   private outbox: number
   private durable: number
   private delivered = 0
@@ -155,10 +110,19 @@ export class EngineServer {
     const stats = this.engine.stats()
     this.outbox = stats.outbox
     this.durable = stats.step
-    // frames above the limit get an error frame; far above it ws closes with 1009 without reading them
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: 2 * this.limits.maxFrameBytes, skipUTF8Validation: true })
-    this.http = createServer((request, response) => this.onRequest(request, response))
-    this.http.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(request, socket, head))
+    this.host = new HttpHost({
+      tokens: options.tokens,
+      heartbeatMs: this.settings.heartbeatMs,
+      closeTimeoutMs: this.settings.closeTimeoutMs,
+      scheduler: options.scheduler,
+      // frames above the limit get an error frame; far above it ws closes with 1009 without reading them
+      maxPayload: 2 * this.limits.maxFrameBytes,
+      // the wire decoder answers bad text with an error frame
+      skipUTF8Validation: true,
+      listPathsInErrors: true,
+      onSocketError: (error) => this.countError(error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'too-large' : 'protocol'),
+    })
+    this.http = this.host.http
     this.addWebSocketEndpoint('/ingest', { role: 'producer', connect: (ws, format) => this.connectProducer(ws, format) })
     this.addWebSocketEndpoint('/batches', { role: 'trainer', connect: (ws, format) => this.connectTrainer(ws, format) })
     this.addHttpRoute('/healthz', (_request, response) => {
@@ -166,10 +130,6 @@ export class EngineServer {
       sendJson(response, report.status === 'ok' ? 200 : 503, report)
     })
     this.subscription = this.engine.committed.subscribe((committed) => this.onCommitted(committed))
-    if (this.settings.heartbeatMs > 0) {
-      this.heartbeat = setInterval(() => this.beat(), this.settings.heartbeatMs)
-      this.heartbeat.unref()
-    }
   }
 
   /**
@@ -177,24 +137,17 @@ export class EngineServer {
    * Connections get the server's heartbeat; `connect` attaches the protocol.
    */
   addWebSocketEndpoint(path: string, endpoint: Endpoint): void {
-    this.endpoints.set(path, endpoint)
+    this.host.addWebSocketEndpoint(path, endpoint)
   }
 
   /** Serves plain HTTP requests at `path` (`/healthz` here; a dashboard or `/metrics` alongside). */
   addHttpRoute(path: string, route: HttpRoute): void {
-    this.routes.set(path, route)
+    this.host.addHttpRoute(path, route)
   }
 
   /** Starts listening; resolves to the actual address (`port: 0` picks a free port). */
-  listen(port: number, host: string): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.http.once('error', reject)
-      this.http.listen(port, host, () => {
-        this.http.off('error', reject)
-        const address = this.http.address() as AddressInfo
-        resolve({ host, port: address.port })
-      })
-    })
+  listen(port: number, host: string): Promise<ListenResult> {
+    return this.host.listen(port, host)
   }
 
   /** The credit every producer has now, from the size of the trainer outbox. */
@@ -235,36 +188,6 @@ export class EngineServer {
     if (this.failure !== undefined) return
     this.failure = error
     this.options.onFailure?.(error)
-  }
-
-  private onRequest(request: IncomingMessage, response: ServerResponse): void {
-    routeRequest(
-      request,
-      response,
-      this.routes,
-      this.endpoints,
-      (path) => `no such endpoint: ${path} (try ${[...this.routes.keys()].join(', ')}, or WebSocket ${[...this.endpoints.keys()].join(', ')})`,
-    )
-  }
-
-  private onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
-    // a client that resets before the handshake must not take the process down
-    socket.on('error', () => socket.destroy())
-    const url = parseUrl(request.url)
-    if (url === undefined) return refuseUpgrade(socket, 400, 'malformed request URL')
-    const endpoint = this.endpoints.get(url.pathname)
-    if (endpoint === undefined) return refuseUpgrade(socket, 404, `no WebSocket endpoint at ${url.pathname} (try ${[...this.endpoints.keys()].join(', ')})`)
-    if (this.closing !== undefined) return refuseUpgrade(socket, 503, 'the server is shutting down')
-    const problem = authorize(request, url, endpoint.role, this.options.tokens ?? {})
-    if (problem !== undefined) return refuseUpgrade(socket, 401, problem)
-    const format: WireFormat = url.searchParams.get('format') === 'json' ? 'json' : 'msgpack'
-    this.wss.handleUpgrade(request, socket, head, (ws) => {
-      this.alive.set(ws, true)
-      ws.on('pong', () => this.alive.set(ws, true))
-      // ws reports protocol errors (oversized or malformed frames) here, then closes with their code
-      ws.on('error', (error: Error & { code?: string }) => this.countError(error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'too-large' : 'protocol'))
-      endpoint.connect(ws, format, url)
-    })
   }
 
   private connectProducer(ws: WebSocket, format: WireFormat): void {
@@ -331,18 +254,6 @@ export class EngineServer {
     for (const producer of this.producers) producer.flow()
   }
 
-  private beat(): void {
-    for (const ws of this.wss.clients) {
-      // a producer we stopped reading cannot answer: it is not the one to blame
-      if (this.alive.get(ws) === false && !ws.isPaused) {
-        ws.terminate()
-        continue
-      }
-      this.alive.set(ws, false)
-      ws.ping()
-    }
-  }
-
   /** Closes every connection (1001), stops listening and waits for pending acknowledgements. The engine stays open. */
   close(): Promise<void> {
     this.closing ??= this.shutdown()
@@ -350,16 +261,8 @@ export class EngineServer {
   }
 
   private async shutdown(): Promise<void> {
-    if (this.heartbeat !== undefined) clearInterval(this.heartbeat)
     this.subscription.unsubscribe()
-    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()))
-    for (const ws of this.wss.clients) ws.close(1001, 'server shutting down')
-    // peers that do not complete the closing handshake in time are cut off
-    const cutoff = setTimeout(() => {
-      for (const ws of this.wss.clients) ws.terminate()
-    }, this.settings.closeTimeoutMs)
-    await closed
-    clearTimeout(cutoff)
+    await this.host.close()
     await Promise.all(this.acks)
   }
 }

@@ -1,9 +1,12 @@
 /**
- * `/ingest`: one producer connection. Rollout frames go to the durable engine; each
- * well-formed `rollouts` frame is answered, in order, by one `ack` (the ids now durable on
- * disk) preceded by one `rejected` frame when some of its items were refused. Credit-based
- * flow control: the producer is told how many rollouts it may have unanswered; past that
- * the socket is no longer read until answers free credit.
+ * `/ingest`: one producer connection. Rollout frames go to the durable engine; each frame is
+ * answered exactly once and in the order it arrived (PROTOCOL.md, "Answers"): a well-formed
+ * `rollouts` frame by one `ack` (the ids now durable on disk), preceded by one `rejected`
+ * frame when some of its items were refused; any other frame by one `error`. Durability
+ * completes in whatever order the disk and lmdb-js's write thread finish, so each answer
+ * waits for its own frame's outcome and for every earlier frame's answer. Credit-based flow
+ * control: the producer is told how many rollouts it may have unanswered; past that the socket
+ * is no longer read until answers free credit.
  */
 import type { WebSocket } from 'ws'
 import type { DurableEngine, IngestOutcome } from '../src/state/durableEngine.js'
@@ -41,13 +44,22 @@ export class ProducerConnection {
     this.flow()
   }
 
+  // the answer to the newest frame so far: the next frame's answer goes out after it
+  private answered: Promise<void> = Promise.resolve()
+
   private send(frame: object): void {
     if (this.ws.readyState === this.ws.OPEN) this.ws.send(encodeFrame(frame, this.format))
   }
 
+  /** Sends a frame's answer once every earlier frame has had its own (FIFO per connection). */
+  private answer(outcome: Promise<() => void>): void {
+    // `outcome` settles to the function that sends the answer; it never rejects (see ingest)
+    this.answered = Promise.all([this.answered, outcome]).then(([, reply]) => reply())
+  }
+
   private refuse(code: FrameErrorCode, reason: string): void {
     this.context.countError(code)
-    this.send(errorFrame(code, reason))
+    this.answer(Promise.resolve(() => this.send(errorFrame(code, reason))))
   }
 
   private onFrame(data: Buffer, isBinary: boolean): void {
@@ -71,21 +83,25 @@ export class ProducerConnection {
     this.outstanding += items.length
     this.flow()
     // a synchronous throw (a closed store) becomes a rejection like any other failure
-    new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items, { bytes: data, format: isBinary ? 'msgpack' : 'json' }))).then(
-      (outcome) => {
-        if (outcome.rejected.length > 0) {
-          const max = this.context.maxErrorsPerFrame
-          const errors = outcome.rejected.length > max ? outcome.rejected.slice(0, max) : outcome.rejected
-          this.send(outcome.rejected.length > max ? { type: 'rejected', errors, truncated: outcome.rejected.length - max } : { type: 'rejected', errors })
-        }
-        this.send({ type: 'ack', ids: outcome.acked })
-        this.outstanding -= items.length
-        this.flow()
-      },
-      (error: unknown) => {
-        this.refuse('engine', `the engine could not log this frame: ${String(error)}`)
-        this.context.onEngineFailure(error)
-      },
+    const logged = new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items, { bytes: data, format: isBinary ? 'msgpack' : 'json' })))
+    this.answer(
+      logged.then(
+        (outcome) => () => {
+          if (outcome.rejected.length > 0) {
+            const max = this.context.maxErrorsPerFrame
+            const errors = outcome.rejected.length > max ? outcome.rejected.slice(0, max) : outcome.rejected
+            this.send(outcome.rejected.length > max ? { type: 'rejected', errors, truncated: outcome.rejected.length - max } : { type: 'rejected', errors })
+          }
+          this.send({ type: 'ack', ids: outcome.acked })
+          this.outstanding -= items.length
+          this.flow()
+        },
+        (error: unknown) => () => {
+          this.context.countError('engine')
+          this.send(errorFrame('engine', `the engine could not log this frame: ${String(error)}`))
+          this.context.onEngineFailure(error)
+        },
+      ),
     )
   }
 

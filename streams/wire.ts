@@ -57,12 +57,16 @@ export function checkMsgpack(buf: Uint8Array, maxDepth: number): string | undefi
     let skip = 0
     let items = -1
     let ext: number | undefined
+    // a map's declared entries (each a key and a value: twice as many elements)
+    let entries = -1
     if (byte <= 0x7f || byte >= 0xe0 || (byte >= 0xc2 && byte <= 0xc3) || byte === 0xc0) {
       // fixint, negative fixint, bool, nil
     } else if (byte >= 0xa0 && byte <= 0xbf) skip = byte & 0x1f
     else if (byte >= 0x90 && byte <= 0x9f) items = byte & 0x0f
-    else if (byte >= 0x80 && byte <= 0x8f) items = (byte & 0x0f) * 2
-    else {
+    else if (byte >= 0x80 && byte <= 0x8f) {
+      entries = byte & 0x0f
+      items = entries * 2
+    } else {
       let problem: string | undefined
       switch (byte) {
         case 0xc4: // bin 8, str 8
@@ -130,6 +134,7 @@ export function checkMsgpack(buf: Uint8Array, maxDepth: number): string | undefi
           if (problem === undefined) {
             const n = width === 2 ? view.getUint16(pos) : view.getUint32(pos)
             pos += width
+            if (byte >= 0xde) entries = n
             items = byte >= 0xde ? n * 2 : n
           }
           break
@@ -142,7 +147,10 @@ export function checkMsgpack(buf: Uint8Array, maxDepth: number): string | undefi
     if (ext !== undefined && ext !== TIMESTAMP_EXT) return `byte ${at}: MessagePack extension type ${ext} is not accepted (plain maps, arrays and scalars only)`
     if (items >= 0) {
       // every element takes at least one byte: a length beyond what follows is a lie
-      if (items > end - pos) return `byte ${at}: declares ${items} elements but only ${end - pos} bytes follow`
+      if (items > end - pos) {
+        const declared = entries >= 0 ? `a map of ${entries} entries (${items} keys and values)` : `${items} elements`
+        return `byte ${at}: declares ${declared} but only ${end - pos} bytes follow`
+      }
       if (open.length > maxDepth) return `byte ${at}: nested deeper than ${maxDepth} levels`
       if (items > 0) open.push(items)
     } else if (skip > 0) {
@@ -204,13 +212,8 @@ export function decodeFrame(data: Buffer, isBinary: boolean, limits: WireLimits 
   return { ok: true, frame: value as Frame }
 }
 
-/** A short description of any decoded value, for error messages. */
-export function describeValue(value: unknown): string {
-  if (value instanceof Date) return 'a timestamp'
-  if (ArrayBuffer.isView(value)) return 'binary data'
-  if (value === undefined) return 'nothing'
-  return describe(value)
-}
+/** A short description of any decoded value, for error messages (MessagePack types by name). */
+export const describeValue: (value: unknown) => string = describe
 
 /** Encodes an outgoing frame in a connection's format. */
 export function encodeFrame(frame: object, format: WireFormat): Buffer | string {

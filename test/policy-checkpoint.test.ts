@@ -1,6 +1,7 @@
 import t from 'tap'
 import { open } from 'lmdb'
-import { Adam, CheckpointStore, OnnxPolicy, SNAPSHOT_VERSION, recordToSnapshot, snapshotToRecord, type PolicySnapshot } from '../src/models/policy/index.js'
+import { Adam, OnnxPolicy, SNAPSHOT_VERSION, recordToSnapshot, snapshotToRecord, type PolicySnapshot } from '../src/models/policy/index.js'
+import { CheckpointStore } from '../src/models/policy/checkpoint.js'
 
 async function trainedSnapshot(): Promise<PolicySnapshot> {
   const policy = await OnnxPolicy.create({ inputDim: 3, vocab: 2, hidden: [4], seed: 5 })

@@ -7,7 +7,9 @@
 Rollouts are sent in MessagePack frames {"type": "rollouts", "rollouts": [...]}, never more
 than the engine's credit unacknowledged. Each frame is answered, in order, by one
 {"type": "ack", "ids": [...]} once its rollouts are on disk, preceded by one
-{"type": "rejected", "errors": [...]} when some items were refused. A rollout not yet
+{"type": "rejected", "errors": [...]} when some items were refused; a frame that could not be
+logged (e.g. a full disk) is answered by {"type": "error", ...} instead, and its rollouts are
+sent again once the engine grants credit. A rollout not yet
 acknowledged when the connection drops is sent again after reconnecting: the engine
 deduplicates by id, so nothing is counted twice. The token comes from --token or
 DUALSTREAM_PRODUCER_TOKEN. Prints a JSON summary on stdout; exits 1 if rollouts remain
@@ -60,15 +62,25 @@ class Producer:
         self.acked = 0
         self.duplicates_in_input = 0
         self.rejected = []
+        # rejected items whose id the engine reported differs from the one sent at that index
+        self.misattributed = []
         self.errors = []
         self.reconnects = -1
 
     async def session(self, ws):
-        """Sends everything pending over one connection; returns when all is answered."""
+        """Sends everything pending over one connection; returns when all is answered.
+
+        Every frame is answered exactly once and in order (PROTOCOL.md, "Answers"), so the
+        answers are matched to the frames first-in first-out: a `rejected` frame names items
+        of the oldest unanswered frame by index, an `ack` completes it, and an `error` frame
+        (e.g. `disk-full`) answers it without logging anything: its rollouts are sent again
+        once the engine grants credit.
+        """
         self.reconnects += 1
         credit = 0
         inflight = collections.deque()  # frames sent and not answered: lists of ids
         inflight_count = 0
+        to_send = collections.deque(self.pending.values())
         changed = asyncio.Condition()
 
         async def read():
@@ -83,6 +95,8 @@ class Producer:
                         ids = inflight[0]
                         for error in frame["errors"]:
                             rollout_id = ids[error["index"]]
+                            if error.get("id") is not None and error["id"] != rollout_id:
+                                self.misattributed.append({"sent": rollout_id, "reported": error["id"]})
                             if self.pending.pop(rollout_id, None) is not None:
                                 self.rejected.append(error)
                     elif kind == "ack":
@@ -94,25 +108,27 @@ class Producer:
                     elif kind == "error":
                         self.errors.append(frame)
                         print(f"producer: engine error {frame.get('code')}: {frame.get('reason')}", file=sys.stderr)
+                        if inflight:
+                            ids = inflight.popleft()
+                            inflight_count -= len(ids)
+                            to_send.extend(self.pending[i] for i in ids if i in self.pending)
                     changed.notify_all()
                     if not self.pending:
                         return
 
         reader = asyncio.create_task(read())
         try:
-            to_send = list(self.pending.values())
-            i = 0
-            while i < len(to_send):
+            while True:
                 async with changed:
-                    # room for at least one rollout within the credit (0 = paused by the engine)
-                    await changed.wait_for(lambda: reader.done() or inflight_count < credit)
-                    if reader.done():
+                    # room for at least one rollout within the credit (0 = paused by the engine),
+                    # or everything answered
+                    await changed.wait_for(lambda: reader.done() or (to_send and inflight_count < credit) or (not to_send and not inflight))
+                    if reader.done() or not to_send:
                         break
-                    size = min(self.frame_size, credit - inflight_count, len(to_send) - i)
-                    chunk = to_send[i : i + size]
+                    size = min(self.frame_size, credit - inflight_count, len(to_send))
+                    chunk = [to_send.popleft() for _ in range(size)]
                     inflight.append([r["id"] for r in chunk])
                     inflight_count += size
-                i += size
                 await ws.send(encode({"type": "rollouts", "rollouts": chunk}))
             await reader
         finally:
@@ -152,6 +168,7 @@ async def main():
         "rejected": producer.rejected,
         "unacknowledged": len(producer.pending),
         "reconnects": producer.reconnects,
+        "misattributed": producer.misattributed,
         "errors": producer.errors,
     }
     print(json.dumps(summary))

@@ -4,6 +4,7 @@
  * DESIGN §1 (the one place in src/ that wires streams/ I/O).
  */
 import { once } from 'node:events'
+import { asyncScheduler, type SchedulerLike } from 'rxjs'
 import type { Config } from '../core/config.js'
 import { DurableEngine } from '../state/durableEngine.js'
 import { createProgress, fixed } from './progress.js'
@@ -50,13 +51,29 @@ export const SERVE_PROGRESS_MS = 250
 
 /**
  * The progress line of a running server on a terminal: step, rates, each constraint's latest
- * mean and λ, what waits. Refreshed from a timer (not per batch); a no-op when not a TTY.
+ * mean and λ, what waits. Refreshed every `SERVE_PROGRESS_MS` on `scheduler` (not per batch;
+ * its `now()` is the clock of the rates); a no-op when not a TTY.
+ *
+ * @example
+ * const progress = serveProgress(engine, telemetry, process.stderr)
+ * // … serve …
+ * progress.stop()
  */
-export function serveProgress(engine: DurableEngine, telemetry: EngineTelemetry, stream: NodeJS.WritableStream | undefined, force = false): { stop(): void } {
+export function serveProgress(
+  engine: Pick<DurableEngine, 'stats'>,
+  telemetry: Pick<EngineTelemetry, 'latest'>,
+  stream: NodeJS.WritableStream | undefined,
+  force = false,
+  scheduler: SchedulerLike = asyncScheduler,
+): { stop(): void } {
   const meter = new RateMeter()
   const figures = () => {
     const stats = engine.stats()
-    const rates = meter.update(Date.now(), { rollouts: stats.pipeline.rolloutsInBatches, ingested: stats.ingest.ingested, batches: stats.pipeline.batches })
+    const rates = meter.update(scheduler.now(), {
+      rollouts: stats.pipeline.rolloutsInBatches,
+      ingested: stats.ingest.ingested,
+      batches: stats.pipeline.batches,
+    })
     const latest = telemetry.latest
     const constraints =
       Object.entries(stats.lambda)
@@ -77,14 +94,17 @@ export function serveProgress(engine: DurableEngine, telemetry: EngineTelemetry,
     stream,
     force,
     payload: figures(),
+    scheduler,
   })
   if (!bar.active) return { stop: () => {} }
   const update = () => bar.update(0, figures())
-  const timer = setInterval(update, SERVE_PROGRESS_MS)
-  timer.unref()
+  const refreshes = scheduler.schedule(function () {
+    update()
+    this.schedule(undefined, SERVE_PROGRESS_MS)
+  }, SERVE_PROGRESS_MS)
   return {
     stop: () => {
-      clearInterval(timer)
+      refreshes.unsubscribe()
       update()
       bar.stop()
     },

@@ -1,8 +1,17 @@
 /**
  * A user's ONNX model as a `ScoringModel` for the `scoreRollouts` operator: one float input
- * [rows, features] and one output with one score per row ([rows] or [rows, 1]).
+ * [rows, features] and one output with one score per row ([rows] or [rows, 1]). onnxruntime-node
+ * (an optional peer dependency) is loaded by the first call, not on import.
  */
-import ort from 'onnxruntime-node'
+import type ort from 'onnxruntime-node'
+import { loadOnnxRuntime } from './onnxRuntime.js'
+
+/**
+ * An execution provider as onnxruntime takes it: a name (`'cpu'`, `'cuda'`, …) or its options
+ * (`{ name: 'cuda', deviceId: 0 }`). Declared here, not taken from onnxruntime-node, so that
+ * dualstream's published types do not need that optional package installed.
+ */
+export type ExecutionProvider = string | { readonly name: string; readonly [option: string]: unknown }
 
 export interface OnnxScorer {
   /** Scores a [rows, featureDim] batch. */
@@ -16,18 +25,26 @@ export interface OnnxScorerOptions {
   /** Input and output to use (default: the model's first). */
   input?: string
   output?: string
-  executionProviders?: ort.InferenceSession.ExecutionProviderConfig[]
+  /** Default ['cpu']. */
+  executionProviders?: ExecutionProvider[]
   intraOpNumThreads?: number
 }
 
-/** Loads a model from a .onnx path or its bytes. */
+/**
+ * Loads a model from a .onnx path or its bytes (needs the optional package onnxruntime-node).
+ *
+ * @example
+ * const judge = await loadOnnxScorer('judge.onnx')
+ * rollouts$.pipe(scoreRollouts({ channel: 'judge', featureDim: 2, features: (r) => r.payload.x, model: judge.run }))
+ */
 export async function loadOnnxScorer(model: string | Uint8Array, options: OnnxScorerOptions = {}): Promise<OnnxScorer> {
+  const runtime = await loadOnnxRuntime('loadOnnxScorer')
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     executionProviders: options.executionProviders ?? ['cpu'],
     intraOpNumThreads: options.intraOpNumThreads ?? 1,
   }
   const session =
-    typeof model === 'string' ? await ort.InferenceSession.create(model, sessionOptions) : await ort.InferenceSession.create(model, sessionOptions)
+    typeof model === 'string' ? await runtime.InferenceSession.create(model, sessionOptions) : await runtime.InferenceSession.create(model, sessionOptions)
   const inputName = options.input ?? session.inputNames[0]
   const outputName = options.output ?? session.outputNames[0]
   for (const [kind, name, names] of [
@@ -41,7 +58,7 @@ export async function loadOnnxScorer(model: string | Uint8Array, options: OnnxSc
     outputName,
     run: async (features, rows) => {
       const featureDim = features.length / rows
-      const out = await session.run({ [inputName]: new ort.Tensor('float32', features, [rows, featureDim]) })
+      const out = await session.run({ [inputName]: new runtime.Tensor('float32', features, [rows, featureDim]) })
       return out[outputName].data as Float32Array
     },
     release: () => session.release(),

@@ -2,28 +2,19 @@
  * The durable engine (DESIGN §5): ingest into the LMDB log with id dedup, the FGRPO pipeline
  * fed from the log, each batch committed in one transaction with the dual state and the
  * outbox, trainer acknowledgements, and an exact restart. Transport-free: the WebSocket
- * server (streams/) drives it.
+ * server (streams/) drives it. What a commit writes is planned without I/O in commitPlan.ts;
+ * this class does the I/O and keeps the order.
  */
-import { Subject } from 'rxjs'
+import { Subject, asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
 import type { Config } from '../core/config.js'
-import { initialDualState, lambdasOf } from '../math/dual.js'
+import { lambdasOf } from '../math/dual.js'
 import type { DropEvent, Rollout, ScoredBatch } from '../core/types.js'
 import { DEFAULT_LIMITS, validateRollout, type ValidationLimits } from '../core/validate.js'
 import { wireUnpackr, type WireFormat } from './codec.js'
-import {
-  EngineStore,
-  emptyPipelineCounters,
-  type Delivery,
-  type EngineMeta,
-  type FrameEntry,
-  type IngestCounters,
-  type LogRecord,
-  type OutboxBatch,
-  type PipelineCounters,
-} from './engineStore.js'
-import { batchSummary, type BatchSummary } from './batchRecord.js'
+import { EngineStore, type Delivery, type FrameEntry, type IngestCounters, type LogRecord, type OutboxBatch, type PipelineCounters } from './engineStore.js'
+import type { BatchSummary } from './batchRecord.js'
+import { consumedSeqsOf, countDrop, planCommit, restoreBookkeeping, type EngineBookkeeping } from './commitPlan.js'
 import { EnginePipeline } from './pipeline.js'
-import { encodeBatchForTrainer } from './outboxEncoder.js'
 
 /** One refused item of an ingest frame. */
 export interface RejectedItem {
@@ -75,8 +66,13 @@ export interface EngineStats {
 export interface DurableEngineOptions {
   config: Config
   dataDir: string
-  /** Wall clock (ms); injectable for tests. */
+  /** Wall clock (ms) for event times; default: `scheduler.now()`. */
   now?: () => number
+  /**
+   * Runs the watermark timer and, without `now`, is the clock (default `asyncScheduler`; a
+   * `VirtualClock` in tests). The timer keeps the event loop alive until `close()`.
+   */
+  scheduler?: SchedulerLike
   /** How often to log a watermark while rollouts wait on a timeout (default from the config's timeouts; 0 = never). */
   watermarkIntervalMs?: number
   limits?: ValidationLimits
@@ -98,18 +94,16 @@ export class DurableEngine {
   private readonly limits: ValidationLimits
   private readonly pipeline: EnginePipeline
   private ingestCounters: IngestCounters
-  private pipelineCounters: PipelineCounters
-  private dualState: EngineMeta['dualState']
+  // the committed dual state, the counters and the stored consumption records (see commitPlan.ts)
+  private book: EngineBookkeeping
   private lastTs: number
   // keeps feeding and commits in seq order whatever order the writes resolve in
   private feedChain: Promise<void> = Promise.resolve()
   private commitChain: Promise<void> = Promise.resolve()
   // unacknowledged steps that are durable (what a trainer may acknowledge)
   private readonly outboxSteps: Set<number>
-  // consumption records still stored, to prune once the low-water mark passes them
-  private consumption: { step: number; maxSeq: number }[]
   private failure: unknown
-  private watermarkTimer: NodeJS.Timeout | undefined
+  private watermarkTimer: Subscription | undefined
   private closed = false
 
   private constructor(
@@ -117,41 +111,39 @@ export class DurableEngine {
     readonly store: EngineStore,
     options: DurableEngineOptions,
   ) {
-    this.now = options.now ?? Date.now
+    const scheduler = options.scheduler ?? asyncScheduler
+    this.now = options.now ?? (() => scheduler.now())
     this.limits = options.limits ?? DEFAULT_LIMITS
     const meta = store.engineMeta()
-    this.dualState = meta?.dualState ?? initialDualState(config.constraints)
-    this.pipelineCounters = meta?.pipeline ?? emptyPipelineCounters()
+    const consumption = store.consumption()
+    this.book = restoreBookkeeping(meta, consumption, config.constraints)
     this.ingestCounters = store.ingestCounters()
     this.lastTs = store.lastTs()
     this.outboxSteps = new Set(store.outbox.getKeys())
-    const consumption = store.consumption()
-    this.consumption = consumption.map(({ step, maxSeq }) => ({ step, maxSeq }))
     const lowWater = meta?.lowWater ?? 0
     this.pipeline = new EnginePipeline(config, {
-      initialState: this.dualState,
+      initialState: this.book.dualState,
       initialPolicyVersion: store.policyVersionBefore(lowWater),
       onBatch: (batch, consumed) => this.commit(batch, consumed),
       onDrop: (event) => {
-        if (event.reason === 'stale') this.pipelineCounters.stale += event.count
-        if (event.reason === 'incomplete-group') {
-          this.pipelineCounters.incompleteGroups++
-          this.pipelineCounters.incompleteGroupRollouts += event.count
-        }
+        this.book = countDrop(this.book, event)
         this.drops.next(event)
       },
       onError: this.fail,
     })
     // restart: everything not consumed by a committed batch goes through the pipeline again
-    const consumed = new Set(consumption.flatMap((c) => c.seqs))
+    const consumed = consumedSeqsOf(consumption)
     for (const record of store.records(lowWater)) {
       if (record.kind === 'rollout' && consumed.has(record.seq)) continue
       this.pipeline.feed(record)
     }
     const interval = options.watermarkIntervalMs ?? defaultWatermarkInterval(config)
     if (interval > 0) {
-      this.watermarkTimer = setInterval(() => this.tick(), interval)
-      this.watermarkTimer.unref()
+      const tick = () => this.tick()
+      this.watermarkTimer = scheduler.schedule(function (this: SchedulerAction<void>) {
+        tick()
+        this.schedule(undefined, interval)
+      }, interval)
     }
   }
 
@@ -263,32 +255,20 @@ export class DurableEngine {
     return this.feedInOrder(durable, () => record!)
   }
 
+  /** Writes a scored batch as planned by `planCommit`, and announces it once durable, in step order. */
   private commit(batch: ScoredBatch, consumedSeqs: number[]): void {
-    this.dualState = batch.dualState
-    this.pipelineCounters.batches++
-    this.pipelineCounters.rolloutsInBatches += batch.rolloutCount
-    const delivery: Delivery = { step: batch.step, bytes: encodeBatchForTrainer(batch) }
-    let newestTs = 0
-    for (const group of batch.groups) for (const rollout of group.rollouts) if (rollout.ts! > newestTs) newestTs = rollout.ts!
-    const lowWater = this.pipeline.lowWater()
-    const meta: EngineMeta = { dualState: batch.dualState, pipeline: { ...this.pipelineCounters }, lowWater }
-    // consumption records wholly below the low-water mark are implied by it from now on
-    const prune: number[] = []
-    this.consumption = this.consumption.filter((c) => (c.maxSeq < lowWater ? (prune.push(c.step), false) : true))
-    let maxSeq = -1
-    for (const seq of consumedSeqs) if (seq > maxSeq) maxSeq = seq
-    if (maxSeq >= lowWater) this.consumption.push({ step: batch.step, maxSeq })
-    else prune.push(batch.step)
-    const summary = batchSummary(batch)
-    const written = this.store.commitBatch({ delivery, summary: { ...summary, ts: this.now() }, consumedSeqs, meta, prune })
+    const { plan, next } = planCommit(this.book, { batch, consumedSeqs, lowWater: this.pipeline.lowWater(), now: this.now() })
+    this.book = next
+    const written = this.store.commitBatch(plan.write)
+    const { delivery } = plan.write
     this.commitChain = this.commitChain
       .then(() => written)
       .then(() => {
         this.outboxSteps.add(delivery.step)
         this.committed.next({
-          summary,
+          summary: plan.summary,
           delivery,
-          latencyMs: this.now() - newestTs,
+          latencyMs: this.now() - plan.newestTs,
           get outbox() {
             return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
           },
@@ -339,10 +319,10 @@ export class DurableEngine {
 
   stats(): EngineStats {
     return {
-      step: this.dualState.step,
-      lambda: lambdasOf(this.dualState),
+      step: this.book.dualState.step,
+      lambda: lambdasOf(this.book.dualState),
       ingest: structuredClone(this.ingestCounters),
-      pipeline: { ...this.pipelineCounters },
+      pipeline: { ...this.book.pipeline },
       pendingRollouts: this.pipeline.pendingRollouts,
       outbox: this.outboxSteps.size,
       nextSeq: this.store.nextSeq,
@@ -357,7 +337,7 @@ export class DurableEngine {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    if (this.watermarkTimer !== undefined) clearInterval(this.watermarkTimer)
+    this.watermarkTimer?.unsubscribe()
     await this.settled()
     this.pipeline.close()
     this.committed.complete()

@@ -27,10 +27,14 @@
 import { getRandomValues } from 'node:crypto'
 import { open, type Database, type RootDatabase } from 'lmdb'
 import { decodeValue, type WireFormat } from './codec.js'
-import type { DualState, Rollout } from '../core/types.js'
+import type { Rollout } from '../core/types.js'
+import type { BatchCommit, Delivery, EngineMeta } from './commitPlan.js'
 import { formatFieldError, validateRollout } from '../core/validate.js'
 import { IdHasher, packHashes } from './idHashes.js'
 import { IdIndex } from './idIndex.js'
+
+// the records a batch commit writes are planned, without I/O, in commitPlan.ts
+export { emptyPipelineCounters, type BatchCommit, type Delivery, type EngineMeta, type PipelineCounters } from './commitPlan.js'
 
 /** One record of the ingest log. */
 export type LogRecord =
@@ -82,23 +86,6 @@ export interface IngestCounters {
   duplicate: number
 }
 
-export interface PipelineCounters {
-  batches: number
-  rolloutsInBatches: number
-  stale: number
-  incompleteGroups: number
-  /** Rollouts in the dropped incomplete groups. */
-  incompleteGroupRollouts: number
-}
-
-/** What is committed with every batch. */
-export interface EngineMeta {
-  dualState: DualState
-  pipeline: PipelineCounters
-  /** Smallest seq not yet consumed by a committed batch nor dropped (restart reads the log from here). */
-  lowWater: number
-}
-
 /** A committed batch as sent to trainers. */
 export interface OutboxBatch {
   type: 'batch'
@@ -108,25 +95,7 @@ export interface OutboxBatch {
   rollouts: { id: string; promptId: string; advantage: number; payload?: unknown }[]
 }
 
-/** A batch ready to send: its step and its MessagePack bytes (what is stored in the outbox). */
-export interface Delivery {
-  step: number
-  bytes: Uint8Array
-}
-
-/** Everything committed atomically with one batch. */
-export interface BatchCommit {
-  delivery: Delivery
-  summary: unknown
-  /** Seqs consumed by this batch and dropped since the previous one. */
-  consumedSeqs: number[]
-  meta: EngineMeta
-  /** Steps whose consumption records are now implied by the low-water mark. */
-  prune: number[]
-}
-
 export const emptyIngestCounters = (): IngestCounters => ({ ingested: 0, rejected: {}, duplicate: 0 })
-export const emptyPipelineCounters = (): PipelineCounters => ({ batches: 0, rolloutsInBatches: 0, stale: 0, incompleteGroups: 0, incompleteGroupRollouts: 0 })
 
 /** Items of a logged frame: it decoded to a map with a `rollouts` array at ingest, so it does again. */
 function frameItems(entry: FrameEntry): unknown[] {

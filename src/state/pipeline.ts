@@ -1,6 +1,7 @@
 /**
  * The FGRPO operator chain driven record by record from the ingest log — the same code for
- * the live engine, its restart, and `replay --log`, so all three give the same batches.
+ * the live engine, its restart, and `replay --log`, so all three give the same batches (each
+ * scored by the one step reducer, `stepBatch`, that `fgrpo` folds through `scoreBatches`).
  */
 import { Subject, type Subscription } from 'rxjs'
 import type { Config } from '../core/config.js'

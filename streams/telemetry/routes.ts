@@ -4,20 +4,15 @@
  * so the page can tell a refused token from a server that is away: a browser's WebSocket
  * never sees the 401 of its upgrade).
  */
-import { existsSync, readFileSync } from 'node:fs'
-import { createHash } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { authorize, type RoleTokens } from '../auth.js'
-import type { Endpoint, HttpRoute } from '../engineServer.js'
+import { refuseUnlessRead, staticFile, type HttpRoute } from '../host/index.js'
 import type { TelemetryMetrics } from './metrics.js'
 
-/** Anything that serves routes and WebSocket endpoints: the engine server, or the training's telemetry server. */
-export interface Mountable {
-  addWebSocketEndpoint(path: string, endpoint: Endpoint): void
-  addHttpRoute(path: string, route: HttpRoute): void
-}
+export type { Mountable } from '../host/index.js'
 
 /**
  * The dashboard's folder: `streams/dashboard/` next to this module when run from source,
@@ -35,45 +30,11 @@ export function dashboardDir(
 
 const require = createRequire(import.meta.url)
 
-interface StaticFile {
-  body: Buffer
-  type: string
-  etag: string
-}
-
-const load = (path: string, type: string): StaticFile => {
-  const body = readFileSync(path)
-  return { body, type, etag: `"${createHash('sha1').update(body).digest('base64url')}"` }
-}
-
 // the page loads only what the engine serves, and talks only to the engine
 const SECURITY_HEADERS = {
   'X-Content-Type-Options': 'nosniff',
   'Referrer-Policy': 'no-referrer',
   'Content-Security-Policy': "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
-}
-
-const methodNotAllowed = (response: ServerResponse) => {
-  response.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' })
-  response.end('method not allowed\n')
-}
-
-function serveFile(file: StaticFile): HttpRoute {
-  return (request, response) => {
-    if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(response)
-    if (request.headers['if-none-match'] === file.etag) {
-      response.writeHead(304, { ETag: file.etag })
-      return void response.end()
-    }
-    response.writeHead(200, {
-      'Content-Type': file.type,
-      'Content-Length': file.body.length,
-      'Cache-Control': 'no-cache',
-      ETag: file.etag,
-      ...SECURITY_HEADERS,
-    })
-    response.end(request.method === 'HEAD' ? undefined : file.body)
-  }
 }
 
 /** The dashboard's files by route (read once, served from memory). */
@@ -87,13 +48,13 @@ export function dashboardRoutes(dir = dashboardDir()): Map<string, HttpRoute> {
     ['/assets/uPlot.esm.js', uplot('uPlot.esm.js'), 'text/javascript; charset=utf-8'],
     ['/assets/uPlot.min.css', uplot('uPlot.min.css'), 'text/css; charset=utf-8'],
   ]
-  return new Map(files.map(([route, path, type]) => [route, serveFile(load(path, type))]))
+  return new Map(files.map(([route, path, type]) => [route, staticFile(path, type, SECURITY_HEADERS)]))
 }
 
 /** `/metrics`: the registry's exposition text. */
 export function metricsRoute(metrics: TelemetryMetrics): HttpRoute {
   return (request, response) => {
-    if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(response)
+    if (refuseUnlessRead(request, response)) return
     metrics.text().then(
       (text) => {
         response.writeHead(200, { 'Content-Type': metrics.contentType, 'Cache-Control': 'no-store' })

@@ -7,6 +7,7 @@ import { DurableEngine, defaultWatermarkInterval, rejectionReason, type Committe
 import { replayLog } from '../../src/state/logReplay.js'
 import type { DropEvent } from '../../src/core/types.js'
 import { EngineStore } from '../../src/state/engineStore.js'
+import { VirtualClock } from '../support/virtualTime.js'
 
 const base: ConfigInput = {
   groupSize: 2,
@@ -145,20 +146,23 @@ t.test('a trainer policy version is logged and makes old rollouts stale, the sam
 
 t.test('group timeouts run on logged watermarks: replay and restart agree', async (t) => {
   const dataDir = tempDir()
-  let clock = 1000
+  const clock = new VirtualClock(1000)
   const config = { ...base, groupTimeoutMs: 100, minGroupSize: 1 }
-  const engine = await DurableEngine.open({ config: parseConfig(config), dataDir, now: () => clock, watermarkIntervalMs: 5 })
+  const engine = await DurableEngine.open({ config: parseConfig(config), dataDir, scheduler: clock, watermarkIntervalMs: 5 })
   const committed: CommittedBatch[] = []
   const drops: DropEvent[] = []
   engine.committed.subscribe((c) => committed.push(c))
   engine.drops.subscribe((d) => drops.push(d))
   await engine.ingest([rollout('a', 'p', 1, 1)])
-  clock += 50
+  await engine.settled()
+  clock.advance(50) // watermarks every 5 ms while p waits
   await engine.ingest([rollout('b', 'q', 0, 1)])
-  clock += 60 // p times out at the next watermark
-  await new Promise((resolve) => setTimeout(resolve, 50))
-  clock += 60 // q too
-  await new Promise((resolve) => setTimeout(resolve, 50))
+  await engine.settled()
+  t.equal(committed.length, 0, 'nothing has timed out yet')
+  clock.advance(60) // p times out at the watermark of 1100
+  await engine.settled()
+  t.equal(committed.length, 0, 'p waits in the batch being filled')
+  clock.advance(60) // q too, at 1150
   await engine.settled()
   t.same(
     committed.map((c) => c.outbox.rollouts.map((r) => r.id)),
@@ -171,6 +175,53 @@ t.test('group timeouts run on logged watermarks: replay and restart agree', asyn
   const replayed: string[][] = []
   await replayLog(parseConfig(config), dataDir, (b) => replayed.push(b.groups.flatMap((g) => g.rollouts.map((r) => r.id))))
   t.same(replayed, [['a', 'b']])
+})
+
+t.test('event times come from `now` when given, else from the scheduler; no watermark is logged while nothing waits', async (t) => {
+  const clock = new VirtualClock(7000)
+  const dataDir = tempDir()
+  const timed = await DurableEngine.open({ config: parseConfig({ ...base, groupTimeoutMs: 100 }), dataDir, scheduler: clock, now: () => 5000 })
+  await timed.ingest(prompts(0, 1))
+  await timed.settled()
+  clock.advance(200)
+  await timed.settled()
+  t.equal(timed.stats().nextSeq, 2, 'the clock of `now` stood still: no watermark')
+  t.equal(clock.actions.length, 1, 'the watermark timer is scheduled on the clock')
+  await timed.close()
+  t.equal(clock.actions.length, 0, 'and cancelled by close()')
+  clock.advance(1000)
+  const scheduled = await DurableEngine.open({ config: parseConfig(base), dataDir, scheduler: clock })
+  await scheduled.ingest(prompts(1, 2))
+  await scheduled.close()
+  const store = EngineStore.open(dataDir, { readOnly: true })
+  t.same(
+    [...store.records(0)].map((r) => (r.kind === 'rollout' ? r.rollout.ts : r.kind)),
+    [5000, 5000, 8200, 8200],
+  )
+  await store.close()
+})
+
+t.test('a restart restores the policy version logged before the low-water mark', async (t) => {
+  const dataDir = tempDir()
+  const config = { ...base, maxStaleness: 0 }
+  const { engine } = await openEngine(dataDir, config)
+  await engine.ingest(prompts(0, 2).map((r) => ({ ...r, policyVersion: 0 })))
+  await engine.settled()
+  await engine.acknowledge(1, 1) // logged at seq 4
+  await engine.ingest([rollout('waiting', 'w', 1, 1, { policyVersion: 1 })]) // seq 5 stays inside: the mark
+  await engine.ingest(prompts(2, 4).map((r) => ({ ...r, policyVersion: 1 })))
+  await engine.settled()
+  t.equal(engine.stats().step, 2)
+  await engine.close()
+  const reopened = await openEngine(dataDir, config)
+  await reopened.engine.ingest([rollout('late', 'q', 1, 1, { policyVersion: 0 })])
+  await reopened.engine.settled()
+  t.same(
+    reopened.drops.map((d) => d.rollouts[0].id),
+    ['late'],
+    'version 1, logged below the mark, is in effect after the restart',
+  )
+  await reopened.engine.close()
 })
 
 t.test('helpers', (t) => {
@@ -244,18 +295,17 @@ t.test('frames logged as they arrived (MessagePack and JSON) replay exactly, ref
 })
 
 t.test('a group cut short below minGroupSize is dropped and counted', async (t) => {
-  let clock = 0
+  const clock = new VirtualClock()
   const engine = await DurableEngine.open({
     config: parseConfig({ ...base, groupTimeoutMs: 10 }),
     dataDir: tempDir(),
-    now: () => clock,
-    watermarkIntervalMs: 2,
+    scheduler: clock,
   })
   const drops: DropEvent[] = []
   engine.drops.subscribe((d) => drops.push(d))
   await engine.ingest([rollout('lonely', 'p', 1, 1)])
-  clock = 50
-  await new Promise((resolve) => setTimeout(resolve, 30))
+  await engine.settled()
+  clock.advance(50) // the default watermark period for a 10 ms timeout is 50 ms: one watermark, at 50
   await engine.settled()
   t.same(
     drops.map((d) => [d.reason, d.count]),

@@ -3,7 +3,7 @@ import { parseConfig } from '../../src/core/config.js'
 import { batchColumns } from '../../src/math/columns.js'
 import { describe } from '../../src/core/describe.js'
 import { initialDualState } from '../../src/math/dual.js'
-import { measureBatch, scoreGroups } from '../../src/math/score.js'
+import { measureBatch, scoreGroups, stepBatch } from '../../src/math/score.js'
 import type { Group } from '../../src/core/types.js'
 
 const group = (promptId: string, rewards: Record<string, number | null>[]): Group => ({
@@ -66,7 +66,76 @@ t.test('a non-finite reward from a user step upstream is an error naming the rol
   const bad = group('p', [{ acc: 1 }])
   ;(bad.rollouts[0].rewards as Record<string, unknown>).acc = 'yes'
   t.throws(() => batchColumns([bad], ['acc']), { message: /rewards\.acc is the string "yes"/ })
-  t.equal(describe({}), 'object')
+  t.equal(describe({}), 'a map')
   t.equal(describe(null), 'null')
+  t.end()
+})
+
+t.test('stepBatch is the step as a reducer: the next state and the figures a scored batch carries', (t) => {
+  const windowed = parseConfig({
+    groupSize: 2,
+    batchGroups: 1,
+    objectives: [{ channel: 'acc' }],
+    constraints: [{ channel: 'cons', sense: '>=', threshold: 0.95, window: 2, dual: { rule: 'pid', delay: 2 } }],
+  })
+  const batches = [
+    [
+      group('p', [
+        { acc: 1, cons: 1 },
+        { acc: 0, cons: 0 },
+      ]),
+    ],
+    [
+      group('q', [
+        { acc: 0, cons: 1 },
+        { acc: 1, cons: 1 },
+      ]),
+    ],
+  ]
+  const start = initialDualState(windowed.constraints)
+  const before = structuredClone({ start, batches })
+  const first = stepBatch(start, batches[0], windowed)
+  const second = stepBatch(first.state, batches[1], windowed)
+  t.equal(first.state, first.figures.dualState, 'the state carried on is the one the figures report')
+  t.same([first.figures.step, second.figures.step], [1, 2])
+  t.same(
+    second.figures.windows,
+    {
+      cons: [
+        { sum: 1, count: 2 },
+        { sum: 2, count: 2 },
+      ],
+    },
+    'the window is carried in the state',
+  )
+  t.equal(second.figures.constraints.cons.mean, 3 / 4, 'and pooled from it')
+  t.same(second.figures.columns.columns.acc, Float64Array.of(0, 1))
+  t.equal(second.figures.lambda.cons.before, first.figures.lambda.cons.after)
+  t.same({ start, batches }, before, 'pure: neither the state nor the groups are modified')
+  const { columns: _columns, windows: _windows, ...withoutColumns } = second.figures
+  t.same(scoreGroups(batches[1], windowed, first.state), withoutColumns, 'scoreGroups is the same step, without the columns and windows')
+  t.same(
+    Object.keys(first.figures),
+    [
+      'constraints',
+      'columns',
+      'windows',
+      'step',
+      'lambda',
+      'dualState',
+      'advantages',
+      'fracZeroStd',
+      'objectiveMeans',
+      'advantageMean',
+      'advantageStd',
+      'rolloutCount',
+    ],
+    'in the order a scored batch carries them',
+  )
+  t.throws(
+    () => stepBatch({ step: 0, constraints: { cons: { controller: { rule: 'sgd', lambda: 0 }, window: [] } } }, batches[0], windowed),
+    TypeError,
+    'a state of another rule',
+  )
   t.end()
 })

@@ -150,7 +150,9 @@ t.test('an initialState reaches both the measurement (windows) and the dual step
     // J pools the saved window: (0 + 2) / (2 + 2)
     expectObservable(result).toBe('-x|', { x: [42, 0.5, { before: 0.3, after: 0.3 + 0.05 * (0.9 - 0.5) }] })
   })
-  t.throws(() => fgrpo(config, { initialState: { step: 0, constraints: {} } }), { message: /constraint "consistency": no saved dual state/ })
+  t.throws(() => fgrpo(config, { initialState: { step: 0, constraints: {} } }), {
+    message: /^scoreBatches: the initial state does not fit the config:\n {2}constraint "consistency": no saved dual state/,
+  })
   t.end()
 })
 

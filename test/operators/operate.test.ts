@@ -1,21 +1,19 @@
 import t from 'tap'
-import { Subscriber, range, take, tap, type Observable, type OperatorFunction } from 'rxjs'
-import { operate, OperatorSubscriber, type OperatorHandlers } from '../../operators/internal/operate.js'
+import { Observable, range, take, tap, type OperatorFunction, type Subscriber } from 'rxjs'
+import { operate, subscribeUpstream, type OperatorHandlers } from '../../operators/internal/operate.js'
 import { boom, scheduler } from './fixtures/helpers.js'
 
 /** An operator whose inner subscriber has the given handlers; `finalized` counts finalize calls. */
 function withHandlers<T>(handlers: (subscriber: Subscriber<T>) => OperatorHandlers<T>, counter?: { finalized: number }): OperatorFunction<T, T> {
   return operate<T, T>((source, subscriber) => {
     const own = handlers(subscriber)
-    source.subscribe(
-      new OperatorSubscriber<T>(subscriber, {
-        ...own,
-        finalize: () => {
-          if (counter !== undefined) counter.finalized++
-          own.finalize?.()
-        },
-      }),
-    )
+    subscribeUpstream(source, subscriber, {
+      ...own,
+      finalize: () => {
+        if (counter !== undefined) counter.finalized++
+        own.finalize?.()
+      },
+    })
   })
 }
 
@@ -174,11 +172,58 @@ t.test('a synchronous source stops as soon as downstream unsubscribes', (t) => {
   t.end()
 })
 
-t.test('an inner subscriber of an already closed destination is closed at once', (t) => {
-  const destination = new Subscriber<number>()
-  destination.unsubscribe()
-  const inner = new OperatorSubscriber<number>(destination, {})
-  t.equal(inner.closed, true)
+t.test('a downstream that has already ended never subscribes the source, and the inner subscription finalizes once', (t) => {
+  let subscribed = 0
+  let finalized = 0
+  const source = new Observable<number>(() => {
+    subscribed++
+  })
+  const seen: string[] = []
+  new Observable<number>((downstream) => {
+    downstream.complete()
+    subscribeUpstream(source, downstream, { next: () => seen.push('next'), complete: () => seen.push('complete'), finalize: () => finalized++ })
+  }).subscribe()
+  t.equal(subscribed, 0)
+  t.same(seen, [], 'the stop is not taken for a completion of the source')
+  t.equal(finalized, 1)
+  t.end()
+})
+
+t.test('an error downstream stops a synchronous source at once and finalizes once', (t) => {
+  let produced = 0
+  let finalized = 0
+  let failure: unknown
+  range(0, 1_000_000)
+    .pipe(
+      tap(() => produced++),
+      operate<number, number>((source, subscriber) =>
+        subscribeUpstream(source, subscriber, {
+          next: (x) => (x === 2 ? subscriber.error(boom) : subscriber.next(x)),
+          finalize: () => finalized++,
+        }),
+      ),
+    )
+    .subscribe({ error: (error: unknown) => (failure = error) })
+  t.equal(failure, boom)
+  t.equal(produced, 3)
+  t.equal(finalized, 1)
+  t.end()
+})
+
+t.test('an inner subscription that ends before downstream (a side input completing) finalizes then, and lets go of downstream', (t) => {
+  const testScheduler = scheduler(t)
+  let finalized = 0
+  testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
+    const side = hot('-x|')
+    const source = cold('----a|')
+    const op = operate<string, string>((main, subscriber) => {
+      subscribeUpstream(main, subscriber, {})
+      subscribeUpstream(side, subscriber, { next: () => {}, complete: () => {}, finalize: () => finalized++ })
+    })
+    expectObservable(source.pipe(op)).toBe('----a|')
+    expectSubscriptions(side.subscriptions).toBe('^-!')
+  })
+  t.equal(finalized, 1)
   t.end()
 })
 
@@ -188,7 +233,7 @@ t.test('the operator is reusable: each subscription runs init afresh', (t) => {
     // counts values per subscription: shared state would keep counting across subscriptions
     const counting = operate<string, number>((source, subscriber) => {
       let n = 0
-      source.subscribe(new OperatorSubscriber<string>(subscriber, { next: () => subscriber.next(++n) }))
+      subscribeUpstream(source, subscriber, { next: () => subscriber.next(++n) })
     })
     const result: Observable<number> = cold('-a-b|').pipe(counting)
     expectObservable(result).toBe('-1-2|', { 1: 1, 2: 2 })

@@ -59,13 +59,13 @@ t.test("'error' (the default) errors the stream at the first invalid item, namin
   const error = caught as InvalidRolloutError
   t.equal(error.index, 1)
   t.same(error.errors, [
-    { field: 'id', reason: 'must be a non-empty string, got undefined' },
+    { field: 'id', reason: 'must be a non-empty string, got nothing' },
     { field: 'promptId', reason: 'must be a non-empty string, got 7' },
     { field: 'rewards.acc', reason: 'not a finite number (Infinity)' },
   ])
   t.equal(
     error.message,
-    'invalid rollout at index 1: rollout: id: must be a non-empty string, got undefined; rollout: promptId: must be a non-empty string, got 7; rollout: rewards.acc: not a finite number (Infinity)',
+    'invalid rollout at index 1: rollout: id: must be a non-empty string, got nothing; rollout: promptId: must be a non-empty string, got 7; rollout: rewards.acc: not a finite number (Infinity)',
   )
   t.end()
 })

@@ -1,9 +1,11 @@
+import { once } from 'node:events'
 import { request } from 'node:http'
 import t from 'tap'
 import { replayLog } from '../../src/state/logReplay.js'
 import { parseConfig } from '../../src/core/config.js'
 import { DurableEngine } from '../../src/state/durableEngine.js'
 import { EngineServer } from '../../streams/engineServer.js'
+import { VirtualClock } from '../support/virtualTime.js'
 import { baseConfig, Client, prompts, rollout, startServer, tempDir } from './support.js'
 
 const httpGet = (port: number, path: string): Promise<{ status: number; body: string }> =>
@@ -315,14 +317,20 @@ t.test('a trainer gets every unacknowledged batch again on reconnect; a new trai
   await producer.close()
 })
 
-t.test('the heartbeat terminates peers that stop answering pings', async (t) => {
-  const served = await startServer({ heartbeatMs: 200 })
+t.test('the heartbeat terminates peers that stop answering pings (virtual time)', async (t) => {
+  const clock = new VirtualClock()
+  const served = await startServer({ heartbeatMs: 200, scheduler: clock })
   t.teardown(() => served.close())
   const healthy = await Client.open(served.url('/ingest'))
   const silent = await Client.open(served.url('/batches'), { autoPong: false })
+  const [healthyOnServer] = served.server.host.connections
+  clock.advance(200)
+  await once(healthyOnServer, 'pong')
+  clock.advance(200)
   await silent.until(() => silent.closed !== undefined, 5000, 'termination')
   t.equal(silent.closed!.code, 1006, 'terminated without a closing handshake')
   t.equal(healthy.closed, undefined, 'a peer answering pings stays')
+  t.equal(healthyOnServer.readyState, healthyOnServer.OPEN)
   await healthy.close()
 })
 
@@ -368,14 +376,20 @@ t.test('listen fails cleanly on a port in use', async (t) => {
   await engine.close()
 })
 
-t.test('shutdown cuts off peers that do not complete the closing handshake', async (t) => {
-  const served = await startServer({ closeTimeoutMs: 100 })
+t.test('shutdown cuts off peers that do not complete the closing handshake (virtual time)', async (t) => {
+  const clock = new VirtualClock()
+  const served = await startServer({ closeTimeoutMs: 100, scheduler: clock })
   const deaf = await Client.open(served.url('/ingest'))
   // the client stops reading: it never sees the close frame
   ;(deaf.ws as unknown as { _socket: { pause(): void } })._socket.pause()
-  const started = Date.now()
-  await served.close()
-  t.ok(Date.now() - started >= 90, 'waited for the timeout')
+  const [onServer] = served.server.host.connections
+  const socket = (onServer as unknown as { _socket: { destroyed: boolean } })._socket
+  const closing = served.close()
+  clock.advance(99)
+  t.equal(socket.destroyed, false, 'still waiting for the closing handshake')
+  clock.advance(1)
+  t.equal(socket.destroyed, true, 'cut off once the timeout is over')
+  await closing
   ;(deaf.ws as unknown as { _socket: { resume(): void } })._socket.resume()
   await deaf.until(() => deaf.closed !== undefined)
   t.ok([1001, 1006].includes(deaf.closed!.code), `cut off (the 1001 frame sent before may still be read: ${deaf.closed!.code})`)

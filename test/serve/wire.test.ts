@@ -72,7 +72,7 @@ t.test('checkMsgpack refuses malformed, lying, hostile bytes with where and why'
     [bytes(0xd4, 0x72, 0), /extension type 114 is not accepted/],
     [bytes(0xdc, 0), /2 more bytes expected/],
     [bytes(0xdd, 0xff, 0xff, 0xff, 0xff), /byte 0: declares 4294967295 elements but only 0 bytes follow/],
-    [bytes(0xdf, 0, 0, 0, 2, 1, 2, 3), /declares 4 elements but only 3 bytes follow/],
+    [bytes(0xdf, 0, 0, 0, 2, 1, 2, 3), /declares a map of 2 entries \(4 keys and values\) but only 3 bytes follow/],
     [bytes(0x01, 0x02), /1 bytes after the end of the value \(at byte 1\)/],
     [new Uint8Array(1000).fill(0x91), /byte 32: nested deeper than 32 levels/],
   ]

@@ -57,12 +57,9 @@ async function startServe(tokens: Record<string, string> = {}) {
   }
 }
 
-/** Feeds steps `from`..`to` a few at a time, like a live producer (so the rates are rates). */
+/** Feeds steps `from`..`to` a few at a time, like a live producer (each chunk acknowledged before the next). */
 async function feed(producer: Client, from: number, to: number, total: number) {
-  for (let s = from; s < to; s += 8) {
-    await produce(producer, syntheticSteps(s, Math.min(s + 8, to), total), 64)
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
+  for (let s = from; s < to; s += 8) await produce(producer, syntheticSteps(s, Math.min(s + 8, to), total), 64)
 }
 
 const stepShown = (page: Page, step: number) => page.waitForSelector(`#step[data-step="${step}"]`, { timeout: 15_000 })
@@ -190,7 +187,7 @@ t.test('serve with a viewer token: the page asks for it, refuses a wrong one, th
 
 t.test('the built-in training: learner charts and the sample rollout picture', async (t) => {
   const config = parseConfig(PRESETS.fgrpo)
-  const trainer = await SpatialGridTrainer.create({ config, seed: 0, settings: { sftSteps: 200 } })
+  const trainer = await SpatialGridTrainer.create({ config, seed: 0, settings: { sftSteps: 50 } })
   const telemetry = new TrainingTelemetry(config, { step: trainer.rlSteps, lambda: trainer.lambda }, { processMetrics: false })
   const server = new TelemetryServer({ heartbeatMs: 0 })
   telemetry.mount(server)
@@ -204,7 +201,7 @@ t.test('the built-in training: learner charts and the sample rollout picture', a
   await page.goto(`http://127.0.0.1:${port}/`)
   await page.waitForSelector('body[data-state="live"]')
   await trainer.warmStart((done, total) => telemetry.status('warm start', done, total))
-  const steps = 400
+  const steps = 100
   telemetry.status('RL')
   await trainer.train(steps, (report) => telemetry.onStep(report))
   await stepShown(page, steps)

@@ -1,14 +1,15 @@
 import { createServer, request as httpRequest, type Server } from 'node:http'
 import { connect, type AddressInfo, type Socket } from 'node:net'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { once } from 'node:events'
 import t from 'tap'
 import WebSocket from 'ws'
 import { openStuckClient } from '../../src/apps/bench/telemetry.js'
 import { authRoute, dashboardDir, dashboardRoutes, metricsRoute } from '../../streams/telemetry/routes.js'
 import type { TelemetryMetrics } from '../../streams/telemetry/metrics.js'
 import { TelemetryServer } from '../../streams/telemetry/telemetryServer.js'
-import type { HttpRoute } from '../../streams/engineServer.js'
+import type { HttpRoute } from '../../streams/host/index.js'
 import { upgradeStatus } from '../serve/support.js'
+import { VirtualClock } from '../support/virtualTime.js'
 
 /** Answers requests with `route` on a free port. */
 async function serveRoute(route: HttpRoute): Promise<{ url: string; close: () => Promise<void> }> {
@@ -96,9 +97,17 @@ t.test('/telemetry/auth: whether a viewer token would open /telemetry', async (t
 })
 
 t.test('the telemetry server: routes, upgrades with tokens, port fallback, heartbeat, shutdown', async (t) => {
-  const server = new TelemetryServer({ tokens: { viewer: 'V' }, heartbeatMs: 40, health: () => ({ step: 7 }) })
+  const clock = new VirtualClock()
+  const server = new TelemetryServer({ tokens: { viewer: 'V' }, heartbeatMs: 40, scheduler: clock, health: () => ({ step: 7 }) })
   const connected: string[] = []
-  server.addWebSocketEndpoint('/telemetry', { role: 'viewer', connect: (ws, format) => connected.push(format) })
+  const sockets: WebSocket[] = []
+  server.addWebSocketEndpoint('/telemetry', {
+    role: 'viewer',
+    connect: (ws, format) => {
+      connected.push(format)
+      sockets.push(ws)
+    },
+  })
   server.addHttpRoute('/x', (_req, res) => res.end('x'))
   const { port } = await server.listen(0, '127.0.0.1')
   t.teardown(() => server.close())
@@ -136,15 +145,19 @@ t.test('the telemetry server: routes, upgrades with tokens, port fallback, heart
   t.equal((await upgradeStatus(`ws://127.0.0.1:${port}/telemetry`, { Authorization: 'Bearer V' })).status, 101)
   t.same(connected, ['json', 'msgpack'])
 
-  // a peer that answers pings stays; one that never reads is cut off by the heartbeat
+  // a peer that answers pings stays; one that never answers is cut off at the next beat (virtual time)
   const live = new WebSocket(`ws://127.0.0.1:${port}/telemetry?token=V`)
-  await new Promise((resolve) => live.once('open', resolve))
+  await once(live, 'open')
   const stuck: Socket = await openStuckClient(port, '/telemetry?token=V')
-  const cut = new Promise((resolve) => stuck.once('close', resolve))
+  const cut = once(stuck, 'close')
   stuck.resume() // reads (so it sees the end) but never answers a ping: it has no WebSocket
+  const [liveOnServer, stuckOnServer] = sockets.slice(-2)
+  clock.advance(40)
+  await once(liveOnServer, 'pong')
+  clock.advance(40)
+  t.equal(stuckOnServer.readyState, WebSocket.CLOSING, 'the silent peer is terminated')
+  t.equal(liveOnServer.readyState, WebSocket.OPEN, 'the answering peer is still connected')
   await cut
-  await sleep(100)
-  t.equal(live.readyState, WebSocket.OPEN, 'the answering peer is still connected')
 
   // a port in use: an error, or with fallback a free port instead
   const other = new TelemetryServer({ heartbeatMs: 0 })

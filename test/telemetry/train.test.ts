@@ -113,6 +113,9 @@ t.test('training telemetry: phases throttled within a phase, a sample a few time
   telemetry.close()
 })
 
+/** The state folder of the first training here, past its warm start: the next one resumes it. */
+let warmStarted: string | undefined
+
 t.test('train serves the dashboard while it trains: the URL, the phases, a frame per step', async (t) => {
   const data = tempDir('dualstream-train-dash-')
   const stdout = new PassThrough()
@@ -164,10 +167,13 @@ t.test('train serves the dashboard while it trains: the URL, the phases, a frame
   t.match(batches[0], { policyVersion: 1, learner: { loss: Number }, metrics: { accuracy: Number }, sample: { grid: 4, claims: [{}, {}] } })
   t.notOk('sample' in batches[1], 'the next sample waits its turn')
   t.same(stepsSeen, [1, 2, 3], 'the caller’s onStep too')
+  warmStarted = data
 })
 
 t.test('train: the default port in use falls back to a free one and says so; --no-dashboard; a bad --port', async (t) => {
-  const data = tempDir('dualstream-train-port-')
+  // resumes the run above (at RL step 3): the warm start is not what this test is about
+  const data = warmStarted ?? tempDir('dualstream-train-port-')
+  const resumedAt = warmStarted === undefined ? 0 : 3
   // make sure 8787 is taken (it may be already: then by someone else)
   const busy = createServer()
   await new Promise<void>((resolve) => {
@@ -200,7 +206,7 @@ t.test('train: the default port in use falls back to a free one and says so; --n
   )
   t.match(out, new RegExp(`dashboard: port ${DEFAULT_DASHBOARD_PORT} is in use, using (\\d+) instead\\n`))
   t.match(out, '; viewer token required)')
-  t.same(health, { status: 'ok', step: 0 })
+  t.same(health, { status: 'ok', step: resumedAt })
   const none = await runCli(['train', '--steps', '1', '--data', data, '--no-dashboard', '--port', '0'])
   t.equal(none.code, 0, none.stderr)
   t.notMatch(none.stdout, 'dashboard:')

@@ -111,6 +111,8 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
       stream: io.stderr,
       payload: { step: first, rate: '–', acc: '–', incons: '–', ground: '–', lambda: '–' },
     })
+    // said before the first step starts, so a Ctrl-C after this line stops after one step at least
+    if (options.steps > 0) say(`RL: steps ${first + 1} to ${first + options.steps}; Ctrl-C stops after the current step and saves`)
     const started = performance.now()
     telemetry?.status('RL')
     await trainer.train(
@@ -151,6 +153,10 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
   }
 }
 
+/** The settings an invocation names (an option left out keeps the default). */
+const definedOnly = <T extends object>(settings: T): Partial<T> =>
+  Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined)) as Partial<T>
+
 /** Adds `train` and `eval` to the program. */
 export function addTrainCommands(program: Command, io: CommandIO): void {
   program
@@ -187,12 +193,15 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
     .option('-s, --steps <n>', 'RL steps per run', integerOption(0), DEFAULT_RL_STEPS)
     .option('--parallel <n>', 'trainings at a time (default: one per core)', integerOption(1))
     .option('--json <file>', 'write the results as JSON')
-    .action(async (opts: { seeds: number[]; steps: number; parallel?: number; json?: string }) => {
+    .option('--warm-steps <n>', `supervised warm-start steps per run (default ${DEFAULT_TRAIN_SETTINGS.sftSteps}; fewer for a quick check)`, integerOption(0))
+    .option('--scenes <n>', `held-out scenes per evaluation (default ${DEFAULT_TRAIN_SETTINGS.evalScenes}; fewer for a quick check)`, integerOption(1))
+    .action(async (opts: { seeds: number[]; steps: number; parallel?: number; json?: string; warmSteps?: number; scenes?: number }) => {
       io.stdout.write(`dualstream eval — GRPO and FGRPO, seeds ${opts.seeds.join(', ')}, ${opts.steps} RL steps each, identical settings\n`)
       const report = await runEvaluation({
         seeds: opts.seeds,
         steps: opts.steps,
         parallel: opts.parallel,
+        settings: definedOnly({ sftSteps: opts.warmSteps, evalScenes: opts.scenes }),
         onResult: (r, done, total) =>
           io.stdout.write(
             `  [${done}/${total}] ${r.method} seed ${r.seed}: accuracy ${percent(r.final.accuracy)}, inconsistency ${percent(r.final.inconsistencyRate)}, grounding ${percent(r.final.grounding)} (${r.seconds.toFixed(0)} s)\n`,

@@ -251,7 +251,8 @@ export class SpatialGridTrainer {
             ts: step,
           })
         }
-        /* c8 ignore next 2 */
+        // unreachable: the scores are finite, and `prompts` complete groups of G always make one batch
+        /* c8 ignore next 3 */
         if (failure !== undefined) throw failure
         if (scored === undefined)
           throw new Error(`step ${step}: the pipeline did not emit a batch for ${rows} rollouts (groupSize ${G}, batchGroups ${prompts})`)

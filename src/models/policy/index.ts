@@ -1,5 +1,5 @@
+// The policy without its LMDB checkpoint store (import `./checkpoint.js` for that): loads no native module.
 export { Adam, type AdamOptions, type AdamState, type AdamStepInfo } from './adam.js'
-export { CheckpointStore } from './checkpoint.js'
 export {
   buildForwardGraph,
   buildNllGradientGraph,

@@ -1,11 +1,14 @@
 /**
  * The policy on onnxruntime-node: three sessions (forward, surrogate gradient, NLL gradient) over
  * one MLP whose parameters are graph inputs owned here as Float32Arrays. Adam updates
- * `policy.params` in place and the next call simply feeds the new values.
+ * `policy.params` in place and the next call simply feeds the new values. onnxruntime-node (an
+ * optional peer dependency) is loaded by `OnnxPolicy.create`, not on import.
  */
 import { writeFile } from 'node:fs/promises'
-import ort from 'onnxruntime-node'
+import type ort from 'onnxruntime-node'
 import { Rng } from '../../core/rng.js'
+import type { ExecutionProvider } from '../onnxScorer.js'
+import { loadOnnxRuntime, type OnnxRuntime } from '../onnxRuntime.js'
 import {
   buildForwardGraph,
   buildNllGradientGraph,
@@ -28,7 +31,7 @@ export interface PolicyOptions {
   readonly params?: ParamValues
   readonly surrogate?: SurrogateOptions
   /** Passed through to onnxruntime; default ['cpu']. */
-  readonly executionProviders?: readonly ort.InferenceSession.ExecutionProviderConfig[]
+  readonly executionProviders?: readonly ExecutionProvider[]
   /** Threads per operator; default 1 so two trainings can share a 2-core machine. */
   readonly intraOpNumThreads?: number
 }
@@ -89,6 +92,7 @@ export class OnnxPolicy {
     network: MlpConfig,
     params: ParamValues,
     surrogate: ResolvedSurrogateOptions,
+    private readonly runtime: OnnxRuntime,
     private readonly forwardSession: ort.InferenceSession,
     private readonly surrogateSession: ort.InferenceSession,
     private readonly nllSession: ort.InferenceSession,
@@ -99,6 +103,7 @@ export class OnnxPolicy {
     this.surrogate = surrogate
   }
 
+  /** Builds the three sessions (needs the optional package onnxruntime-node). */
   static async create(options: PolicyOptions): Promise<OnnxPolicy> {
     const network = validateMlpConfig({ inputDim: options.inputDim, hidden: options.hidden ?? [128], outputDim: options.vocab })
     const surrogate = resolveSurrogateOptions(options.surrogate)
@@ -116,12 +121,13 @@ export class OnnxPolicy {
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
     }
+    const runtime = await loadOnnxRuntime('OnnxPolicy')
     const [fwd, sur, nll] = await Promise.all([
-      ort.InferenceSession.create(buildForwardGraph(network), sessionOptions),
-      ort.InferenceSession.create(buildSurrogateGradientGraph(network, surrogate), sessionOptions),
-      ort.InferenceSession.create(buildNllGradientGraph(network), sessionOptions),
+      runtime.InferenceSession.create(buildForwardGraph(network), sessionOptions),
+      runtime.InferenceSession.create(buildSurrogateGradientGraph(network, surrogate), sessionOptions),
+      runtime.InferenceSession.create(buildNllGradientGraph(network), sessionOptions),
     ])
-    return new OnnxPolicy(network, params, surrogate, fwd, sur, nll)
+    return new OnnxPolicy(network, params, surrogate, runtime, fwd, sur, nll)
   }
 
   /** Replace the parameters (copied), e.g. after loading a checkpoint. */
@@ -132,7 +138,7 @@ export class OnnxPolicy {
 
   private paramFeeds(): Record<string, ort.Tensor> {
     const feeds: Record<string, ort.Tensor> = {}
-    for (const s of this.specs) feeds[s.name] = new ort.Tensor('float32', this.params[s.name], s.shape)
+    for (const s of this.specs) feeds[s.name] = new this.runtime.Tensor('float32', this.params[s.name], s.shape)
     return feeds
   }
 
@@ -142,8 +148,8 @@ export class OnnxPolicy {
     checkLength('mask', mask, rows * this.network.outputDim)
     return {
       ...this.paramFeeds(),
-      features: new ort.Tensor('float32', features, [rows, this.network.inputDim]),
-      mask: new ort.Tensor('float32', mask, [rows, this.network.outputDim]),
+      features: new this.runtime.Tensor('float32', features, [rows, this.network.inputDim]),
+      mask: new this.runtime.Tensor('float32', mask, [rows, this.network.outputDim]),
     }
   }
 
@@ -157,7 +163,7 @@ export class OnnxPolicy {
         throw new Error(`policy batch: actions[${i}] = ${t} is not a token in 0..${this.network.outputDim - 1}`)
       a[i] = BigInt(t)
     }
-    return { actions: new ort.Tensor('int64', a, [rows]), weights: new ort.Tensor('float32', weights, [rows]) }
+    return { actions: new this.runtime.Tensor('int64', a, [rows]), weights: new this.runtime.Tensor('float32', weights, [rows]) }
   }
 
   private grads(out: ort.InferenceSession.ReturnType): ParamValues {
@@ -178,11 +184,11 @@ export class OnnxPolicy {
     const feeds = { ...this.rowFeeds(rows, batch.features, batch.mask), ...this.actionFeeds(rows, batch.actions, batch.weights) }
     checkLength('advantages', batch.advantages, rows)
     checkLength('oldLogProbs', batch.oldLogProbs, rows)
-    feeds.advantages = new ort.Tensor('float32', batch.advantages, [rows])
-    feeds.oldLogProbs = new ort.Tensor('float32', batch.oldLogProbs, [rows])
+    feeds.advantages = new this.runtime.Tensor('float32', batch.advantages, [rows])
+    feeds.oldLogProbs = new this.runtime.Tensor('float32', batch.oldLogProbs, [rows])
     if (this.surrogate.klCoef > 0) {
       checkLength('refLogProbs (required when klCoef > 0)', batch.refLogProbs, rows)
-      feeds.refLogProbs = new ort.Tensor('float32', batch.refLogProbs as Float32Array, [rows])
+      feeds.refLogProbs = new this.runtime.Tensor('float32', batch.refLogProbs as Float32Array, [rows])
     }
     const out = await this.surrogateSession.run(feeds)
     const scalar = (name: string) => (out[name].data as Float32Array)[0]

@@ -243,6 +243,11 @@ export class EngineServer implements Mountable {
     done.finally(() => this.acks.delete(done))
   }
 
+  /** Resolves once every trainer acknowledgement received so far has been applied (and its policy version logged). */
+  async acknowledgementsApplied(): Promise<void> {
+    await Promise.all(this.acks)
+  }
+
   private onCommitted({ delivery }: CommittedBatch): void {
     this.durable = delivery.step
     this.outbox++
@@ -263,6 +268,6 @@ export class EngineServer implements Mountable {
   private async shutdown(): Promise<void> {
     this.subscription.unsubscribe()
     await this.host.close()
-    await Promise.all(this.acks)
+    await this.acknowledgementsApplied()
   }
 }

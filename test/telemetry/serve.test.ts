@@ -1,4 +1,5 @@
 import { PassThrough } from 'node:stream'
+import { VirtualClock } from '../support/virtualTime.js'
 import t from 'tap'
 import { parseConfig } from '../../src/core/config.js'
 import type { DurableEngine } from '../../src/state/durableEngine.js'
@@ -130,12 +131,15 @@ t.test('the serve progress line: step, rates, constraint figures; quiet when not
   const stream = new PassThrough()
   let text = ''
   stream.on('data', (c: Buffer) => (text += c.toString()))
-  const progress = serveProgress(served.engine, served.telemetry, stream, true)
+  const clock = new VirtualClock(Date.now())
+  const progress = serveProgress(served.engine, served.telemetry, stream, true, clock)
   t.match(text, /serve \| step 0 \| – rollouts\/s in, – in batches \| consistency J – λ 0\.000 \| pending 0, outbox 0/)
   const trainer = await ackingTrainer(served.ws('/batches'))
   const producer = await Client.open(served.ws('/ingest'))
   await produce(producer, prompts('b', 4), 4)
-  await new Promise((resolve) => setTimeout(resolve, 2 * SERVE_PROGRESS_MS + 50))
+  await served.engine.settled()
+  // two refreshes of the line in virtual time, the rollouts having arrived within them
+  clock.advance(2 * SERVE_PROGRESS_MS)
   progress.stop()
   t.match(text, /step 2 \| \d+ rollouts\/s in, \d+ in batches \| consistency J \d\.\d{3} λ \d\.\d{3}/)
   trainer.close()

@@ -9,9 +9,8 @@
  * Run: npx tsx examples/custom-pipeline.ts
  */
 import { from, map, toArray, lastValueFrom } from 'rxjs'
-import { parseConfig, type ConfigInput } from '../src/core/config.js'
-import type { DropEvent, ScoredBatch } from '../src/core/types.js'
-import { dropDuplicates, fgrpo, validateRollouts } from '../operators/index.js'
+// the package's main entry, as a project of your own imports it: from 'dualstream'
+import { dropDuplicates, fgrpo, parseConfig, validateRollouts, type ConfigInput, type DropEvent, type ScoredBatch } from '../src/index.js'
 import { mulberry32 } from './support/random.js'
 
 interface Completion {

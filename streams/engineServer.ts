@@ -16,6 +16,7 @@ import type { Server } from 'node:http'
 import type { SchedulerLike, Subscription } from 'rxjs'
 import type { WebSocket } from 'ws'
 import type { CommittedBatch, DurableEngine } from '../src/state/durableEngine.js'
+import type { DiskState } from '../src/state/diskGuard.js'
 import type { IngestCounters, PipelineCounters } from '../src/state/engineStore.js'
 import type { RoleTokens } from './auth.js'
 import { TrainerConnection } from './batchesEndpoint.js'
@@ -60,8 +61,11 @@ export const SERVER_DEFAULTS = {
 
 /** What `/healthz` answers. */
 export interface HealthReport {
-  status: 'ok' | 'failed'
+  /** `failed`: a write failed and the engine stopped; `disk-full`: the data folder is at its reserve (rollouts refused until space is back). */
+  status: 'ok' | 'failed' | 'disk-full'
   error?: string
+  /** The data folder's disk watermarks and free space, when watched. */
+  disk?: DiskState
   step: number
   lambda: Record<string, number>
   /** Unacknowledged batches. */
@@ -81,6 +85,9 @@ export interface HealthReport {
   /** Times a producer went past its credit and was paused. */
   pauses: number
 }
+
+/** After an engine failure, how long closing waits for the unanswered frames' answers (ms). */
+const FAILED_ANSWERS_MS = 2000
 
 export class EngineServer implements Mountable {
   /** The HTTP + WebSocket host the endpoints are served on. */
@@ -130,6 +137,10 @@ export class EngineServer implements Mountable {
       sendJson(response, report.status === 'ok' ? 200 : 503, report)
     })
     this.subscription = this.engine.committed.subscribe((committed) => this.onCommitted(committed))
+    // the disk crossing its watermarks changes every producer's credit (0 while full)
+    const disk = this.engine.disk?.changes.subscribe(() => this.flowAll())
+    if (disk !== undefined) this.subscription.add(disk)
+    void this.engine.failed.then(this.fail)
   }
 
   /**
@@ -152,6 +163,8 @@ export class EngineServer implements Mountable {
 
   /** The credit every producer has now, from the size of the trainer outbox. */
   credit(): number {
+    // a data folder at its disk reserve takes nothing until space is back
+    if (this.engine.disk?.isFull === true || this.failure !== undefined) return 0
     const { credit, maxOutbox } = this.settings
     const half = maxOutbox / 2
     if (this.outbox <= half) return credit
@@ -161,8 +174,9 @@ export class EngineServer implements Mountable {
 
   health(): HealthReport {
     const stats = this.engine.stats()
+    const disk = this.engine.disk?.state
     const report: HealthReport = {
-      status: this.failure === undefined ? 'ok' : 'failed',
+      status: this.failure !== undefined ? 'failed' : disk?.full === true ? 'disk-full' : 'ok',
       step: stats.step,
       lambda: stats.lambda,
       outbox: this.outbox,
@@ -177,6 +191,7 @@ export class EngineServer implements Mountable {
       pauses: [...this.producers].reduce((n, p) => n + p.pauses, this.pauses),
     }
     if (this.failure !== undefined) report.error = String(this.failure)
+    if (disk !== undefined) report.disk = disk
     return report
   }
 
@@ -187,6 +202,8 @@ export class EngineServer implements Mountable {
   private fail = (error: unknown): void => {
     if (this.failure !== undefined) return
     this.failure = error
+    // producers hear of it with their unanswered frames' error answers, then a 1011 close (see shutdown)
+    this.flowAll()
     this.options.onFailure?.(error)
   }
 
@@ -267,7 +284,17 @@ export class EngineServer implements Mountable {
 
   private async shutdown(): Promise<void> {
     this.subscription.unsubscribe()
-    await this.host.close()
+    if (this.failure !== undefined) {
+      // every frame received gets its answer (its `engine` error) before the connection closes with
+      // 1011; a write lmdb-js never settles after the failure is not waited for beyond a while
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        Promise.all([...this.producers].map((p) => p.answersSent())),
+        new Promise((resolve) => (timer = setTimeout(resolve, FAILED_ANSWERS_MS))),
+      ])
+      clearTimeout(timer)
+      await this.host.close(1011, 'engine failure')
+    } else await this.host.close()
     await this.acknowledgementsApplied()
   }
 }

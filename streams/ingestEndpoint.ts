@@ -9,7 +9,7 @@
  * is no longer read until answers free credit.
  */
 import type { WebSocket } from 'ws'
-import type { DurableEngine, IngestOutcome } from '../src/state/durableEngine.js'
+import { DiskFullError, type DurableEngine, type IngestOutcome } from '../src/state/durableEngine.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What a producer connection needs from the server around it. */
@@ -97,12 +97,24 @@ export class ProducerConnection {
           this.flow()
         },
         (error: unknown) => () => {
+          if (error instanceof DiskFullError) {
+            // nothing was logged: the producer sends these rollouts again once it has credit
+            this.context.countError('disk-full')
+            this.send(errorFrame('disk-full', error.message))
+            this.outstanding -= items.length
+            return this.flow()
+          }
           this.context.countError('engine')
           this.send(errorFrame('engine', `the engine could not log this frame: ${String(error)}`))
           this.context.onEngineFailure(error)
         },
       ),
     )
+  }
+
+  /** Resolves once every frame received so far has been answered. */
+  answersSent(): Promise<void> {
+    return this.answered
   }
 
   /** Announces a changed credit and pauses or resumes reading the socket. */

@@ -13,7 +13,7 @@ import { wirePackr as packr, wireUnpackr as unpackr, type WireFormat } from '../
 export type { WireFormat }
 
 /** Why a frame was refused as a whole (the `code` of an error frame). */
-export type FrameErrorCode = 'too-large' | 'decode' | 'bad-frame' | 'unknown-type' | 'too-many-rollouts' | 'bad-ack' | 'engine' | 'protocol'
+export type FrameErrorCode = 'too-large' | 'decode' | 'bad-frame' | 'unknown-type' | 'too-many-rollouts' | 'bad-ack' | 'engine' | 'disk-full' | 'protocol'
 
 export interface WireLimits {
   /** Largest frame answered with an error rather than dropped (bytes). */

@@ -4,12 +4,13 @@
  */
 import { inspect } from 'node:util'
 import { createReadStream, createWriteStream, statSync, type ReadStream } from 'node:fs'
-import { Command, Option } from 'commander'
+import { Command, InvalidArgumentError, Option } from 'commander'
 import { integerOption } from './cliOptions.js'
 import { ConfigError, loadConfig } from '../core/config.js'
 import { replay, ReplayInputError, type ReplaySummary } from './replay.js'
 import { LogNotFoundError, replayLog } from '../state/logReplay.js'
 import { batchRecord } from '../state/batchRecord.js'
+import { parseBytes } from '../state/diskGuard.js'
 import { JsonLinesWriter } from '../../streams/jsonLines.js'
 import { addTrainCommands } from './train/commands.js'
 import { replayProgress } from './progress.js'
@@ -113,6 +114,12 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     )
     .option('--max-frame-bytes <n>', 'largest frame accepted', integerOption(1024), DEFAULT_WIRE_LIMITS.maxFrameBytes)
     .option('--heartbeat-ms <n>', 'ping period; peers silent for a whole period are dropped (0 = off)', integerOption(0), SERVER_DEFAULTS.heartbeatMs)
+    .option(
+      '--disk-reserve <size>',
+      'free space to keep on the data folder\'s disk (e.g. 512M, 2G): below it new rollouts are refused ("disk-full") until twice as much is free; "auto" = 2% of the disk, 256 MiB to 4 GiB; 0 = off',
+      sizeOption,
+      'auto' as const,
+    )
     .addHelpText(
       'after',
       '\nTokens per role from the environment: DUALSTREAM_PRODUCER_TOKEN, DUALSTREAM_TRAINER_TOKEN, DUALSTREAM_VIEWER_TOKEN (the dashboard and /telemetry) (Authorization: Bearer … or ?token=…).',
@@ -127,6 +134,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
         maxOutbox: number
         maxFrameBytes: number
         heartbeatMs: number
+        diskReserve: number | 'auto'
       }) => {
         const config = loadConfig(opts.config)
         const stop = new AbortController()
@@ -145,6 +153,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
               maxOutbox: opts.maxOutbox,
               heartbeatMs: opts.heartbeatMs,
               limits: { maxFrameBytes: opts.maxFrameBytes },
+              diskReserve: opts.diskReserve,
             },
             io,
             stop.signal,
@@ -162,6 +171,16 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
     )
   addTrainCommands(program, io)
   return program
+}
+
+/** A `--disk-reserve` value: "auto", or a size in bytes with an optional K/M/G/T suffix. */
+function sizeOption(value: string): number | 'auto' {
+  if (value === 'auto') return 'auto'
+  try {
+    return parseBytes(value)
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message)
+  }
 }
 
 /** The size of a replay input file ("-" = stdin: unknown), for the progress bar. */

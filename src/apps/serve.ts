@@ -7,6 +7,7 @@ import { once } from 'node:events'
 import { asyncScheduler, type SchedulerLike } from 'rxjs'
 import type { Config } from '../core/config.js'
 import { DurableEngine } from '../state/durableEngine.js'
+import { formatBytes, type DiskState, type StatFs } from '../state/diskGuard.js'
 import { createProgress, fixed } from './progress.js'
 import { bindProblem, type RoleTokens } from '../../streams/auth.js'
 import { EngineServer, type EngineServerOptions } from '../../streams/engineServer.js'
@@ -22,6 +23,12 @@ export interface ServeOptions extends Omit<EngineServerOptions, 'engine' | 'onFa
   tokens: RoleTokens
   /** Wall clock for the engine; injectable for tests. */
   now?: () => number
+  /** Free bytes to keep on the data folder's disk (`auto`, the default: 2% of it, 256 MiB to 4 GiB; 0 = not watched) and where rollouts resume (default twice the reserve). */
+  diskReserve?: number | 'auto'
+  diskResume?: number
+  /** How often the data folder's free space is read (ms, default 1000) and how (tests). */
+  diskCheckMs?: number
+  statfs?: StatFs
   /** Telemetry queue and history sizes, process metrics (for tests and tuning). */
   telemetry?: TelemetryOptions
   /** Called once listening, with the parts (for embedding and tests). */
@@ -118,7 +125,20 @@ export function serveProgress(
 export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSignal): Promise<number> {
   const problem = bindProblem(options.host, options.tokens)
   if (problem !== undefined) throw new ServeError(problem)
-  const engine = await DurableEngine.open({ config: options.config, dataDir: options.dataDir, now: options.now })
+  const engine = await DurableEngine.open({
+    config: options.config,
+    dataDir: options.dataDir,
+    now: options.now,
+    diskReserveBytes: options.diskReserve ?? 'auto',
+    diskResumeBytes: options.diskResume,
+    diskCheckMs: options.diskCheckMs,
+    statfs: options.statfs,
+  })
+  const diskLine = (state: DiskState): string =>
+    state.full
+      ? `dualstream serve: ${engine.disk!.problem()}; producers are answered "disk-full" and get no credit\n`
+      : `dualstream serve: disk space back at ${state.path}: ${formatBytes(state.free)} free; taking rollouts again\n`
+  engine.disk?.changes.subscribe((state) => io.stdout.write(diskLine(state)))
   let failure: unknown
   const failed = new AbortController()
   const server = new EngineServer({
@@ -148,6 +168,7 @@ export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSig
     `dualstream serve: data ${options.dataDir}: step ${stats.step}${lambda === '' ? '' : `, λ${lambda}`}, ${stats.ingest.ingested} rollouts logged, ${stats.pendingRollouts} pending, ${stats.outbox} batches unacknowledged\n`,
   )
   io.stdout.write(listeningLine(address.host, address.port))
+  if (engine.disk?.isFull === true) io.stdout.write(diskLine(engine.disk.state))
   options.onListening?.({ engine, server, telemetry, port: address.port })
   const progress = serveProgress(engine, telemetry, io.stderr)
   if (!signal.aborted) await Promise.race([once(signal, 'abort'), once(failed.signal, 'abort')])
@@ -155,7 +176,7 @@ export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSig
   io.stdout.write(
     failure === undefined
       ? 'dualstream serve: shutting down\n'
-      : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${String(failure)}\n`,
+      : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${(await engine.failureCause()) ?? String(failure)}\n`,
   )
   telemetry.close()
   await server.close()

@@ -15,6 +15,8 @@ import { EngineStore, type Delivery, type FrameEntry, type IngestCounters, type 
 import type { BatchSummary } from './batchRecord.js'
 import { consumedSeqsOf, countDrop, planCommit, restoreBookkeeping, type EngineBookkeeping } from './commitPlan.js'
 import { EnginePipeline } from './pipeline.js'
+import { DiskGuard, type StatFs } from './diskGuard.js'
+import { describeStoreFailure } from './storeFailure.js'
 
 /** One refused item of an ingest frame. */
 export interface RejectedItem {
@@ -76,7 +78,30 @@ export interface DurableEngineOptions {
   /** How often to log a watermark while rollouts wait on a timeout (default from the config's timeouts; 0 = never). */
   watermarkIntervalMs?: number
   limits?: ValidationLimits
+  /**
+   * Free bytes that must stay on the data folder's filesystem (disk watermarks, see
+   * diskGuard.ts): below them new rollouts are refused with a `DiskFullError` until
+   * `diskResumeBytes` (default twice as many) are free again. 0 or undefined = not watched.
+   */
+  diskReserveBytes?: number | 'auto'
+  diskResumeBytes?: number
+  /** How often the filesystem is read (ms, default 1000). */
+  diskCheckMs?: number
+  /** Reads a filesystem's free space (tests); default `fs.statfs`. */
+  statfs?: StatFs
 }
+
+/** A frame refused because the data folder's disk is at its reserve: nothing was logged; send it again later. */
+export class DiskFullError extends Error {
+  readonly code = 'disk-full'
+  constructor(message: string) {
+    super(message)
+    this.name = 'DiskFullError'
+  }
+}
+
+/** Rough bytes an LMDB transaction adds beyond its values (page headers, B-tree and free-list pages). */
+const TRANSACTION_OVERHEAD = 8192
 
 /** Default watermark period: a quarter of the shortest timeout, between 50 ms and 1 s. */
 export function defaultWatermarkInterval(config: Config): number {
@@ -103,6 +128,14 @@ export class DurableEngine {
   // unacknowledged steps that are durable (what a trainer may acknowledge)
   private readonly outboxSteps: Set<number>
   private failure: unknown
+  private reportFailure!: (error: unknown) => void
+  /**
+   * Resolves with the first write failure (never rejects). After it the engine writes nothing
+   * more: LMDB after ENOSPC cannot be trusted, and the way out is a restart from the log.
+   */
+  readonly failed: Promise<unknown> = new Promise((resolve) => (this.reportFailure = resolve))
+  /** The data folder's disk watermarks, when watched. */
+  disk: DiskGuard | undefined
   private watermarkTimer: Subscription | undefined
   private closed = false
 
@@ -152,11 +185,36 @@ export class DurableEngine {
     const store = EngineStore.open(options.dataDir)
     const engine = new DurableEngine(options.config, store, options)
     await engine.commitChain
+    if (options.diskReserveBytes === 'auto' || (options.diskReserveBytes !== undefined && options.diskReserveBytes > 0)) {
+      engine.disk = await DiskGuard.open({
+        path: options.dataDir,
+        reserveBytes: options.diskReserveBytes,
+        resumeBytes: options.diskResumeBytes,
+        intervalMs: options.diskCheckMs,
+        scheduler: options.scheduler,
+        statfs: options.statfs,
+      })
+    }
     return engine
   }
 
   private readonly fail = (error: unknown): void => {
-    this.failure ??= error
+    // lmdb-js's cause of a failed commit rejects a promise of its own: handled here (it is read by failureCause)
+    const cause = (error as { commitError?: unknown } | undefined)?.commitError
+    if (cause instanceof Promise) cause.catch(() => {})
+    if (this.failure !== undefined) return
+    this.failure = error
+    this.reportFailure(error)
+  }
+
+  /**
+   * The failure with its real cause: lmdb-js rejects a failed commit with "Commit failed (see
+   * commitError for details)" and the cause (an errno such as ENOSPC) in `commitError`; this
+   * waits for it and names the data folder and its free space.
+   */
+  async failureCause(): Promise<string | undefined> {
+    if (this.failure === undefined) return undefined
+    return describeStoreFailure(this.failure, this.store.path, this.disk?.state)
   }
 
   private stamp(): number {
@@ -177,6 +235,8 @@ export class DurableEngine {
   ingest(items: readonly unknown[], raw?: RawFrame): Promise<IngestOutcome> {
     if (this.closed) return Promise.reject(new Error('the engine is closed'))
     if (this.failure !== undefined) return Promise.reject(this.failure)
+    const bytes = (raw?.bytes.length ?? 64 * items.length) + TRANSACTION_OVERHEAD
+    if (this.disk !== undefined && !this.disk.admits(bytes)) return Promise.reject(new DiskFullError(this.disk.refuse(bytes)))
     const rejected: RejectedItem[] = []
     const acked: string[] = []
     const valid: Rollout[] = []
@@ -223,7 +283,9 @@ export class DurableEngine {
       this.ingestCounters.ingested += accepted.length
       return structuredClone(this.ingestCounters)
     })
-    // a failed write is reported through the promise returned here
+    this.disk?.wrote(bytes)
+    // a failed write is reported through the promise returned here, and stops the engine
+    durable.catch(this.fail)
     this.feedInOrder(durable, () => accepted).catch(() => {})
     // the producer's ack needs the rollouts on disk, not in the pipeline: it need not wait for
     // them to be fed (and for the batches they complete to be scored and encoded)
@@ -246,21 +308,30 @@ export class DurableEngine {
 
   /** Logs one watermark or policy record; resolves once it is durable and fed. */
   private appendRecord(make: (seq: number) => LogRecord): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure)
+    this.disk?.wrote(TRANSACTION_OVERHEAD)
     let record: LogRecord | undefined
     const durable = this.store.transact((tx) => {
       record = make(tx.nextSeq)
       tx.append([record])
       return structuredClone(this.ingestCounters)
     })
+    // handled now, not only once the feed chain reaches it: a failed write stops the engine
+    durable.catch(this.fail)
     return this.feedInOrder(durable, () => record!)
   }
 
   /** Writes a scored batch as planned by `planCommit`, and announces it once durable, in step order. */
   private commit(batch: ScoredBatch, consumedSeqs: number[]): void {
+    // nothing more is written after a failure (the batch is formed again from the log on restart)
+    if (this.failure !== undefined) return
     const { plan, next } = planCommit(this.book, { batch, consumedSeqs, lowWater: this.pipeline.lowWater(), now: this.now() })
     this.book = next
     const written = this.store.commitBatch(plan.write)
+    // handled now: the chain below adopts it only once the earlier commits are done
+    written.catch(this.fail)
     const { delivery } = plan.write
+    this.disk?.wrote(delivery.bytes.length + plan.write.consumedSeqs.length * 8 + TRANSACTION_OVERHEAD)
     this.commitChain = this.commitChain
       .then(() => written)
       .then(() => {
@@ -296,7 +367,8 @@ export class DurableEngine {
     if (this.closed) throw new Error('the engine is closed')
     // the same step acknowledged twice counts once
     const known = this.outboxSteps.delete(step)
-    if (known) this.store.acknowledge(step)
+    // a removal that fails is a failed write like any other (not an unhandled rejection)
+    if (known && this.failure === undefined) this.store.acknowledge(step).catch(this.fail)
     if (policyVersion !== undefined) {
       const ts = this.stamp()
       await this.appendRecord((seq) => ({ kind: 'policy', seq, ts, version: policyVersion }))
@@ -306,7 +378,7 @@ export class DurableEngine {
 
   /** Logs a watermark when rollouts are waiting on a timeout and time has moved. */
   private tick(): void {
-    if (this.pipeline.pendingRollouts === 0 || this.now() <= this.lastTs) return
+    if (this.failure !== undefined || this.pipeline.pendingRollouts === 0 || this.now() <= this.lastTs) return
     const ts = this.stamp()
     this.appendRecord((seq) => ({ kind: 'watermark', seq, ts })).catch(this.fail)
   }
@@ -338,12 +410,30 @@ export class DurableEngine {
     if (this.closed) return
     this.closed = true
     this.watermarkTimer?.unsubscribe()
-    await this.settled()
+    this.disk?.close()
+    // after a failed commit some of lmdb-js's writes may never settle: wait for them a while, not forever
+    const failed = this.failure !== undefined
+    await (failed ? within(this.settled(), FAILED_CLOSE_MS) : this.settled())
     this.pipeline.close()
     this.committed.complete()
     this.drops.complete()
-    await this.store.close()
+    await (failed ? within(this.store.close(), FAILED_CLOSE_MS) : this.store.close())
   }
+}
+
+/** How long closing a failed engine waits for LMDB (ms). */
+const FAILED_CLOSE_MS = 2000
+
+/** Resolves when `promise` settles or after `ms`, whichever is first (never rejects). */
+function within(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([
+    promise.then(
+      () => {},
+      () => {},
+    ),
+    new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))),
+  ]).finally(() => clearTimeout(timer))
 }
 
 /** The metric label of a rejection: the top-level field at fault (`rewards`, `id`…) or `shape`. */

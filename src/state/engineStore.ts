@@ -97,6 +97,15 @@ export interface OutboxBatch {
 
 export const emptyIngestCounters = (): IngestCounters => ({ ingested: 0, rejected: {}, duplicate: 0 })
 
+/**
+ * A write queued inside `env.batch`: the batch's own promise reports a failure (and is awaited);
+ * each write's promise is rejected with it too, and would otherwise be an unhandled rejection
+ * that kills the process instead of letting the engine stop in good order.
+ */
+function inBatch(write: Promise<unknown>): void {
+  write.catch(() => {})
+}
+
 /** Items of a logged frame: it decoded to a map with a `rollouts` array at ingest, so it does again. */
 function frameItems(entry: FrameEntry): unknown[] {
   return (decodeValue(entry.bytes, entry.format) as { rollouts: unknown[] }).rollouts
@@ -277,11 +286,11 @@ export class EngineStore {
     this.next = next
     const written = this.env.batch(() => {
       for (const { seq, entry, hashes } of entries) {
-        this.log.put(seq, entry)
-        if (hashes.length > 0) this.idHashes.put(seq, packHashes(hashes))
-        if (Array.isArray(entry)) for (const record of entry) if (record.kind === 'policy') this.policies.put(record.seq, record.version)
+        inBatch(this.log.put(seq, entry))
+        if (hashes.length > 0) inBatch(this.idHashes.put(seq, packHashes(hashes)))
+        if (Array.isArray(entry)) for (const record of entry) if (record.kind === 'policy') inBatch(this.policies.put(record.seq, record.version))
       }
-      this.meta.put('ingest', counters)
+      inBatch(this.meta.put('ingest', counters))
     })
     for (const { seq, ids } of entries) if (ids.length > 0) this.ids.writing(seq, ids)
     try {
@@ -298,12 +307,12 @@ export class EngineStore {
     let maxSeq = -1
     for (const seq of commit.consumedSeqs) if (seq > maxSeq) maxSeq = seq
     await this.env.batch(() => {
-      this.meta.put('engine', commit.meta)
-      this.steps.put(step, commit.summary)
-      this.outbox.put(step, commit.delivery.bytes)
-      this.consumed.put(step, { seqs: commit.consumedSeqs, maxSeq })
+      inBatch(this.meta.put('engine', commit.meta))
+      inBatch(this.steps.put(step, commit.summary))
+      inBatch(this.outbox.put(step, commit.delivery.bytes))
+      inBatch(this.consumed.put(step, { seqs: commit.consumedSeqs, maxSeq }))
       // consumption below the low-water mark is implied by it
-      for (const old of commit.prune) this.consumed.remove(old)
+      for (const old of commit.prune) inBatch(this.consumed.remove(old))
     })
     await this.env.flushed
   }
@@ -313,9 +322,9 @@ export class EngineStore {
    * removal is durable only means the batch is delivered again (at-least-once; trainers
    * dedupe by step).
    */
-  acknowledge(step: number): void {
+  async acknowledge(step: number): Promise<void> {
     // a read first: on a closed environment it throws here, not later inside lmdb's write queue
-    if (this.outbox.doesExist(step)) void this.outbox.remove(step)
+    if (this.outbox.doesExist(step)) await this.outbox.remove(step)
   }
 
   /** Unacknowledged batches, ready to send, in step order. */

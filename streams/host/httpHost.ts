@@ -183,18 +183,19 @@ export class HttpHost implements Mountable {
 
   /**
    * Stops the heartbeat and listening, refuses new upgrades (503), closes every connection
-   * with 1001 and cuts off, after `closeTimeoutMs`, the peers that did not complete the
+   * with `code` (1001 "server shutting down" by default; the engine server says 1011 after a
+   * failure) and cuts off, after `closeTimeoutMs`, the peers that did not complete the
    * closing handshake. Resolves once the server is closed; calling it again returns the same promise.
    */
-  close(): Promise<void> {
-    this.closed ??= this.shutdown()
+  close(code = 1001, reason = 'server shutting down'): Promise<void> {
+    this.closed ??= this.shutdown(code, reason)
     return this.closed
   }
 
-  private async shutdown(): Promise<void> {
+  private async shutdown(code: number, reason: string): Promise<void> {
     this.heartbeat.stop()
     const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()))
-    for (const ws of this.sockets) ws.close(1001, 'server shutting down')
+    for (const ws of this.sockets) ws.close(code, reason)
     let cutoff: Subscription | undefined
     if (this.settings.closeTimeoutMs > 0) cutoff = this.scheduler.schedule(() => this.cutOff(), this.settings.closeTimeoutMs)
     else this.cutOff()

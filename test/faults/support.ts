@@ -132,27 +132,36 @@ export class FaultProducer {
     }
     this.client = client
     const unanswered: SentFrame[] = []
+    const outstanding = this.items.filter((item) => (item.invalid === undefined ? !this.acked.has(item.id) : !this.refused.has(item.id)))
     client.onFrame((frame: Received) => {
-      if (frame.type === 'error') this.errors.set(frame.code, (this.errors.get(frame.code) ?? 0) + 1)
+      if (frame.type === 'error') {
+        this.errors.set(frame.code, (this.errors.get(frame.code) ?? 0) + 1)
+        // an error answers the oldest frame without logging it: its items go again later
+        const head = unanswered.shift()
+        if (head === undefined) this.violations.push(`${this.name}: an error frame (${frame.code}) with no frame unanswered`)
+        else outstanding.push(...head.items)
+        this.options.onAnswer?.()
+      }
       if (frame.type === 'rejected') this.onRejected(frame, unanswered[0])
       if (frame.type === 'ack') this.onAck(frame, unanswered.shift())
     })
-    const outstanding = this.items.filter((item) => (item.invalid === undefined ? !this.acked.has(item.id) : !this.refused.has(item.id)))
-    let next = 0
     const inflight = () => unanswered.reduce((n, f) => n + f.items.length, 0)
-    while (next < outstanding.length) {
-      await client.until(() => client.closed !== undefined || client.credit - inflight() > 0, timeoutMs, `${this.name}: credit`)
+    const settled = () => outstanding.length === 0 && unanswered.length === 0
+    for (;;) {
+      await client.until(
+        () => client.closed !== undefined || settled() || (outstanding.length > 0 && client.credit - inflight() > 0),
+        timeoutMs,
+        `${this.name}: credit`,
+      )
       if (client.closed !== undefined) return 'closed'
-      const size = Math.min(this.options.frameSize, client.credit - inflight(), outstanding.length - next)
-      const items = outstanding.slice(next, next + size)
-      next += size
+      if (settled()) return 'done'
+      const size = Math.min(this.options.frameSize, client.credit - inflight(), outstanding.length)
+      const items = outstanding.splice(0, size)
       unanswered.push({ items, rejected: false })
       const frame = { type: 'rollouts', rollouts: items.map((item) => item.body) }
       if (this.options.json === true) client.ws.send(JSON.stringify(frame))
       else client.ws.send(pack(frame))
     }
-    await client.until(() => client.closed !== undefined || unanswered.length === 0, timeoutMs, `${this.name}: the last answer`)
-    return unanswered.length === 0 ? 'done' : 'closed'
   }
 
   private onRejected(frame: Received, head: SentFrame | undefined): void {

@@ -207,6 +207,39 @@ export class TelemetryMetrics {
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry })
   }
 
+  /**
+   * Gauges of the data folder's disk, read at each scrape: `dualstream_disk_free_bytes`,
+   * `dualstream_disk_reserve_bytes` and `dualstream_disk_full` (1 while new rollouts are
+   * refused for lack of space).
+   */
+  watchDisk(read: () => { free: number; reserve: number; full: boolean }): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'dualstream_disk_free_bytes',
+      help: "Free bytes on the data folder's filesystem (the last statfs less what was written since).",
+      registers,
+      collect() {
+        this.set(read().free)
+      },
+    })
+    new Gauge({
+      name: 'dualstream_disk_reserve_bytes',
+      help: 'Free bytes that must remain (--disk-reserve): below them new rollouts are refused.',
+      registers,
+      collect() {
+        this.set(read().reserve)
+      },
+    })
+    new Gauge({
+      name: 'dualstream_disk_full',
+      help: "1 while the data folder's disk is at its reserve and new rollouts are refused, else 0.",
+      registers,
+      collect() {
+        this.set(read().full ? 1 : 0)
+      },
+    })
+  }
+
   /** A frame was dropped from a client's queue. */
   readonly countDropped = (): void => this.droppedFrames.inc()
 

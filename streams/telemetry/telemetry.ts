@@ -134,6 +134,8 @@ export class EngineTelemetry extends Telemetry {
       options,
     )
     this.subscription = engine.committed.subscribe((committed) => this.onCommitted(engine, committed))
+    const disk = engine.disk
+    if (disk !== undefined) this.metrics.watchDisk(() => disk.state)
   }
 
   private onCommitted(engine: DurableEngine, { summary, latencyMs }: CommittedBatch): void {

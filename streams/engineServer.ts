@@ -218,6 +218,8 @@ export class EngineServer implements Mountable {
       onEngineFailure: (error) => {
         this.fail(error)
         ws.close(1011, 'engine failure')
+        // a producer paused past its credit (0 after a failure) must be read again, or the peer's close frame never is
+        ws.resume()
       },
     })
     this.producers.add(producer)

@@ -124,7 +124,8 @@ export class ProducerConnection {
       this.announced = credit
       this.send({ type: 'credit', credit })
     }
-    if (this.outstanding > credit) {
+    // a closing socket is never paused: the peer's close frame must be read to end the handshake
+    if (this.outstanding > credit && this.ws.readyState === this.ws.OPEN) {
       if (!this.ws.isPaused) {
         this.pauses++
         this.ws.pause()

@@ -34,8 +34,11 @@ function describeError(error: unknown): string {
   return extra === '' ? error.message : `${error.message} (${extra})`
 }
 
-/** "Commit failed … : No space left on device (ENOSPC, errno 28) writing to /data; 0 B free of 24.0 MiB". */
-export async function describeStoreFailure(error: unknown, path: string, disk?: DiskState): Promise<string> {
+/**
+ * "Commit failed … : No space left on device (ENOSPC, errno 28) writing to /data; 0 B free of 24.0 MiB".
+ * `causeWaitMs`: how long to wait for `commitError` (tests shorten it).
+ */
+export async function describeStoreFailure(error: unknown, path: string, disk?: DiskState, causeWaitMs = CAUSE_WAIT_MS): Promise<string> {
   let text = describeError(error)
   const pending = (error as ErrnoLike | undefined)?.commitError
   if (pending instanceof Promise) {
@@ -45,7 +48,7 @@ export async function describeStoreFailure(error: unknown, path: string, disk?: 
         () => undefined,
         (reason: unknown) => reason,
       ),
-      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), CAUSE_WAIT_MS))),
+      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), causeWaitMs))),
     ])
     clearTimeout(timer)
     if (cause !== undefined) text = `${text}: ${describeError(cause)}`

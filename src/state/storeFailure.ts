@@ -35,7 +35,7 @@ function describeError(error: unknown): string {
 }
 
 /**
- * "Commit failed … : No space left on device (ENOSPC, errno 28) writing to /data; 0 B free of 24.0 MiB".
+ * "Commit failed …: No space left on device (ENOSPC, errno 28); data folder /data: 0 B free of 24.0 MiB, reserve 4.0 MiB".
  * `causeWaitMs`: how long to wait for `commitError` (tests shorten it).
  */
 export async function describeStoreFailure(error: unknown, path: string, disk?: DiskState, causeWaitMs = CAUSE_WAIT_MS): Promise<string> {

@@ -217,9 +217,13 @@ export class EngineServer implements Mountable {
       countError: this.countError,
       onEngineFailure: (error) => {
         this.fail(error)
-        ws.close(1011, 'engine failure')
-        // a producer paused past its credit (0 after a failure) must be read again, or the peer's close frame never is
-        ws.resume()
+        // every frame received before gets its answer (acked if its write had succeeded, else
+        // `engine`), then the connection closes with 1011
+        void producer.answersSent().then(() => {
+          ws.close(1011, 'engine failure')
+          // a producer paused past its credit (0 after a failure) must be read again, or the peer's close frame never is
+          ws.resume()
+        })
       },
     })
     this.producers.add(producer)

@@ -235,20 +235,21 @@ t.test('failed batch commits, acknowledgements and watermarks stop the engine to
 })
 
 t.test('closing a failed engine does not wait for LMDB beyond a bound', async (t) => {
-  await t.test('a store that fails to close', async (t) => {
+  await t.test('the LMDB environment of a failed engine is left to the process exit', async (t) => {
     const { engine } = await openEngine(t)
     failNext(engine, 'transact', new Error('EIO: i/o error'))
     await t.rejects(engine.ingest([rollout('x0', 'x')]))
     await engine.failed
     const close = engine.store.close.bind(engine.store)
+    let closes = 0
     engine.store.close = async () => {
-      await close()
-      throw new Error('MDB_BAD_TXN')
+      closes++
     }
     await engine.close()
-    t.pass('closed despite the store’s error')
+    t.equal(closes, 0, 'not closed after the failure')
     await engine.close()
     t.pass('closing again does nothing')
+    await close()
   })
 
   await t.test('a write that never settles', async (t) => {

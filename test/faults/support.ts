@@ -108,6 +108,8 @@ export class FaultProducer {
   readonly violations: string[] = []
   /** Answers (acks and rejected frames) checked against the FIFO order. */
   answers = 0
+  /** Frames still unanswered when the last connection closed. */
+  unansweredAtClose = 0
   /** Error frames received, by code. */
   readonly errors = new Map<string, number>()
   client: Client | undefined
@@ -153,7 +155,10 @@ export class FaultProducer {
         timeoutMs,
         `${this.name}: credit`,
       )
-      if (client.closed !== undefined) return 'closed'
+      if (client.closed !== undefined) {
+        this.unansweredAtClose = unanswered.length
+        return 'closed'
+      }
       if (settled()) return 'done'
       const size = Math.min(this.options.frameSize, client.credit - inflight(), outstanding.length)
       const items = outstanding.splice(0, size)

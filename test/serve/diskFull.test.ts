@@ -170,7 +170,8 @@ t.test('after an engine failure: credit 0, /healthz failed; closing answers ever
 
   let closed = false
   const closing = served.server.close().then(() => (closed = true))
-  await new Promise((resolve) => setTimeout(resolve, 50))
+  // a few turns of the event loop: closing cannot finish before the frame is answered
+  for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setImmediate(resolve))
   t.notOk(closed, 'closing waits for the unanswered frame')
   t.equal(writer.closed, undefined, 'no connection is closed before every frame is answered')
   waitingFrame.reject(failure)

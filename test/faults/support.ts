@@ -5,67 +5,16 @@
  * acknowledged after a reconnect, and a trainer that sometimes drops its connection between a
  * batch and its ack. Every wait is for an event, with a deadline that fails the test.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { Client, pack, type Received } from '../serve/support.js'
 
-/** The compiled CLI (`npm run build`): the fault suite restarts serve often, and a compiled start is fast. */
-export const compiledMain = fileURLToPath(new URL('../../dist/src/apps/main.js', import.meta.url))
+import { compiledMain } from '../support/serveProcess.js'
+
+export { compiledMain, startServe, type ServeChild } from '../support/serveProcess.js'
 
 export function requireBuild(): string | undefined {
   return existsSync(compiledMain) ? undefined : `the fault suite runs the compiled CLI: run "npm run build" first (npm run test:faults does)`
-}
-
-// children still running when the test process ends (a failure, a timeout) are killed with it
-const running = new Set<ChildProcess>()
-process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL')
-})
-
-export interface ServeChild {
-  process: ChildProcess
-  port: number
-  /** Milliseconds from spawn to the "listening" line. */
-  startMs: number
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-  output(): string
-  url(path: string): string
-  kill(signal?: NodeJS.Signals): void
-}
-
-/** Starts `dualstream serve` with `args` and resolves once it says where it listens. */
-export function startServe(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<ServeChild> {
-  const started = performance.now()
-  const child = spawn(process.execPath, [compiledMain, 'serve', '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
-  running.add(child)
-  let output = ''
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      running.delete(child)
-      resolve({ code, signal })
-    }),
-  )
-  child.stderr!.on('data', (c: Buffer) => (output += c.toString()))
-  return new Promise((resolve, reject) => {
-    child.stdout!.on('data', (c: Buffer) => {
-      output += c.toString()
-      const match = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
-      if (match === null) return
-      const port = Number(match[1])
-      resolve({
-        process: child,
-        port,
-        startMs: performance.now() - started,
-        exited,
-        output: () => output,
-        url: (path) => `ws://127.0.0.1:${port}${path}`,
-        kill: (signal = 'SIGKILL') => child.kill(signal),
-      })
-    })
-    exited.then(({ code, signal }) => reject(new Error(`serve exited (${code ?? signal}) before listening:\n${output}`)))
-  })
 }
 
 /** Waits for `emitter`-free conditions: polls `test` on every turn of the event loop's timers, failing after `timeoutMs`. */

@@ -6,11 +6,11 @@
  * exactly one delivered batch, redeliveries are identical, and λ per step (and every
  * advantage) equals `dualstream replay --log` over the same log.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { mainScript, runCli } from '../support/cli.js'
+import { startServe } from '../support/serveProcess.js'
 import { Client, produce, tempDir, type Received } from './support.js'
 
 const G = 4
@@ -46,43 +46,9 @@ function makeRollouts() {
   return out
 }
 
-interface Child {
-  process: ChildProcess
-  port: number
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-  output: () => string
-}
-
-// children still running when the test ends (a failure, a timeout) are killed with it
-const running = new Set<ChildProcess>()
-process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL')
-})
-
-function startServe(configPath: string, dataDir: string): Promise<Child> {
-  const child = spawn(
-    process.execPath,
-    [...process.execArgv, mainScript, 'serve', '-c', configPath, '-d', dataDir, '--port', '0', '--heartbeat-ms', '0', '--credit', '100'],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  )
-  let output = ''
-  running.add(child)
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      running.delete(child)
-      resolve({ code, signal })
-    }),
-  )
-  child.stderr!.on('data', (c: Buffer) => (output += c.toString()))
-  return new Promise((resolve, reject) => {
-    child.stdout!.on('data', (c: Buffer) => {
-      output += c.toString()
-      const match = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
-      if (match !== null) resolve({ process: child, port: Number(match[1]), exited, output: () => output })
-    })
-    exited.then(({ code, signal }) => reject(new Error(`serve exited (${code ?? signal}) before listening:\n${output}`)))
-  })
-}
+/** `serve` under the test loader (coverage), with the options of this test. */
+const serveArgs = (configPath: string, dataDir: string) => ['-c', configPath, '-d', dataDir, '--heartbeat-ms', '0', '--credit', '100']
+const startCrashServe = (configPath: string, dataDir: string) => startServe(serveArgs(configPath, dataDir), { script: [...process.execArgv, mainScript] })
 
 t.test('SIGKILL at several points, restart, resend: exactly once, and λ equal to replay --log', async (t) => {
   const dir = tempDir('dualstream-crash-')
@@ -99,7 +65,7 @@ t.test('SIGKILL at several points, restart, resend: exactly once, and λ equal t
    * whether the trainer acknowledges a batch it receives.
    */
   async function life(name: string, options: { killWhen?: (phase: { acks: number; batches: number }) => boolean; ackWhile?: (batches: number) => boolean }) {
-    const child = await startServe(configPath, dataDir)
+    const child = await startCrashServe(configPath, dataDir)
     const phase = { acks: 0, batches: 0 }
     let killed = false
     const check = () => {

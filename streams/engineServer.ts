@@ -22,6 +22,7 @@ import type { RoleTokens } from './auth.js'
 import { TrainerConnection } from './batchesEndpoint.js'
 import { HttpHost, sendJson, type Endpoint, type HttpRoute, type ListenResult, type Mountable } from './host/index.js'
 import { ProducerConnection } from './ingestEndpoint.js'
+import { settleWithin } from '../src/core/settleWithin.js'
 import { DEFAULT_WIRE_LIMITS, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 export interface EngineServerOptions {
@@ -86,8 +87,8 @@ export interface HealthReport {
   pauses: number
 }
 
-/** After an engine failure, how long closing waits for the unanswered frames' answers (ms). */
-const FAILED_ANSWERS_MS = 2000
+/** After an engine failure, how long closing waits for the unanswered frames' answers (ms; writes still in flight get 1 s of it). */
+const FAILED_ANSWERS_MS = 3000
 
 export class EngineServer implements Mountable {
   /** The HTTP + WebSocket host the endpoints are served on. */
@@ -217,9 +218,9 @@ export class EngineServer implements Mountable {
       countError: this.countError,
       onEngineFailure: (error) => {
         this.fail(error)
-        // every frame received before gets its answer (acked if its write had succeeded, else
-        // `engine`), then the connection closes with 1011
-        void producer.answersSent().then(() => {
+        // every frame the producer sent before it heard of the failure gets its answer (acked if
+        // its write had succeeded, else `engine`; see drain), then the connection closes with 1011
+        void settleWithin(producer.drain(), FAILED_ANSWERS_MS).then(() => {
           ws.close(1011, 'engine failure')
           // a producer paused past its credit (0 after a failure) must be read again, or the peer's close frame never is
           ws.resume()
@@ -293,12 +294,7 @@ export class EngineServer implements Mountable {
     if (this.failure !== undefined) {
       // every frame received gets its answer (its `engine` error) before the connection closes with
       // 1011; a write lmdb-js never settles after the failure is not waited for beyond a while
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        Promise.all([...this.producers].map((p) => p.answersSent())),
-        new Promise((resolve) => (timer = setTimeout(resolve, FAILED_ANSWERS_MS))),
-      ])
-      clearTimeout(timer)
+      await settleWithin(Promise.all([...this.producers].map((p) => p.drain())), FAILED_ANSWERS_MS)
       await this.host.close(1011, 'engine failure')
     } else await this.host.close()
     await this.acknowledgementsApplied()

@@ -27,6 +27,9 @@ export interface IngestContext {
   onEngineFailure(error: unknown): void
 }
 
+/** The payload of the ping that ends a drain (a heartbeat's pong must not be taken for it). */
+const DRAIN_MARK = Buffer.from('dualstream: drained')
+
 export class ProducerConnection {
   /** Rollouts received and not yet answered. */
   outstanding = 0
@@ -46,6 +49,9 @@ export class ProducerConnection {
 
   // the answer to the newest frame so far: the next frame's answer goes out after it
   private answered: Promise<void> = Promise.resolve()
+  // the engine failed: every frame is read (and answered `engine`) until the connection closes
+  private failed = false
+  private draining: Promise<void> | undefined
 
   private send(frame: object): void {
     if (this.ws.readyState === this.ws.OPEN) this.ws.send(encodeFrame(frame, this.format))
@@ -106,6 +112,7 @@ export class ProducerConnection {
           }
           this.context.countError('engine')
           this.send(errorFrame('engine', `the engine could not log this frame: ${String(error)}`))
+          this.outstanding -= items.length
           this.context.onEngineFailure(error)
         },
       ),
@@ -117,6 +124,38 @@ export class ProducerConnection {
     return this.answered
   }
 
+  /**
+   * After an engine failure: resolves once every frame the producer sent before it heard of
+   * the failure has its answer (unbounded: the caller bounds it). Credit is 0 by then, so a
+   * producer sends nothing new, and frames already on the wire are read (the socket is no
+   * longer paused) and answered `engine`. A ping sent after those answers and the credit
+   * marks the end: its pong follows, on the one ordered stream, every frame the producer sent
+   * before it read them. Then the connection can close (1011) with nothing left unanswered.
+   */
+  drain(): Promise<void> {
+    this.draining ??= (async () => {
+      this.failed = true
+      this.flow()
+      await this.answered
+      if (this.ws.readyState !== this.ws.OPEN) return
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.ws.off('pong', onPong)
+          this.ws.off('close', done)
+          resolve()
+        }
+        const onPong = (data: Buffer) => {
+          if (data.equals(DRAIN_MARK)) done()
+        }
+        this.ws.on('pong', onPong)
+        this.ws.on('close', done)
+        this.ws.ping(DRAIN_MARK)
+      })
+      await this.answered
+    })()
+    return this.draining
+  }
+
   /** Announces a changed credit and pauses or resumes reading the socket. */
   flow(): void {
     const credit = this.context.credit()
@@ -125,7 +164,7 @@ export class ProducerConnection {
       this.send({ type: 'credit', credit })
     }
     // a closing socket is never paused: the peer's close frame must be read to end the handshake
-    if (this.outstanding > credit && this.ws.readyState === this.ws.OPEN) {
+    if (this.outstanding > credit && this.ws.readyState === this.ws.OPEN && !this.failed) {
       if (!this.ws.isPaused) {
         this.pauses++
         this.ws.pause()

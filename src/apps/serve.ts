@@ -9,6 +9,7 @@ import type { Config } from '../core/config.js'
 import { DurableEngine } from '../state/durableEngine.js'
 import { formatBytes, type DiskState, type StatFs } from '../state/diskGuard.js'
 import { createProgress, fixed } from './progress.js'
+import { settleWithin } from '../core/settleWithin.js'
 import { bindProblem, type RoleTokens } from '../../streams/auth.js'
 import { EngineServer, type EngineServerOptions } from '../../streams/engineServer.js'
 import { RateMeter } from '../../streams/telemetry/frames.js'
@@ -29,6 +30,8 @@ export interface ServeOptions extends Omit<EngineServerOptions, 'engine' | 'onFa
   /** How often the data folder's free space is read (ms, default 1000) and how (tests). */
   diskCheckMs?: number
   statfs?: StatFs
+  /** After an engine failure, how long stopping waits for connections and LMDB (ms, default `FAILED_STOP_MS`). */
+  failedStopMs?: number
   /** Telemetry queue and history sizes, process metrics (for tests and tuning). */
   telemetry?: TelemetryOptions
   /** Called once listening, with the parts (for embedding and tests). */
@@ -52,6 +55,9 @@ export interface ServeIO {
 /** The line announcing the address, in a form tests and scripts can parse. */
 export const listeningLine = (host: string, port: number): string =>
   `dualstream serve: listening on http://${host.includes(':') ? `[${host}]` : host}:${port} (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n`
+
+/** How long a server stopping after an engine failure waits for its connections and LMDB (ms). */
+export const FAILED_STOP_MS = 10_000
 
 /** How often the serve progress line is refreshed (ms). */
 export const SERVE_PROGRESS_MS = 250
@@ -179,8 +185,13 @@ export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSig
       : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${(await engine.failureCause()) ?? String(failure)}\n`,
   )
   telemetry.close()
-  await server.close()
-  await engine.close()
+  const stopping = server.close().then(() => engine.close())
+  if (failure === undefined) await stopping
+  // after a failure, connections and LMDB get a bounded time: the process must still say "stopped" and exit 1
+  else {
+    const bound = options.failedStopMs ?? FAILED_STOP_MS
+    if (!(await settleWithin(stopping, bound))) io.stdout.write(`dualstream serve: gave up waiting for connections and LMDB after ${bound / 1000} s\n`)
+  }
   io.stdout.write('dualstream serve: stopped\n')
   return failure === undefined ? 0 : 1
 }

@@ -17,6 +17,7 @@ import { consumedSeqsOf, countDrop, planCommit, restoreBookkeeping, type EngineB
 import { EnginePipeline } from './pipeline.js'
 import { DiskGuard, type StatFs } from './diskGuard.js'
 import { describeStoreFailure } from './storeFailure.js'
+import { settleWithin } from '../core/settleWithin.js'
 
 /** One refused item of an ingest frame. */
 export interface RejectedItem {
@@ -116,6 +117,7 @@ export class DurableEngine {
   readonly drops = new Subject<DropEvent>()
 
   private readonly now: () => number
+  private readonly scheduler: SchedulerLike
   private readonly limits: ValidationLimits
   private readonly pipeline: EnginePipeline
   private ingestCounters: IngestCounters
@@ -129,6 +131,8 @@ export class DurableEngine {
   private readonly outboxSteps: Set<number>
   private failure: unknown
   private reportFailure!: (error: unknown) => void
+  // what settles the promises returned to callers that still wait on a write (see guard)
+  private readonly waiting = new Set<(error: unknown) => void>()
   /**
    * Resolves with the first write failure (never rejects). After it the engine writes nothing
    * more: LMDB after ENOSPC cannot be trusted, and the way out is a restart from the log.
@@ -144,7 +148,7 @@ export class DurableEngine {
     readonly store: EngineStore,
     options: DurableEngineOptions,
   ) {
-    const scheduler = options.scheduler ?? asyncScheduler
+    const scheduler = (this.scheduler = options.scheduler ?? asyncScheduler)
     this.now = options.now ?? (() => scheduler.now())
     this.limits = options.limits ?? DEFAULT_LIMITS
     const meta = store.engineMeta()
@@ -205,6 +209,29 @@ export class DurableEngine {
     if (this.failure !== undefined) return
     this.failure = error
     this.reportFailure(error)
+    // writes already queued mostly still settle (and their frames are acknowledged); the rest are given up on
+    this.scheduler.schedule(() => {
+      for (const reject of this.waiting) reject(error)
+      this.waiting.clear()
+    }, STRANDED_WRITE_MS)
+  }
+
+  /**
+   * `promise`, rejected with the engine's failure if it has not settled `STRANDED_WRITE_MS`
+   * after the failure. After a failed commit lmdb-js may never settle some writes already
+   * queued; a caller (a producer's answer, a trainer's acknowledgement, a shutdown) must not
+   * wait on them forever. One rejecter per write in flight, dropped when it settles: nothing
+   * accumulates per call.
+   */
+  private guard<T>(promise: Promise<T>): Promise<T> {
+    if (this.failure !== undefined) {
+      promise.catch(() => {}) // the failure is what the caller hears of
+      return Promise.reject(this.failure)
+    }
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.add(reject)
+      promise.then(resolve, reject).finally(() => this.waiting.delete(reject))
+    })
   }
 
   /**
@@ -289,7 +316,7 @@ export class DurableEngine {
     this.feedInOrder(durable, () => accepted).catch(() => {})
     // the producer's ack needs the rollouts on disk, not in the pipeline: it need not wait for
     // them to be fed (and for the batches they complete to be scored and encoded)
-    return durable.then(() => ({ acked, rejected, duplicates }))
+    return this.guard(durable.then(() => ({ acked, rejected, duplicates })))
   }
 
   /** Feeds rollouts (or one other record) once durable, strictly in seq order. */
@@ -371,7 +398,7 @@ export class DurableEngine {
     if (known && this.failure === undefined) this.store.acknowledge(step).catch(this.fail)
     if (policyVersion !== undefined) {
       const ts = this.stamp()
-      await this.appendRecord((seq) => ({ kind: 'policy', seq, ts, version: policyVersion }))
+      await this.guard(this.appendRecord((seq) => ({ kind: 'policy', seq, ts, version: policyVersion })))
     }
     return known
   }
@@ -413,7 +440,7 @@ export class DurableEngine {
     this.disk?.close()
     // after a failed commit some of lmdb-js's writes may never settle: wait for them a while, not forever
     const failed = this.failure !== undefined
-    await (failed ? within(this.settled(), FAILED_CLOSE_MS) : this.settled())
+    await (failed ? settleWithin(this.settled(), FAILED_CLOSE_MS) : this.settled())
     this.pipeline.close()
     this.committed.complete()
     this.drops.complete()
@@ -423,20 +450,11 @@ export class DurableEngine {
   }
 }
 
+/** How long after a failure a write still in flight may settle before its caller is told of the failure instead (ms). */
+const STRANDED_WRITE_MS = 1000
+
 /** How long closing a failed engine waits for LMDB (ms). */
 const FAILED_CLOSE_MS = 2000
-
-/** Resolves when `promise` settles or after `ms`, whichever is first (never rejects). */
-function within(promise: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  return Promise.race([
-    promise.then(
-      () => {},
-      () => {},
-    ),
-    new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))),
-  ]).finally(() => clearTimeout(timer))
-}
 
 /** The metric label of a rejection: the top-level field at fault (`rewards`, `id`…) or `shape`. */
 export function rejectionReason(field: string): string {

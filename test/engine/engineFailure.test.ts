@@ -234,6 +234,29 @@ t.test('failed batch commits, acknowledgements and watermarks stop the engine to
   })
 })
 
+t.test('a write lmdb-js never settles after a failure: its caller hears of the failure a second later, not never', async (t) => {
+  const { engine, clock } = await openEngine(t)
+  const store = engine.store as unknown as { transact: () => Promise<void> }
+  const transact = store.transact
+  store.transact = () => new Promise(() => {})
+  const stranded = engine.ingest([rollout('x0', 'x')])
+  let outcome = 'pending'
+  stranded.then(
+    () => (outcome = 'acked'),
+    () => (outcome = 'failed'),
+  )
+  store.transact = transact
+  const failure = new Error('EIO: i/o error')
+  failNext(engine, 'transact', failure)
+  await t.rejects(engine.ingest([rollout('y0', 'y')]), failure)
+  await engine.failed
+  clock.advance(999)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(outcome, 'pending', 'a write in flight may still settle for a while')
+  clock.advance(1)
+  await t.rejects(stranded, failure, 'then its frame is answered with the failure')
+})
+
 t.test('closing a failed engine does not wait for LMDB beyond a bound', async (t) => {
   await t.test('the LMDB environment of a failed engine is left to the process exit', async (t) => {
     const { engine } = await openEngine(t)

@@ -1,8 +1,9 @@
 /**
  * One producer connection (streams/ingestEndpoint.ts) over a fake socket and a fake engine:
  * a frame refused for a full disk is answered `disk-full` in its turn, its rollouts no longer
- * count against the credit, `answersSent()` resolves once every frame so far is answered, and
- * a socket that is closing is never paused (its peer's close frame must still be read).
+ * count against the credit, `answersSent()` resolves once every frame so far is answered, a
+ * socket that is closing is never paused (its peer's close frame must still be read), and after
+ * an engine failure `drain()` answers every frame the producer sent before it heard of it.
  */
 import { EventEmitter } from 'node:events'
 import t from 'tap'
@@ -27,6 +28,11 @@ class FakeSocket extends EventEmitter {
   }
   resume(): void {
     this.isPaused = false
+  }
+  readonly pings: Buffer[] = []
+  ping(data: Buffer): void {
+    this.pings.push(data)
+    this.sent.push({ type: '(ping)' })
   }
   /** A frame from the producer, as JSON text. */
   receive(frame: object): void {
@@ -105,7 +111,7 @@ t.test('an engine error is answered and reported; a closing socket is never paus
   t.same(answers(ws), ['error engine'])
   t.same(errors, ['engine'])
   t.same(failures, [failure])
-  t.equal(producer.outstanding, 2, 'a failed frame stays unanswered for the credit (the connection is closed)')
+  t.equal(producer.outstanding, 0, 'an answered frame no longer counts against the credit')
 
   // the server closes the connection: the peer's close frame must be read, whatever the credit
   ws.readyState = ws.CLOSING
@@ -116,4 +122,50 @@ t.test('an engine error is answered and reported; a closing socket is never paus
   t.equal(ws.sent.filter((f) => f.type === 'credit').length, 1, 'and nothing more is sent to it')
   producer.flow()
   t.notOk(ws.isPaused, 'and not paused again')
+})
+
+t.test('drain after a failure: frames already on the wire are read and answered, up to the pong of a ping sent after the answers', async (t) => {
+  const { ws, producer, ingests, setCredit } = connect(4)
+  ws.receive({ type: 'rollouts', rollouts: prompts('a', 3) })
+  t.ok(ws.isPaused, 'past its credit: paused')
+  const failure = new Error('EIO')
+  setCredit(0)
+  ingests[0].reject(failure)
+  await producer.answersSent()
+  let drained = false
+  const draining = producer.drain().then(() => (drained = true))
+  t.equal(producer.drain(), producer.drain(), 'one drain per connection')
+  t.notOk(ws.isPaused, 'a failed connection is read again, whatever its credit')
+  await turns()
+  t.same(
+    ws.sent.map((f) => f.type),
+    ['credit', 'error', 'credit', '(ping)'],
+    'the ping goes out after every answer and the credit 0',
+  )
+  // a frame the producer sent before it read them arrives before the pong
+  ws.receive({ type: 'rollouts', rollouts: prompts('b', 1) })
+  ingests[1].reject(failure)
+  ws.emit('pong', Buffer.from('a heartbeat'))
+  await turns()
+  t.notOk(drained, "a heartbeat's pong is not the drain's")
+  ws.emit('pong', ws.pings[0])
+  await draining
+  t.same(answers(ws), ['error engine', '(ping) undefined', 'error engine'], 'every frame answered before the drain ends')
+  t.equal(ws.listenerCount('pong'), 0, 'its listeners are removed')
+  t.equal(ws.listenerCount('close'), 0)
+})
+
+t.test('drain ends when the socket closes first, or at once on a socket no longer open', async (t) => {
+  const open = connect()
+  const draining = open.producer.drain()
+  await turns()
+  t.equal(open.ws.pings.length, 1)
+  open.ws.emit('close')
+  await draining
+  t.pass('the close ends it')
+
+  const closing = connect()
+  closing.ws.readyState = closing.ws.CLOSING
+  await closing.producer.drain()
+  t.equal(closing.ws.pings.length, 0, 'no ping to a closing socket')
 })

@@ -131,6 +131,16 @@ t.test('serve: a failure the engine did not record (no cause to describe) is pri
   t.match(served.output(), /shutting down \(restart to recover from the log\): Error: simulated engine bug\ndualstream serve: stopped\n$/)
 })
 
+t.test('serve: after a failure, stopping is bounded: a close that never ends is given up on, and the process still says "stopped" and exits 1', async (t) => {
+  const served = await startServe({ diskReserve: 0, failedStopMs: 50 })
+  served.engine.ingest = () => Promise.reject(new Error('simulated engine bug'))
+  served.engine.close = () => new Promise(() => {}) // as after lmdb-js abandons a write
+  const producer = await Client.open(`ws://127.0.0.1:${served.port}/ingest`)
+  producer.send({ type: 'rollouts', rollouts: prompts('x', 1) })
+  t.equal(await served.exit, 1)
+  t.match(served.output(), /dualstream serve: gave up waiting for connections and LMDB after 0\.05 s\ndualstream serve: stopped\n$/)
+})
+
 /** `dualstream serve` from the command line, in-process; resolves once it listens. */
 async function startCli(argv: string[]) {
   const stdout = new PassThrough()

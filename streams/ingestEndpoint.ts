@@ -10,6 +10,8 @@
  */
 import type { WebSocket } from 'ws'
 import { DiskFullError, type DurableEngine, type IngestOutcome } from '../src/state/durableEngine.js'
+import { wirePackr } from '../src/state/codec.js'
+import { decodeRolloutsFrame } from '../src/state/rawPayload.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What a producer connection needs from the server around it. */
@@ -82,7 +84,11 @@ export class ProducerConnection {
         `rollouts: ${items.length} items in one frame, at most ${this.context.maxRolloutsPerFrame} are accepted (split the frame)`,
       )
     }
-    this.ingest(items, data, isBinary)
+    if (isBinary) return this.ingest(items, data, true)
+    // a JSON producer's frame becomes MessagePack once, here: logged and passed on like any
+    // other, its payloads as bytes from now on (a copy: msgpackr reuses its buffer)
+    const bytes = Buffer.from(wirePackr.pack(frame))
+    this.ingest((decodeRolloutsFrame(bytes) as { rollouts: unknown[] }).rollouts, bytes, true)
   }
 
   private ingest(items: unknown[], data: Buffer, isBinary: boolean): void {

@@ -8,7 +8,8 @@
  */
 import { isUtf8 } from 'node:buffer'
 import { describe } from '../src/core/describe.js'
-import { wirePackr as packr, wireUnpackr as unpackr, type WireFormat } from '../src/state/codec.js'
+import { wirePackr as packr, type WireFormat } from '../src/state/codec.js'
+import { decodeRolloutsFrame } from '../src/state/rawPayload.js'
 
 export type { WireFormat }
 
@@ -192,7 +193,8 @@ export function decodeFrame(data: Buffer, isBinary: boolean, limits: WireLimits 
     const problem = checkMsgpack(data, limits.maxDepth)
     if (problem !== undefined) return { ok: false, code: 'decode', reason: `not valid MessagePack: ${problem}` }
     try {
-      value = unpackr.unpack(data)
+      // a rollouts frame's payloads stay the producer's bytes (never decoded; see rawPayload.ts)
+      value = decodeRolloutsFrame(data)
     } catch (error) {
       return { ok: false, code: 'decode', reason: `not valid MessagePack: ${(error as Error).message}` }
     }

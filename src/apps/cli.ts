@@ -1,5 +1,5 @@
 /**
- * The `dualstream` command line: `replay` (and the commands added by the engine: `serve`,
+ * The `dualstream` command line: `replay`, `export` (and the commands added by the engine: `serve`,
  * `train`, `eval`, `bench`).
  */
 import { inspect } from 'node:util'
@@ -15,6 +15,7 @@ import { JsonLinesWriter } from '../../streams/jsonLines.js'
 import { addTrainCommands } from './train/commands.js'
 import { replayProgress } from './progress.js'
 import { serve, ServeError } from './serve.js'
+import { exportSteps } from './exportSteps.js'
 import { tokensFromEnv } from '../../streams/auth.js'
 import { SERVER_DEFAULTS } from '../../streams/engineServer.js'
 import { DEFAULT_WIRE_LIMITS } from '../../streams/wire.js'
@@ -92,6 +93,28 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
         if (!(error instanceof ReplayInputError || error instanceof LogNotFoundError || isSystemError(error))) throw error
         const hint = error instanceof ReplayInputError ? '\n(use --on-invalid skip to skip and count such lines)' : ''
         io.stderr.write(`dualstream replay: ${error.message}${hint}\n`)
+        setExitCode(EXIT_DATA)
+      }
+    })
+
+  program
+    .command('export')
+    .description(
+      'One row per committed step of a serve data folder (λ before/after, J, violation, per-sample violation rate and count per constraint, objective means, counts, advantage mean/std, commit time), as CSV or JSON Lines. Read-only: serve may be running.',
+    )
+    .requiredOption('-d, --data <dir>', 'the serve data folder')
+    .addOption(
+      new Option('--format <format>', 'csv (a header, then one line per step) or jsonl (one object per line)').choices(['csv', 'jsonl']).default('csv'),
+    )
+    .option('-o, --out <file>', 'where to write ("-" = stdout)', '-')
+    .action(async (opts: { data: string; format: 'csv' | 'jsonl'; out: string }) => {
+      try {
+        const toStdout = opts.out === '-'
+        const steps = await exportSteps(opts.data, opts.format, toStdout ? io.stdout : createWriteStream(opts.out), !toStdout)
+        io.stderr.write(`export: ${steps} steps from ${opts.data}${toStdout ? '' : ` to ${opts.out}`}\n`)
+      } catch (error) {
+        if (!(error instanceof LogNotFoundError || isSystemError(error))) throw error
+        io.stderr.write(`dualstream export: ${error.message}\n`)
         setExitCode(EXIT_DATA)
       }
     })

@@ -54,7 +54,7 @@ export interface ServeIO {
 
 /** The line announcing the address, in a form tests and scripts can parse. */
 export const listeningLine = (host: string, port: number): string =>
-  `dualstream serve: listening on http://${host.includes(':') ? `[${host}]` : host}:${port} (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n`
+  `dualstream serve: listening on http://${host.includes(':') ? `[${host}]` : host}:${port} (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics, /history; dashboard at /)\n`
 
 /** How long a server stopping after an engine failure waits for its connections and LMDB (ms). */
 export const FAILED_STOP_MS = 10_000
@@ -184,6 +184,8 @@ export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSig
       ? 'dualstream serve: shutting down\n'
       : `dualstream serve: engine failure, shutting down (restart to recover from the log): ${(await engine.failureCause()) ?? String(failure)}\n`,
   )
+  // a clean stop saves the whole-run history, so the next start need not rebuild it
+  if (failure === undefined) await telemetry.saveHistory()
   telemetry.close()
   const stopping = server.close().then(() => engine.close())
   if (failure === undefined) await stopping

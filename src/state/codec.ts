@@ -12,8 +12,3 @@ export type WireFormat = 'msgpack' | 'json'
 export const wirePackr = new Packr({ useRecords: false })
 // 64-bit integers become numbers (never BigInt, which JSON and most consumers cannot take)
 export const wireUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' })
-
-/** Decodes bytes already known to be one well-formed value in `format`. */
-export function decodeValue(bytes: Uint8Array, format: WireFormat): unknown {
-  return format === 'msgpack' ? wireUnpackr.unpack(bytes) : JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'))
-}

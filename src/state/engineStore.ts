@@ -17,7 +17,8 @@
  * - `steps`    step → summary of the batch (λ before/after, measurements), kept for history.
  * - `policies` seq → policy version: the policy records of the log, to find the version in
  *              effect at any seq without scanning the log.
- * - `meta`     'engine' → step, dual state, counters, low-water mark; 'ingest' → counters.
+ * - `meta`     'engine' → step, dual state, counters, low-water mark; 'ingest' → counters;
+ *              'aux:<key>' → records of other parts (the dashboard's whole-run history).
  *
  * Each ingest and each batch commit is one LMDB transaction, queued with `env.batch` so that
  * lmdb-js's write thread does the B-tree work while the event loop goes on (a `transaction`
@@ -26,7 +27,8 @@
  */
 import { getRandomValues } from 'node:crypto'
 import { open, type Database, type RootDatabase } from 'lmdb'
-import { decodeValue, type WireFormat } from './codec.js'
+import type { WireFormat } from './codec.js'
+import { decodeLoggedFrame } from './rawPayload.js'
 import type { Rollout } from '../core/types.js'
 import type { BatchCommit, Delivery, EngineMeta } from './commitPlan.js'
 import { formatFieldError, validateRollout } from '../core/validate.js'
@@ -108,7 +110,7 @@ function inBatch(write: Promise<unknown>): void {
 
 /** Items of a logged frame: it decoded to a map with a `rollouts` array at ingest, so it does again. */
 function frameItems(entry: FrameEntry): unknown[] {
-  return (decodeValue(entry.bytes, entry.format) as { rollouts: unknown[] }).rollouts
+  return (decodeLoggedFrame(entry.bytes, entry.format) as { rollouts: unknown[] }).rollouts
 }
 
 // logged items were accepted under the limits of their day: only their shape matters now
@@ -346,9 +348,20 @@ export class EngineStore {
     return [...this.consumed.getRange({})].map(({ key, value }) => ({ step: key, ...value }))
   }
 
-  /** Summaries of committed steps, in order. */
-  *summaries(): Generator<{ step: number; summary: unknown }> {
-    for (const { key, value } of this.steps.getRange({})) yield { step: key, summary: value }
+  /** Summaries of committed steps in order, from step `from` to `to` (both included; default all). */
+  *summaries(from?: number, to?: number): Generator<{ step: number; summary: unknown }> {
+    const range = { ...(from === undefined ? {} : { start: from }), ...(to === undefined ? {} : { end: to + 1 }) }
+    for (const { key, value } of this.steps.getRange(range)) yield { step: key, summary: value }
+  }
+
+  /** What another part of the server saved under `key` (the dashboard's whole-run history), if anything. */
+  auxiliary(key: string): unknown {
+    return this.meta.get(`aux:${key}`)
+  }
+
+  /** Saves a small record for another part of the server, outside the engine's own transactions (flushed when resolved). */
+  async saveAuxiliary(key: string, value: unknown): Promise<void> {
+    await this.meta.put(`aux:${key}`, value)
   }
 
   async close(): Promise<void> {

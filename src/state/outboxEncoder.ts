@@ -7,6 +7,7 @@
  * `test/engine/outboxEncoder.test.ts`).
  */
 import { wirePackr } from './codec.js'
+import { RawPayload } from './rawPayload.js'
 import type { ScoredBatch } from '../core/types.js'
 import { constraintsRecord } from './batchRecord.js'
 
@@ -62,11 +63,13 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
   // does not size maps up front); the rollouts written below make the count five
   const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints) })
   head.writeUInt16BE(5, 1)
-  const payloads: (Buffer | undefined)[] = []
+  const payloads: (Uint8Array | undefined)[] = []
   let bound = head.length + KEY_ROLLOUTS.length + 5
   for (const group of batch.groups) {
     for (const rollout of group.rollouts) {
-      const payload = rollout.payload === undefined ? undefined : wirePackr.pack(rollout.payload)
+      // a payload from the wire goes on as the producer's bytes; one given as a value is encoded
+      const payload =
+        rollout.payload === undefined ? undefined : rollout.payload instanceof RawPayload ? rollout.payload.bytes : wirePackr.pack(rollout.payload)
       payloads.push(payload)
       bound += 1 + KEY_ID.length + 5 + 3 * rollout.id.length + KEY_PROMPT.length + 5 + 3 * rollout.promptId.length + KEY_ADVANTAGE.length + 9
       if (payload !== undefined) bound += KEY_PAYLOAD.length + payload.length

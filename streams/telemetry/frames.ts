@@ -134,6 +134,24 @@ export interface BatchFrame {
   sample?: SamplePicture
 }
 
+/** One series' points in step order: each a real step, its wall time (ms; null if unknown) and value. */
+export interface SeriesPoints {
+  steps: number[]
+  ts: (number | null)[]
+  values: number[]
+}
+
+/** The downsampled history of a run (or of a range of it): see runHistory.ts. */
+export interface HistoryOverview {
+  /** Most points per series. */
+  maxPoints: number
+  /** Steps summarised. */
+  steps: number
+  first: number | null
+  last: number | null
+  series: Record<string, SeriesPoints>
+}
+
 /** The first frame on every connection. */
 export interface HelloFrame {
   type: 'hello'
@@ -146,6 +164,11 @@ export interface HelloFrame {
   counts: TelemetryCounts | null
   /** The last batch frames, oldest first, without their samples, so that a page opened mid-run has charts at once. */
   history: BatchFrame[]
+  /**
+   * The whole run so far, every series downsampled by min/max (runHistory.ts): a page opened at
+   * any step, or after a restart, draws the run from step 1 (then `history`, then live frames).
+   */
+  overview: HistoryOverview
   /** The latest sample rollout, if any. */
   sample: SamplePicture | null
   /** What the training is doing (`warm start`, `RL`, `done`); undefined for serve. */
@@ -238,7 +261,8 @@ export class RateMeter {
 }
 
 /** The batch figures every frame carries, from a scored batch. */
-function batchFigures(
+/** The figures of a batch summary as a frame shows them: counts, objectives, each constraint with its config, advantages. */
+export function batchFigures(
   summary: BatchSummary,
   config: Config,
 ): Pick<BatchFrame, 'step' | 'rollouts' | 'groups' | 'partialGroups' | 'objectives' | 'constraints' | 'fracZeroStd' | 'advantage'> {

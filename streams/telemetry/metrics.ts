@@ -30,6 +30,9 @@ export class TelemetryMetrics {
   private readonly lambda: Gauge<'constraint'>
   private readonly constraintMean: Gauge<'constraint'>
   private readonly violation: Gauge<'constraint'>
+  private readonly violatedSteps: Gauge<'constraint'>
+  /** Per constraint, the batches in a row (up to the latest) whose violation was positive. */
+  private readonly violatedRun = new Map<string, number>()
   private readonly sampleViolationRate: Gauge<'constraint'>
   private readonly objectiveMean: Gauge<'objective'>
   private readonly fracZeroStd: Gauge<'channel'>
@@ -67,6 +70,18 @@ export class TelemetryMetrics {
       labelNames: ['constraint'],
       registers,
     })
+    this.violatedSteps = new Gauge({
+      name: 'dualstream_constraint_violated_steps',
+      help: 'Consecutive batches up to the latest in which each constraint was violated (e > 0), counted since this process started; 0 once met. A batch without a value leaves it as it was.',
+      labelNames: ['constraint'],
+      registers,
+    })
+    const lambdaMax = new Gauge({
+      name: 'dualstream_lambda_max',
+      help: 'Upper bound λmax of each constraint’s multiplier (dual.max; no series for a constraint without one).',
+      labelNames: ['constraint'],
+      registers,
+    })
     this.sampleViolationRate = new Gauge({
       name: 'dualstream_constraint_sample_violation_rate',
       help: 'Share of the latest batch’s values on the wrong side of sampleThreshold.',
@@ -91,10 +106,16 @@ export class TelemetryMetrics {
       help: 'Rollouts per second into batches over the last seconds.',
       registers,
     })
-    for (const c of config.constraints) thresholds.set({ constraint: c.channel, sense: c.sense }, c.threshold)
+    for (const c of config.constraints) {
+      thresholds.set({ constraint: c.channel, sense: c.sense }, c.threshold)
+      // an unbounded λ has no series rather than +Inf: there is no ceiling for it to be pinned at
+      if (Number.isFinite(c.dual.max)) lambdaMax.set({ constraint: c.channel }, c.dual.max)
+      this.violatedSteps.set({ constraint: c.channel }, 0)
+    }
     const { step, lambda } = options.state()
     this.step.set(step)
-    for (const c of config.constraints) this.lambda.set({ constraint: c.channel }, lambda[c.channel] ?? 0)
+    // own keys only: a channel may be named like an Object.prototype member (`constructor`)
+    for (const c of config.constraints) this.lambda.set({ constraint: c.channel }, Object.hasOwn(lambda, c.channel) ? lambda[c.channel] : 0)
 
     // the running totals, advanced by the difference at each scrape
     const totals = (name: string, help: string, read: (counts: TelemetryCounts) => number) => {
@@ -255,6 +276,12 @@ export class TelemetryMetrics {
       this.lambda.set({ constraint }, c.lambda)
       set(this.constraintMean, { constraint }, c.mean)
       set(this.violation, { constraint }, c.violation)
+      // a batch without a value says nothing: the run goes on as it was
+      if (c.violation !== null) {
+        const run = c.violation > 0 ? (this.violatedRun.get(constraint) ?? 0) + 1 : 0
+        this.violatedRun.set(constraint, run)
+        this.violatedSteps.set({ constraint }, run)
+      }
       set(this.sampleViolationRate, { constraint }, c.sampleViolationRate)
     }
     for (const [objective, mean] of Object.entries(frame.objectives)) set(this.objectiveMean, { objective }, mean)

@@ -9,9 +9,11 @@
 import type { Subscription } from 'rxjs'
 import type { Config } from '../../src/core/config.js'
 import type { CommittedBatch, DurableEngine } from '../../src/state/durableEngine.js'
+import type { BatchSummary } from '../../src/state/batchRecord.js'
 import type { RoleTokens } from '../auth.js'
 import {
   RateMeter,
+  batchFigures,
   engineCounts,
   serveBatchFrame,
   telemetryConfig,
@@ -25,9 +27,19 @@ import {
 } from './frames.js'
 import { TelemetryHub, type HubOptions } from './hub.js'
 import { TelemetryMetrics } from './metrics.js'
-import { authRoute, dashboardRoutes, metricsRoute, type Mountable } from './routes.js'
+import { authRoute, dashboardRoutes, historyRoute, metricsRoute, type Mountable } from './routes.js'
+import { RunHistory, seriesOfFrame, type HistoryOverview, type HistoryQuery, type HistorySnapshot } from './runHistory.js'
+
+export type { HistoryQuery } from './runHistory.js'
+
+/** Most points per series in a hello's whole-run overview (enough for a chart as wide as a screen). */
+export const HELLO_OVERVIEW_POINTS = 1000
 
 export interface TelemetryOptions extends Partial<Pick<HubOptions, 'queueLimit' | 'highWaterBytes' | 'historyLimit'>> {
+  /** Most points per series kept for the whole run (default 2000). */
+  historyPoints?: number
+  /** `serve`: save the whole-run history in the data folder every this many steps (default `HISTORY_SAVE_EVERY`). */
+  historySaveEvery?: number
   /** Node's process metrics in `/metrics` (default true). */
   processMetrics?: boolean
   /** Wall clock (ms); injectable for tests. */
@@ -63,6 +75,8 @@ export class Telemetry {
   protected readonly rates = new RateMeter()
   /** The last batch frame published. */
   latest: BatchFrame | undefined
+  /** The whole run's series, downsampled (the hello's `overview`, `/history`). */
+  history: RunHistory
 
   constructor(
     readonly source: TelemetrySource,
@@ -71,6 +85,7 @@ export class Telemetry {
     options: TelemetryOptions = {},
   ) {
     this.now = options.now ?? Date.now
+    this.history = new RunHistory({ maxPoints: options.historyPoints })
     // the config part of the hello is the same for every connection
     const viewerConfig = telemetryConfig(config)
     this.hub = new TelemetryHub({
@@ -79,7 +94,8 @@ export class Telemetry {
       historyLimit: options.historyLimit,
       hello: () => {
         const { step, lambda, counts, phase } = state()
-        return { source, config: viewerConfig, step, lambda, counts, ...(phase === undefined ? {} : { phase }) }
+        const overview = this.history.query({ points: HELLO_OVERVIEW_POINTS })
+        return { source, config: viewerConfig, step, lambda, counts, overview, ...(phase === undefined ? {} : { phase }) }
       },
       onDropped: () => this.metrics.countDropped(),
     })
@@ -99,7 +115,13 @@ export class Telemetry {
     if (frame.type === 'batch') {
       this.latest = frame
       this.metrics.observe(frame)
+      this.history.add(frame.step, frame.ts, seriesOfFrame(frame))
     }
+  }
+
+  /** The run's series for `/history`: from the whole-run history kept in memory. */
+  queryHistory(query: HistoryQuery): Promise<HistoryOverview> {
+    return Promise.resolve(this.history.query(query))
   }
 
   /**
@@ -109,6 +131,10 @@ export class Telemetry {
   mount(target: Mountable, tokens: RoleTokens = {}): void {
     target.addWebSocketEndpoint('/telemetry', { role: 'viewer', connect: (ws, format) => this.hub.connect(ws, format) })
     target.addHttpRoute('/metrics', metricsRoute(this.metrics))
+    target.addHttpRoute(
+      '/history',
+      historyRoute((query) => this.queryHistory(query), tokens, this.history.maxPoints),
+    )
     target.addHttpRoute('/telemetry/auth', authRoute(tokens))
     for (const [path, route] of dashboardRoutes()) target.addHttpRoute(path, route)
   }
@@ -119,11 +145,43 @@ export class Telemetry {
   }
 }
 
+/** Where `serve` keeps the whole-run history in its data folder, and how often it is saved (steps). */
+const HISTORY_KEY = 'history'
+export const HISTORY_SAVE_EVERY = 1000
+
+/** `/history` ranges of at most this many steps are read exactly from the data folder (longer ones from memory). */
+export const EXACT_HISTORY_STEPS = 50_000
+
+/** A saved history, or undefined when there is none or it cannot be read (then it is rebuilt from the steps). */
+function restoreSaved(saved: unknown): RunHistory | undefined {
+  if (saved === undefined) return undefined
+  try {
+    return RunHistory.restore(saved as HistorySnapshot)
+  } catch {
+    return undefined
+  }
+}
+
+/** A batch summary as the data folder keeps it: with its commit time. */
+type StoredSummary = BatchSummary & { ts?: number }
+
+/** Adds committed batch summaries (as `EngineStore.summaries()` reads them) to a history. */
+export function addSummaries(history: RunHistory, summaries: Iterable<{ summary: unknown }>, config: Config): void {
+  for (const { summary } of summaries) {
+    const stored = summary as StoredSummary
+    history.add(stored.step, stored.ts ?? null, seriesOfFrame(batchFigures(stored, config)))
+  }
+}
+
 /** Telemetry of a durable engine: one frame per committed batch. */
 export class EngineTelemetry extends Telemetry {
   private readonly subscription: Subscription
+  private readonly historySaveEvery: number
 
-  constructor(engine: DurableEngine, options: TelemetryOptions = {}) {
+  constructor(
+    private readonly engine: DurableEngine,
+    options: TelemetryOptions = {},
+  ) {
     super(
       'serve',
       engine.config,
@@ -133,9 +191,34 @@ export class EngineTelemetry extends Telemetry {
       },
       options,
     )
+    // the whole run: the history saved last (every HISTORY_SAVE_EVERY steps and at a clean stop),
+    // then the committed steps after it, so a restart is quick however long the run; live-only
+    // series start now
+    this.historySaveEvery = options.historySaveEvery ?? HISTORY_SAVE_EVERY
+    const saved = restoreSaved(engine.store.auxiliary(HISTORY_KEY))
+    if (saved !== undefined) this.history = saved
+    addSummaries(this.history, engine.store.summaries((this.history.lastStep ?? 0) + 1), this.config)
     this.subscription = engine.committed.subscribe((committed) => this.onCommitted(engine, committed))
     const disk = engine.disk
     if (disk !== undefined) this.metrics.watchDisk(() => disk.state)
+  }
+
+  /**
+   * `/history` of a durable engine: every committed step in the range read from the data folder
+   * (exact, then thinned to `points` by min/max), with the live-only series (throughput,
+   * latency: not stored) from memory since the process started.
+   */
+  override queryHistory(query: HistoryQuery): Promise<HistoryOverview> {
+    const points = query.points ?? this.history.maxPoints
+    const span = (query.to ?? this.engine.stats().step) - (query.from ?? 1) + 1
+    // a long range would take seconds to read (≈ 14 µs a step): the whole-run history in memory answers it
+    if (span > EXACT_HISTORY_STEPS) return super.queryHistory(query)
+    const exact = new RunHistory({ maxPoints: points })
+    addSummaries(exact, this.engine.store.summaries(query.from, query.to), this.config)
+    const stored = exact.query({ series: query.series })
+    const live = this.history.query({ ...query, points })
+    for (const [name, series] of Object.entries(live.series)) stored.series[name] ??= series
+    return Promise.resolve(stored)
   }
 
   private onCommitted(engine: DurableEngine, { summary, latencyMs }: CommittedBatch): void {
@@ -143,6 +226,17 @@ export class EngineTelemetry extends Telemetry {
     const now = this.now()
     const rates = this.rates.update(now, { rollouts: counts.rolloutsInBatches, ingested: counts.ingested, batches: counts.batches })
     this.publish(serveBatchFrame({ summary, latencyMs, counts, config: this.config, now, rates }))
+    if (summary.step % this.historySaveEvery === 0) void this.saveHistory()
+  }
+
+  /**
+   * Saves the whole-run history in the data folder (every `HISTORY_SAVE_EVERY` steps, and at a
+   * clean stop), so a restart reads only the steps committed after it. Best effort: a failed
+   * write only makes the next start read more steps (and a failed engine writes nothing).
+   */
+  saveHistory(): Promise<void> {
+    if (this.engine.error !== undefined) return Promise.resolve()
+    return this.engine.store.saveAuxiliary(HISTORY_KEY, this.history.snapshot()).catch(() => {})
   }
 
   override close(): void {
@@ -156,6 +250,8 @@ export interface TrainingTelemetryOptions extends TelemetryOptions {
   sampleEveryMs?: number
   /** Least time between two warm-start status frames (default 200 ms). */
   statusEveryMs?: number
+  /** The whole-run history saved with the checkpoint being resumed. */
+  history?: HistorySnapshot
 }
 
 /** What a step report gives (the trainer's `StepReport`). */
@@ -177,6 +273,7 @@ export class TrainingTelemetry extends Telemetry {
     const run = { state: { step: initial.step, lambda: { ...initial.lambda }, counts: null, phase: 'starting' } as RunState }
     super('train', config, () => run.state, options)
     this.run = run
+    if (options.history !== undefined) this.history = RunHistory.restore(options.history)
     this.sampleEveryMs = options.sampleEveryMs ?? 250
     this.statusEveryMs = options.statusEveryMs ?? 200
   }

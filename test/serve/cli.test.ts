@@ -150,7 +150,7 @@ t.test('serve() stops with 1 when the engine fails, and other errors propagate',
 t.test('the listening line names IPv6 hosts in brackets', (t) => {
   t.equal(
     listeningLine('::1', 8787),
-    'dualstream serve: listening on http://[::1]:8787 (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)\n',
+    'dualstream serve: listening on http://[::1]:8787 (WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics, /history; dashboard at /)\n',
   )
   t.end()
 })

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net'
 import { setImmediate as tick } from 'node:timers/promises'
 import t from 'tap'
+import { RunHistory } from '../../streams/telemetry/runHistory.js'
 import WebSocket from 'ws'
 import { parseConfig } from '../../src/core/config.js'
 import { openStuckClient } from '../../src/apps/bench/telemetry.js'
@@ -67,7 +68,7 @@ function frame(step: number, padding = 0, sample?: BatchFrame['sample']): BatchF
 async function hubServer(options: Partial<HubOptions> = {}) {
   let dropped = 0
   const hub = new TelemetryHub({
-    hello: () => ({ source: 'serve', config: telemetryConfig(config), step: 0, lambda: {}, counts: null }),
+    hello: () => ({ source: 'serve', config: telemetryConfig(config), step: 0, lambda: {}, counts: null, overview: new RunHistory().overview() }),
     onDropped: () => dropped++,
     ...options,
   })

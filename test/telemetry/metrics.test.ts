@@ -1,4 +1,5 @@
 import t from 'tap'
+import { RunHistory } from '../../streams/telemetry/runHistory.js'
 import { parseConfig } from '../../src/core/config.js'
 import type { BatchFrame, TelemetryCounts } from '../../streams/telemetry/frames.js'
 import { TelemetryHub } from '../../streams/telemetry/hub.js'
@@ -52,7 +53,9 @@ const frame = (over: Partial<BatchFrame> = {}): BatchFrame => ({
 
 t.test('serve metrics: gauges from frames, counters from the running totals, the latency histogram', async (t) => {
   const counts = zero()
-  const hub = new TelemetryHub({ hello: () => ({ source: 'serve', config: {} as never, step: 0, lambda: {}, counts: null }) })
+  const hub = new TelemetryHub({
+    hello: () => ({ source: 'serve', config: {} as never, step: 0, lambda: {}, counts: null, overview: new RunHistory().overview() }),
+  })
   const metrics = new TelemetryMetrics({
     source: 'serve',
     config,
@@ -69,6 +72,8 @@ t.test('serve metrics: gauges from frames, counters from the running totals, the
   t.equal(value(text, 'dualstream_telemetry_clients'), 0)
   t.notMatch(text, 'process_cpu', 'no process metrics when asked not to')
   t.notMatch(text, 'dualstream_learner')
+  t.equal(value(text, 'dualstream_constraint_violated_steps{constraint="judge"}'), 0, 'no violation before any batch')
+  t.notMatch(text, 'dualstream_lambda_max{', 'no λmax series for a constraint without dual.max')
 
   metrics.observe(frame())
   Object.assign(counts, {
@@ -137,8 +142,75 @@ t.test('serve metrics: gauges from frames, counters from the running totals, the
   t.equal(metrics.contentType, 'text/plain; version=0.0.4; charset=utf-8')
 })
 
+t.test('violated steps: consecutive batches with e > 0, back to 0 once met; λmax from the config', async (t) => {
+  const bounded = parseConfig({
+    groupSize: 2,
+    batchGroups: 1,
+    objectives: [{ channel: 'acc' }],
+    constraints: [
+      { channel: 'judge', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 0.5, max: 5 } },
+      { channel: 'length', sense: '<=', threshold: 100, dual: { rule: 'log', lr: 0.1 } },
+      // a channel named like an Object.prototype member keeps its own count
+      { channel: 'constructor', sense: '>=', threshold: 0.5, dual: { rule: 'pid', max: 2 } },
+    ],
+  })
+  // the metrics ask the hub only for its clients
+  const hub = { clientInfo: () => [] } as unknown as TelemetryHub
+  const metrics = new TelemetryMetrics({ source: 'serve', config: bounded, hub, counts: zero, state: () => ({ step: 0, lambda: {} }), processMetrics: false })
+  const figures = frame().constraints.judge
+  const observe = (violation: Record<string, number | null>) =>
+    metrics.observe(frame({ constraints: Object.fromEntries(Object.entries(violation).map(([c, e]) => [c, { ...figures, violation: e }])) }))
+  const steps = async () => {
+    const text = await metrics.text()
+    return ['judge', 'length', 'constructor'].map((c) => value(text, `dualstream_constraint_violated_steps{constraint="${c}"}`))
+  }
+
+  let text = await metrics.text()
+  t.equal(value(text, 'dualstream_lambda_max{constraint="judge"}'), 5)
+  t.equal(value(text, 'dualstream_lambda_max{constraint="constructor"}'), 2)
+  t.equal(value(text, 'dualstream_lambda_max{constraint="length"}'), undefined, 'an unbounded λ has no λmax series')
+  t.same(await steps(), [0, 0, 0])
+
+  observe({ judge: 0.4, length: -3, constructor: 0.1 })
+  observe({ judge: 0.2, length: 1, constructor: 0.1 })
+  observe({ judge: 0.1, length: 2, constructor: 0.1 })
+  t.same(await steps(), [3, 2, 3], 'three violated batches in a row; length was met in the first')
+
+  observe({ judge: null, length: 0, constructor: 0.2 })
+  t.same(await steps(), [3, 0, 4], 'a batch without a value keeps the run; e = 0 is met')
+
+  observe({ judge: 0.3, length: 5, constructor: -0.1 })
+  t.same(await steps(), [4, 1, 0], 'met resets to 0')
+  observe({ judge: -0.1, length: 5, constructor: 0.1 })
+  t.same(await steps(), [0, 2, 1], 'and a new violation starts a new run')
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_lambda_max{constraint="judge"}'), 5, 'λmax stays whatever the frames say')
+})
+
+t.test('per-client telemetry gauges and the disk gauges, read at each scrape', async (t) => {
+  const clients = [{ id: 3, dropped: 7, queued: 2 }]
+  const hub = { clientInfo: () => clients } as unknown as TelemetryHub
+  const metrics = new TelemetryMetrics({ source: 'serve', config, hub, counts: zero, state: () => ({ step: 0, lambda: {} }), processMetrics: false })
+  const disk = { free: 5e9, reserve: 1e9, full: false }
+  metrics.watchDisk(() => disk)
+  let text = await metrics.text()
+  t.equal(value(text, 'dualstream_telemetry_clients'), 1)
+  t.equal(value(text, 'dualstream_telemetry_client_dropped_frames{client="3"}'), 7)
+  t.equal(value(text, 'dualstream_telemetry_client_queued_frames{client="3"}'), 2)
+  t.equal(value(text, 'dualstream_disk_free_bytes'), 5e9)
+  t.equal(value(text, 'dualstream_disk_reserve_bytes'), 1e9)
+  t.equal(value(text, 'dualstream_disk_full'), 0)
+  clients.length = 0
+  Object.assign(disk, { free: 1e9, full: true })
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_telemetry_client_queued_frames{client="3"}'), undefined, 'a client gone has no series')
+  t.equal(value(text, 'dualstream_disk_full'), 1)
+})
+
 t.test('training metrics: the learner, the step-time histogram, process metrics', async (t) => {
-  const hub = new TelemetryHub({ hello: () => ({ source: 'train', config: {} as never, step: 0, lambda: {}, counts: null }) })
+  const hub = new TelemetryHub({
+    hello: () => ({ source: 'train', config: {} as never, step: 0, lambda: {}, counts: null, overview: new RunHistory().overview() }),
+  })
   const metrics = new TelemetryMetrics({ source: 'train', config, hub, counts: zero, state: () => ({ step: 0, lambda: {} }) })
   metrics.observe(frame({ learner: { loss: 0.5, clipFraction: 0.1, meanRatio: 1, gradNorm: null } }))
   metrics.observe(frame({ step: 5 }))

@@ -52,7 +52,7 @@ const metric = (text: string, series: string): number | undefined => {
 t.test('serve: /telemetry streams a hello then one frame per committed batch; /metrics and / alongside', async (t) => {
   const served = await startServe()
   t.teardown(served.stop)
-  t.match(served.output(), '(WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics; dashboard at /)')
+  t.match(served.output(), '(WebSocket /ingest, /batches, /telemetry; GET /healthz, /metrics, /history; dashboard at /)')
   const viewer = await Client.open(served.ws('/telemetry', '?format=json'))
   const hello = await viewer.nth('hello')
   t.match(hello, { type: 'hello', source: 'serve', step: 0, lambda: { consistency: 0 }, history: [], sample: null, counts: { ingested: 0 } })

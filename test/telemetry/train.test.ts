@@ -191,6 +191,7 @@ t.test('train: the default port in use falls back to a free one and says so; --n
   let out = ''
   stdout.on('data', (c: Buffer) => (out += c.toString()))
   let health: unknown
+  let history: { steps: number; series: Record<string, { steps: number[] }> } | undefined
   await trainCommand(
     {
       method: 'fgrpo',
@@ -199,6 +200,8 @@ t.test('train: the default port in use falls back to a free one and says so; --n
       data,
       onDashboard: async (url) => {
         health = await (await fetch(`${url}healthz`)).json()
+        // the whole-run history came back with the checkpoint: a page opened now draws from step 1
+        history = (await (await fetch(`${url}history?token=see&series=lambda.consistency,loss`)).json()) as typeof history
         t.equal((await upgradeStatus(`${url.replace('http', 'ws')}telemetry`)).status, 401, 'the viewer token is asked for')
       },
     },
@@ -207,6 +210,10 @@ t.test('train: the default port in use falls back to a free one and says so; --n
   t.match(out, new RegExp(`dashboard: port ${DEFAULT_DASHBOARD_PORT} is in use, using (\\d+) instead\\n`))
   t.match(out, '; viewer token required)')
   t.same(health, { status: 'ok', step: resumedAt })
+  const resumedSteps = Array.from({ length: resumedAt }, (_, i) => i + 1)
+  t.match(history, { steps: resumedAt })
+  t.same(history?.series['lambda.consistency']?.steps ?? [], resumedSteps, 'λ from step 1, restored from the checkpoint')
+  t.same(history?.series.loss?.steps ?? [], resumedSteps, 'and the learner’s figures')
   const none = await runCli(['train', '--steps', '1', '--data', data, '--no-dashboard', '--port', '0'])
   t.equal(none.code, 0, none.stderr)
   t.notMatch(none.stdout, 'dashboard:')

@@ -12,6 +12,7 @@ import { SpatialGridTrainer, type EvalMetrics, type StepReport } from './trainer
 import { formatEvaluation, runEvaluation } from './evaluation.js'
 import { tokensFromEnv } from '../../../streams/auth.js'
 import { TrainingTelemetry } from '../../../streams/telemetry/telemetry.js'
+import type { HistorySnapshot } from '../../../streams/telemetry/runHistory.js'
 import { TelemetryServer } from '../../../streams/telemetry/telemetryServer.js'
 
 /** The dashboard's default port (`--port`). */
@@ -43,7 +44,10 @@ export interface TrainCommandOptions {
 /** Starts the training's dashboard server on loopback; says where (and when the port was taken). */
 async function startDashboard(options: TrainCommandOptions, config: Config, trainer: SpatialGridTrainer, say: (line: string) => void) {
   const tokens = { viewer: tokensFromEnv(process.env).viewer }
-  const telemetry = new TrainingTelemetry(config, { step: trainer.rlSteps, lambda: trainer.lambda })
+  // the whole-run history resumes with the checkpoint, so the dashboard shows the run from step 1 after a restart
+  let telemetry: TrainingTelemetry | undefined
+  const saved = trainer.keepWithCheckpoint('telemetryHistory', () => telemetry!.history.snapshot()) as HistorySnapshot | undefined
+  telemetry = new TrainingTelemetry(config, { step: trainer.rlSteps, lambda: trainer.lambda }, { history: saved })
   const server = new TelemetryServer({ tokens, health: () => ({ step: trainer.rlSteps }) })
   telemetry.mount(server, tokens)
   const { port, fellBackFrom } = await server.listen(options.port ?? DEFAULT_DASHBOARD_PORT, '127.0.0.1', true)

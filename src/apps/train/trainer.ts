@@ -85,6 +85,8 @@ interface TrainMeta {
   channels: string[]
   groupSize: number
   batchGroups: number
+  /** State of other parts saved with the checkpoint, by key (the dashboard's whole-run history). */
+  extras?: Record<string, unknown>
 }
 
 const mean = (x: ArrayLike<number>): number => {
@@ -181,6 +183,19 @@ export class SpatialGridTrainer {
   /** RL steps done so far (across resumed runs). */
   get rlSteps(): number {
     return this.meta.rlSteps
+  }
+
+  // state of other parts to save with each checkpoint, by key
+  private readonly extras = new Map<string, () => unknown>()
+
+  /**
+   * Saves `state()` under `key` with every checkpoint from now on, so it resumes with the run
+   * (as the dashboard's whole-run history does); returns what the checkpoint being resumed
+   * holds under `key`, if anything.
+   */
+  keepWithCheckpoint(key: string, state: () => unknown): unknown {
+    this.extras.set(key, state)
+    return this.meta.extras?.[key]
   }
 
   get warmStarted(): boolean {
@@ -312,6 +327,7 @@ export class SpatialGridTrainer {
   async checkpoint(): Promise<void> {
     if (this.checkpoints === undefined) return
     this.meta.rng = this.rng.state()
+    if (this.extras.size > 0) this.meta.extras = { ...this.meta.extras, ...Object.fromEntries([...this.extras].map(([key, state]) => [key, state()])) }
     const adam: AdamState = this.adam.state()
     await this.checkpoints.save('latest', {
       network: this.policy.network,

@@ -45,9 +45,9 @@ export interface TrainCommandOptions {
 async function startDashboard(options: TrainCommandOptions, config: Config, trainer: SpatialGridTrainer, say: (line: string) => void) {
   const tokens = { viewer: tokensFromEnv(process.env).viewer }
   // the whole-run history resumes with the checkpoint, so the dashboard shows the run from step 1 after a restart
-  let telemetry: TrainingTelemetry | undefined
-  const saved = trainer.keepWithCheckpoint('telemetryHistory', () => telemetry!.history.snapshot()) as HistorySnapshot | undefined
-  telemetry = new TrainingTelemetry(config, { step: trainer.rlSteps, lambda: trainer.lambda }, { history: saved })
+  const history = trainer.saved('telemetryHistory') as HistorySnapshot | undefined
+  const telemetry = new TrainingTelemetry(config, { step: trainer.rlSteps, lambda: trainer.lambda }, { history })
+  trainer.keepWithCheckpoint('telemetryHistory', () => telemetry.history.snapshot())
   const server = new TelemetryServer({ tokens, health: () => ({ step: trainer.rlSteps }) })
   telemetry.mount(server, tokens)
   const { port, fellBackFrom } = await server.listen(options.port ?? DEFAULT_DASHBOARD_PORT, '127.0.0.1', true)

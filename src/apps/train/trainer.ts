@@ -188,13 +188,13 @@ export class SpatialGridTrainer {
   // state of other parts to save with each checkpoint, by key
   private readonly extras = new Map<string, () => unknown>()
 
-  /**
-   * Saves `state()` under `key` with every checkpoint from now on, so it resumes with the run
-   * (as the dashboard's whole-run history does); returns what the checkpoint being resumed
-   * holds under `key`, if anything.
-   */
-  keepWithCheckpoint(key: string, state: () => unknown): unknown {
+  /** Saves `state()` under `key` with every checkpoint from now on, so it resumes with the run (as the dashboard's whole-run history does). */
+  keepWithCheckpoint(key: string, state: () => unknown): void {
     this.extras.set(key, state)
+  }
+
+  /** What the checkpoint being resumed holds under `key` (see `keepWithCheckpoint`), if anything. */
+  saved(key: string): unknown {
     return this.meta.extras?.[key]
   }
 

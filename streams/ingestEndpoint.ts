@@ -84,18 +84,19 @@ export class ProducerConnection {
         `rollouts: ${items.length} items in one frame, at most ${this.context.maxRolloutsPerFrame} are accepted (split the frame)`,
       )
     }
-    if (isBinary) return this.ingest(items, data, true)
+    if (isBinary) return this.ingest(items, data)
     // a JSON producer's frame becomes MessagePack once, here: logged and passed on like any
     // other, its payloads as bytes from now on (a copy: msgpackr reuses its buffer)
     const bytes = Buffer.from(wirePackr.pack(frame))
-    this.ingest((decodeRolloutsFrame(bytes) as { rollouts: unknown[] }).rollouts, bytes, true)
+    this.ingest((decodeRolloutsFrame(bytes) as { rollouts: unknown[] }).rollouts, bytes)
   }
 
-  private ingest(items: unknown[], data: Buffer, isBinary: boolean): void {
+  /** Logs a frame's items; `bytes` is the frame as MessagePack (as received, or converted from JSON). */
+  private ingest(items: unknown[], bytes: Buffer): void {
     this.outstanding += items.length
     this.flow()
     // a synchronous throw (a closed store) becomes a rejection like any other failure
-    const logged = new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items, { bytes: data, format: isBinary ? 'msgpack' : 'json' })))
+    const logged = new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items, { bytes, format: 'msgpack' })))
     this.answer(
       logged.then(
         (outcome) => () => {

@@ -17,6 +17,7 @@ import { consumedSeqsOf, countDrop, planCommit, restoreBookkeeping, type EngineB
 import { EnginePipeline } from './pipeline.js'
 import { DiskGuard, type StatFs } from './diskGuard.js'
 import { describeStoreFailure } from './storeFailure.js'
+import { RawPayload } from './rawPayload.js'
 import { settleWithin } from '../core/settleWithin.js'
 
 /** One refused item of an ingest frame. */
@@ -271,6 +272,8 @@ export class DurableEngine {
     for (let index = 0; index < items.length; index++) {
       const result = validateRollout(items[index], this.limits, raw !== undefined)
       if (result.ok) {
+        // a payload still as bytes is logged as its value when the frame's own bytes are not logged
+        if (raw === undefined && result.rollout.payload instanceof RawPayload) result.rollout.payload = wireUnpackr.unpack(result.rollout.payload.bytes!)
         acked.push(result.rollout.id)
         valid.push(result.rollout)
         validIndex.push(index)
@@ -304,6 +307,8 @@ export class DurableEngine {
           const entry: FrameEntry = { kind: 'frame', seq: first, count: accepted.length, ts, format: raw.format, bytes: raw.bytes }
           if (indices.length < items.length) entry.accepted = new Uint8Array(Uint32Array.from(indices).buffer)
           tx.append(entry)
+          // payloads point at the frame in the log; their bytes are dropped once it is durable
+          for (const rollout of accepted) if (rollout.payload instanceof RawPayload) rollout.payload.logged(first, raw.bytes)
         }
       }
       this.ingestCounters.duplicate += duplicates
@@ -313,7 +318,10 @@ export class DurableEngine {
     this.disk?.wrote(bytes)
     // a failed write is reported through the promise returned here, and stops the engine
     durable.catch(this.fail)
-    this.feedInOrder(durable, () => accepted).catch(() => {})
+    this.feedInOrder(durable, () => {
+      for (const rollout of accepted) if (rollout.payload instanceof RawPayload) rollout.payload.release()
+      return accepted
+    }).catch(() => {})
     // the producer's ack needs the rollouts on disk, not in the pipeline: it need not wait for
     // them to be fed (and for the batches they complete to be scored and encoded)
     return this.guard(durable.then(() => ({ acked, rejected, duplicates })))
@@ -357,11 +365,13 @@ export class DurableEngine {
     const written = this.store.commitBatch(plan.write)
     // handled now: the chain below adopts it only once the earlier commits are done
     written.catch(this.fail)
-    const { delivery } = plan.write
-    this.disk?.wrote(delivery.bytes.length + plan.write.consumedSeqs.length * 8 + TRANSACTION_OVERHEAD)
+    // the outbox record (logged payloads by reference); the bytes sent are assembled once it is durable
+    const record = plan.write.delivery
+    this.disk?.wrote(record.bytes.length + plan.write.consumedSeqs.length * 8 + TRANSACTION_OVERHEAD)
     this.commitChain = this.commitChain
       .then(() => written)
       .then(() => {
+        const delivery = { step: record.step, bytes: this.store.assemble(record.bytes) }
         this.outboxSteps.add(delivery.step)
         this.committed.next({
           summary: plan.summary,
@@ -371,7 +381,8 @@ export class DurableEngine {
             return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
           },
         })
-      }, this.fail)
+      })
+      .catch(this.fail)
   }
 
   /** Unacknowledged batches in step order, decoded. */

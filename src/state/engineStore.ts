@@ -3,17 +3,21 @@
  *
  * - `log`      key = seq of the entry's first record → a `LogEntry`: either the records
  *              themselves (watermarks, policy versions, rollouts given as objects) or an
- *              ingest frame as it arrived on the wire — its bytes, the indices of the items
- *              accepted and the seq of the first — so ingest never re-encodes rollouts. Seq
- *              order; never rewritten, so the log can be replayed under another config.
+ *              ingest frame as it arrived on the wire — the indices of the items accepted and
+ *              the seq of the first; its bytes are in `frames` — so ingest never re-encodes
+ *              rollouts. Seq order; never rewritten, so the log can be replayed under another config.
+ * - `frames`   seq of a frame's log entry → the frame's bytes (binary), written with the entry:
+ *              payloads are read from here at delivery (by reference, see outboxEncoder.ts),
+ *              without decoding the entry. (Frames logged before this kept their bytes in the entry.)
  * - `idHashes` seq of a log entry → the 64-bit hashes of its rollouts' ids (8 bytes each), written
  *              with the entry. Loaded at open into an in-memory hash table (`idIndex.ts`): the
  *              dedup index ("counted at most once, ever"). A new hash proves an id new; a known
  *              one is confirmed against the log, so a hash collision never drops a rollout.
  * - `consumed` step → { seqs, maxSeq }: the rollouts a committed batch consumed or the
  *              pipeline dropped since the previous batch; pruned once below the low-water mark.
- * - `outbox`   step → the advantage batch for the trainer, as the MessagePack bytes that are
- *              sent, until acknowledged.
+ * - `outbox`   step → the advantage batch for the trainer until acknowledged: the MessagePack
+ *              bytes that are sent, with logged payloads by reference (spliced in from
+ *              `frames` at delivery, so a payload is on disk once).
  * - `steps`    step → summary of the batch (λ before/after, measurements), kept for history.
  * - `policies` seq → policy version: the policy records of the log, to find the version in
  *              effect at any seq without scanning the log.
@@ -28,12 +32,13 @@
 import { getRandomValues } from 'node:crypto'
 import { open, type Database, type RootDatabase } from 'lmdb'
 import type { WireFormat } from './codec.js'
-import { decodeLoggedFrame } from './rawPayload.js'
+import { decodeLoggedFrame, RawPayload } from './rawPayload.js'
 import type { Rollout } from '../core/types.js'
 import type { BatchCommit, Delivery, EngineMeta } from './commitPlan.js'
 import { formatFieldError, validateRollout } from '../core/validate.js'
 import { IdHasher, packHashes } from './idHashes.js'
 import { IdIndex } from './idIndex.js'
+import { assembleBatch } from './outboxEncoder.js'
 
 // the records a batch commit writes are planned, without I/O, in commitPlan.ts
 export { emptyPipelineCounters, type BatchCommit, type Delivery, type EngineMeta, type PipelineCounters } from './commitPlan.js'
@@ -51,13 +56,16 @@ export interface FrameEntry {
   count: number
   ts: number
   format: WireFormat
-  /** The frame's bytes: a map whose `rollouts` array holds the items. */
+  /** The frame's bytes: a map whose `rollouts` array holds the items (stored apart, in `frames`). */
   bytes: Uint8Array
   /** Indices (uint32, little-endian) of the accepted items; absent when all were accepted. */
   accepted?: Uint8Array
 }
 
 export type LogEntry = LogRecord[] | FrameEntry
+
+/** A log entry as stored: a frame's bytes are in `frames` (inline only in entries logged before that). */
+export type StoredEntry = LogRecord[] | (Omit<FrameEntry, 'bytes'> & { bytes?: Uint8Array })
 
 /** What an ingest transaction can do; transactions run in call order, so seqs are assigned here. */
 export interface IngestTransaction {
@@ -116,7 +124,10 @@ function frameItems(entry: FrameEntry): unknown[] {
 // logged items were accepted under the limits of their day: only their shape matters now
 const NO_LIMITS = { maxIdLength: Infinity, maxChannels: Infinity }
 
-/** Expands a log entry into its records, in seq order. */
+/**
+ * Expands a log entry into its records, in seq order. The payloads of a frame's items point at
+ * the frame in the log and hold no bytes (`RawPayload.release`).
+ */
 export function entryRecords(entry: LogEntry): LogRecord[] {
   if (Array.isArray(entry)) return entry
   const items = frameItems(entry)
@@ -133,6 +144,10 @@ export function entryRecords(entry: LogEntry): LogRecord[] {
     const rollout = result.rollout
     rollout.seq = entry.seq + k
     rollout.ts = entry.ts
+    if (rollout.payload instanceof RawPayload) {
+      rollout.payload.logged(entry.seq, entry.bytes)
+      rollout.payload.release()
+    }
     records[k] = { kind: 'rollout', seq: rollout.seq, rollout }
   }
   return records
@@ -146,7 +161,7 @@ function rolloutIds(records: LogRecord[]): string[] {
 }
 
 /** Seq of the last record of an entry, and its event time. */
-function lastOf(entry: LogEntry): { seq: number; ts: number } {
+function lastOf(entry: StoredEntry): { seq: number; ts: number } {
   if (!Array.isArray(entry)) return { seq: entry.seq + entry.count - 1, ts: entry.ts }
   const last = entry[entry.length - 1]
   // every logged rollout was stamped with its ingest time
@@ -155,10 +170,11 @@ function lastOf(entry: LogEntry): { seq: number; ts: number } {
 
 export class EngineStore {
   readonly env: RootDatabase
-  readonly log: Database<LogEntry, number>
+  readonly log: Database<StoredEntry, number>
   readonly idHashes: Database<Uint8Array, number>
   readonly consumed: Database<{ seqs: number[]; maxSeq: number }, number>
   readonly outbox: Database<Uint8Array, number>
+  readonly frames: Database<Uint8Array, number>
   readonly steps: Database<unknown, number>
   readonly meta: Database<unknown, string>
   readonly policies: Database<number, number>
@@ -173,12 +189,13 @@ export class EngineStore {
     options: EngineStoreOptions,
   ) {
     const readOnly = options.readOnly ?? false
-    this.env = open({ path, maxDbs: 8, readOnly })
-    this.log = this.env.openDB<LogEntry, number>({ name: 'log' })
+    this.env = open({ path, maxDbs: 12, readOnly })
+    this.log = this.env.openDB<StoredEntry, number>({ name: 'log' })
     this.idHashes = this.env.openDB<Uint8Array, number>({ name: 'idHashes', encoding: 'binary' })
     this.consumed = this.env.openDB<{ seqs: number[]; maxSeq: number }, number>({ name: 'consumed' })
     // stored as sent: the bytes go to the trainer without being encoded again
     this.outbox = this.env.openDB<Uint8Array, number>({ name: 'outbox', encoding: 'binary' })
+    this.frames = this.env.openDB<Uint8Array, number>({ name: 'frames', encoding: 'binary' })
     this.steps = this.env.openDB<unknown, number>({ name: 'steps' })
     this.meta = this.env.openDB<unknown, string>({ name: 'meta' })
     this.policies = this.env.openDB<number, number>({ name: 'policies' })
@@ -192,7 +209,7 @@ export class EngineStore {
           this.env.resetReadTxn()
           return this.idHashes.getRange({ reverse: true })[Symbol.iterator]()
         },
-        idsOf: (seq) => rolloutIds(entryRecords(this.log.get(seq)!)),
+        idsOf: (seq) => rolloutIds(entryRecords(this.withBytes(this.log.get(seq)!))),
       },
       readOnly ? 16 : undefined,
     )
@@ -222,10 +239,30 @@ export class EngineStore {
     }
     const missing: { seq: number; hashes: number[] }[] = []
     for (const { key, value } of this.log.getRange({ start: last + 1 })) {
-      const hashes = this.ids.addLogged(rolloutIds(entryRecords(value)))
+      const hashes = this.ids.addLogged(rolloutIds(entryRecords(this.withBytes(value))))
       if (hashes.length > 0) missing.push({ seq: key, hashes })
     }
     if (missing.length > 0) this.env.transactionSync(() => missing.forEach(({ seq, hashes }) => this.idHashes.putSync(seq, packHashes(hashes))))
+  }
+
+  /** A log entry with its frame's bytes (stored apart in `frames`). */
+  private withBytes(entry: StoredEntry): LogEntry {
+    if (Array.isArray(entry) || entry.bytes !== undefined) return entry as LogEntry
+    return { ...entry, bytes: this.frameBytes(entry.seq) }
+  }
+
+  /** The bytes of the frame logged at `seq`. */
+  frameBytes(seq: number): Uint8Array {
+    const bytes = this.frames.getBinary(seq)
+    if (bytes !== undefined) return bytes
+    const entry = this.log.get(seq)
+    if (entry === undefined || Array.isArray(entry) || entry.bytes === undefined) throw new Error(`no logged frame at seq ${seq}`)
+    return entry.bytes
+  }
+
+  /** The bytes to send for an outbox record: its logged payloads spliced in from `frames`. */
+  assemble(record: Uint8Array): Uint8Array {
+    return assembleBatch(record, (seq) => this.frameBytes(seq))
   }
 
   /** The seq the next record gets: one past the last record logged or being logged. */
@@ -245,7 +282,7 @@ export class EngineStore {
     let start = from
     for (const key of this.log.getKeys({ start: from, reverse: true, limit: 1 })) start = key
     for (const { value } of this.log.getRange({ start })) {
-      for (const record of entryRecords(value)) if (record.seq >= from) yield record
+      for (const record of entryRecords(this.withBytes(value))) if (record.seq >= from) yield record
     }
   }
 
@@ -288,7 +325,13 @@ export class EngineStore {
     this.next = next
     const written = this.env.batch(() => {
       for (const { seq, entry, hashes } of entries) {
-        inBatch(this.log.put(seq, entry))
+        if (Array.isArray(entry)) inBatch(this.log.put(seq, entry))
+        else {
+          // the bytes apart, read by reference at delivery without decoding the entry
+          const { bytes, ...rest } = entry
+          inBatch(this.frames.put(seq, bytes))
+          inBatch(this.log.put(seq, rest))
+        }
         if (hashes.length > 0) inBatch(this.idHashes.put(seq, packHashes(hashes)))
         if (Array.isArray(entry)) for (const record of entry) if (record.kind === 'policy') inBatch(this.policies.put(record.seq, record.version))
       }
@@ -331,7 +374,7 @@ export class EngineStore {
 
   /** Unacknowledged batches, ready to send, in step order. */
   pendingDeliveries(): Delivery[] {
-    return [...this.outbox.getRange({})].map(({ key, value }) => ({ step: key, bytes: value }))
+    return [...this.outbox.getRange({})].map(({ key, value }) => ({ step: key, bytes: this.assemble(value) }))
   }
 
   /** The committed engine state, or undefined for a fresh store. */

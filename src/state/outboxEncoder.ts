@@ -1,5 +1,9 @@
 /**
  * MessagePack for a batch going to the trainer, written straight from the scored batch.
+ * A payload whose bytes are in the log (a `RawPayload` from the wire) is not copied into the
+ * outbox record: the record holds where it is (log entry, offset, length) and the position it
+ * goes to, and `assembleBatch` splices the logged bytes in at delivery, so a payload is
+ * written to disk once. A record without such payloads is the batch's MessagePack itself.
  * Every batch passes through here (stored in the outbox, then sent as is), and building
  * one small object per rollout only to have msgpackr walk it again cost more than the
  * rest of the commit; the small values of the header (λ, constraints) go through msgpackr.
@@ -57,22 +61,43 @@ function writeKey(out: Buffer, pos: number, key: Buffer): number {
   return pos + key.length
 }
 
-/** The batch as the trainer receives it: `{type, step, lambda, constraints, rollouts: [{id, promptId, advantage, payload?}]}`. */
+/** First byte of an outbox record with payloads by reference: 0xc1 is never MessagePack, so a plain batch cannot start with it. */
+const REFERENCES = 0xc1
+/** Per reference: position in the template (u32), log entry (f64), offset in its frame (u32), length (u32). */
+const REFERENCE_BYTES = 20
+
+/** Where a logged payload goes in a batch and where it is in the log. */
+interface PayloadReference {
+  position: number
+  entry: number
+  offset: number
+  length: number
+}
+
+/**
+ * The outbox record of a batch: what the trainer receives, `{type, step, lambda, constraints,
+ * rollouts: [{id, promptId, advantage, payload?}]}` — with logged payloads by reference (see
+ * the top of this file; `assembleBatch` makes the bytes to send).
+ */
 export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
   // msgpackr encodes the four small fields as a map with a map16 header (0xde, count; it
   // does not size maps up front); the rollouts written below make the count five
   const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints) })
   head.writeUInt16BE(5, 1)
-  const payloads: (Uint8Array | undefined)[] = []
+  const payloads: (Uint8Array | RawPayload | undefined)[] = []
   let bound = head.length + KEY_ROLLOUTS.length + 5
+  let references = 0
   for (const group of batch.groups) {
     for (const rollout of group.rollouts) {
-      // a payload from the wire goes on as the producer's bytes; one given as a value is encoded
-      const payload =
-        rollout.payload === undefined ? undefined : rollout.payload instanceof RawPayload ? rollout.payload.bytes : wirePackr.pack(rollout.payload)
+      // a logged payload by reference; one from the wire not logged (yet) as its bytes; a value encoded
+      const given = rollout.payload
+      const payload = given === undefined ? undefined : given instanceof RawPayload ? (given.entry !== undefined ? given : given.bytes!) : wirePackr.pack(given)
       payloads.push(payload)
       bound += 1 + KEY_ID.length + 5 + 3 * rollout.id.length + KEY_PROMPT.length + 5 + 3 * rollout.promptId.length + KEY_ADVANTAGE.length + 9
-      if (payload !== undefined) bound += KEY_PAYLOAD.length + payload.length
+      if (payload instanceof RawPayload) {
+        bound += KEY_PAYLOAD.length
+        references++
+      } else if (payload !== undefined) bound += KEY_PAYLOAD.length + payload.length
     }
   }
   const out = Buffer.allocUnsafe(bound)
@@ -89,6 +114,7 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
     out.writeUInt32BE(n, pos + 1)
     pos += 5
   }
+  const refs: PayloadReference[] = []
   let i = 0
   for (const group of batch.groups) {
     for (const rollout of group.rollouts) {
@@ -102,11 +128,62 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
       pos += 9
       if (payload !== undefined) {
         pos = writeKey(out, pos, KEY_PAYLOAD)
-        out.set(payload, pos)
-        pos += payload.length
+        if (payload instanceof RawPayload) refs.push({ position: pos, entry: payload.entry!, offset: payload.offset, length: payload.length })
+        else {
+          out.set(payload, pos)
+          pos += payload.length
+        }
       }
       i++
     }
   }
-  return out.subarray(0, pos)
+  if (references === 0) return out.subarray(0, pos)
+  const record = Buffer.allocUnsafe(5 + references * REFERENCE_BYTES + pos)
+  record[0] = REFERENCES
+  record.writeUInt32BE(references, 1)
+  let at = 5
+  for (const ref of refs) {
+    record.writeUInt32BE(ref.position, at)
+    record.writeDoubleBE(ref.entry, at + 4)
+    record.writeUInt32BE(ref.offset, at + 12)
+    record.writeUInt32BE(ref.length, at + 16)
+    at += REFERENCE_BYTES
+  }
+  out.copy(record, at, 0, pos)
+  return record
+}
+
+/**
+ * The bytes to send for an outbox record: the record itself when it holds no references, else
+ * its template with each logged payload spliced in, read with `frame(entry)` (the bytes of the
+ * log entry's frame; each entry is read once per batch).
+ */
+export function assembleBatch(record: Uint8Array, frame: (entry: number) => Uint8Array): Uint8Array {
+  if (record[0] !== REFERENCES) return record
+  const view = Buffer.from(record.buffer, record.byteOffset, record.byteLength)
+  const count = view.readUInt32BE(1)
+  const templateAt = 5 + count * REFERENCE_BYTES
+  const refs: PayloadReference[] = new Array(count)
+  let size = record.length - templateAt
+  for (let k = 0, at = 5; k < count; k++, at += REFERENCE_BYTES) {
+    refs[k] = { position: view.readUInt32BE(at), entry: view.readDoubleBE(at + 4), offset: view.readUInt32BE(at + 12), length: view.readUInt32BE(at + 16) }
+    size += refs[k].length
+  }
+  const frames = new Map<number, Uint8Array>()
+  const out = Buffer.allocUnsafe(size)
+  let from = templateAt
+  let pos = 0
+  for (const ref of refs) {
+    const until = templateAt + ref.position
+    pos += view.copy(out, pos, from, until)
+    from = until
+    let bytes = frames.get(ref.entry)
+    if (bytes === undefined) frames.set(ref.entry, (bytes = frame(ref.entry)))
+    if (ref.offset + ref.length > bytes.length)
+      throw new Error(`a payload of the batch lies outside its log entry ${ref.entry} (${ref.offset} + ${ref.length} > ${bytes.length} bytes)`)
+    out.set(bytes.subarray(ref.offset, ref.offset + ref.length), pos)
+    pos += ref.length
+  }
+  view.copy(out, pos, from)
+  return out
 }

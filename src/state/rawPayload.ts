@@ -12,9 +12,38 @@
  */
 import { wireUnpackr, type WireFormat } from './codec.js'
 
-/** A rollout's payload as the MessagePack bytes the producer sent (one value), passed on untouched. */
+/**
+ * A rollout's payload as the MessagePack bytes the producer sent (one value), passed on
+ * untouched. Once its frame is logged it knows where (`entry`, `offset`) and drops the bytes
+ * (`release`): a pending rollout then holds three numbers, not its payload, and the trainer's
+ * batch is assembled from the log at delivery (outboxEncoder.ts), so the bytes are written to
+ * disk once.
+ */
 export class RawPayload {
-  constructor(readonly bytes: Uint8Array) {}
+  /** The first seq of the log entry (frame) that holds the bytes, once logged. */
+  entry: number | undefined
+  /** Where the bytes start in that frame. */
+  offset = 0
+  readonly length: number
+  /** The bytes, until released. */
+  bytes: Uint8Array | undefined
+
+  constructor(bytes: Uint8Array) {
+    this.bytes = bytes
+    this.length = bytes.length
+  }
+
+  /** Records where the bytes are logged: in the frame `frame` (which `bytes` is a view of), logged at `entry`. */
+  logged(entry: number, frame: Uint8Array): void {
+    if (this.bytes === undefined || this.bytes.buffer !== frame.buffer) throw new Error(`a payload logged at seq ${entry} is not a view of its frame`)
+    this.entry = entry
+    this.offset = this.bytes!.byteOffset - frame.byteOffset
+  }
+
+  /** Drops the bytes once logged (the log has them); before that, does nothing. */
+  release(): void {
+    if (this.entry !== undefined) this.bytes = undefined
+  }
 }
 
 /** The position after the one MessagePack value that starts at `pos`. */

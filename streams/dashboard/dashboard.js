@@ -1,6 +1,8 @@
 // The live dashboard: connects to /telemetry (JSON frames), keeps the series, and draws them
 // with uPlot at most ten times a second. No build step: the engine serves this file as is.
-// Frame format: README "Live telemetry" and streams/telemetry/frames.ts.
+// Frame format: README "Live telemetry" and streams/telemetry/frames.ts. The hello's `overview`
+// (the whole run, downsampled by min/max) seeds every chart, so a page opened late, or after a
+// restart, draws the run from its first step; the run chart on top zooms the others.
 import uPlot from '/assets/uPlot.esm.js'
 import { renderRollout } from '/rollout.js'
 
@@ -33,11 +35,15 @@ const count = (v) => (v === null || v === undefined ? '–' : v.toLocaleString('
 const signed = (v) => (v === null || v === undefined ? '–' : `${v > 0 ? '+' : ''}${fmt(v)}`)
 
 // ---------------------------------------------------------------------------------------
-// series storage: columns [steps, ...values], bounded by thinning
+// series storage: columns [steps, ...values] and each step's wall time, bounded by thinning
 
 class Columns {
   constructor(width) {
     this.cols = Array.from({ length: width }, () => [])
+    /** Each point's wall time (ms since the epoch; null when unknown). */
+    this.ts = []
+    // the leading points seeded from the overview: already thinned by min/max (spikes kept), so never thinned again
+    this.fixed = 0
     this.received = 0
     this.stride = 1
     // the newest point is kept even when off the stride, and replaced by the next one
@@ -48,32 +54,79 @@ class Columns {
     return this.cols[0].length
   }
 
-  push(row) {
-    if (this.provisional) for (const col of this.cols) col.pop()
+  get lastStep() {
+    const steps = this.cols[0]
+    return steps.length === 0 ? null : steps[steps.length - 1]
+  }
+
+  /** The points before any live one (`rows` from overviewRows). */
+  seed(rows) {
+    if (this.length > 0) throw new Error(`Columns.seed: ${this.length} points are held already; seed an empty chart`)
+    rows.cols.forEach((col, i) => this.cols[i].push(...col))
+    this.ts.push(...rows.ts)
+    this.fixed = this.length
+  }
+
+  push(row, ts = null) {
+    if (this.provisional) for (const col of this.all()) col.pop()
     row.forEach((v, i) => this.cols[i].push(v))
+    this.ts.push(ts)
     this.provisional = this.received % this.stride !== 0
     this.received++
-    if (this.length > MAX_POINTS) this.thin()
+    if (this.length - this.fixed > MAX_POINTS) this.thin()
+  }
+
+  all() {
+    return [...this.cols, this.ts]
   }
 
   thin() {
-    const tail = this.provisional ? this.cols.map((col) => col.pop()) : undefined
-    for (const col of this.cols) {
-      let w = 0
-      for (let r = 0; r < col.length; r += 2) col[w++] = col[r]
+    const tail = this.provisional ? this.all().map((col) => col.pop()) : undefined
+    for (const col of this.all()) {
+      let w = this.fixed
+      for (let r = this.fixed; r < col.length; r += 2) col[w++] = col[r]
       col.length = w
     }
     this.stride *= 2
-    if (tail !== undefined) tail.forEach((v, i) => this.cols[i].push(v))
+    if (tail !== undefined) this.all().forEach((col, i) => col.push(tail[i]))
   }
+}
+
+/**
+ * A chart's points from the overview: every step at which one of `keys` has a point, before
+ * step `before`, joined by step (null where a series has no point: the lines span the gaps).
+ * A key is a series name, or `{ constant }` for a line drawn from the config (τ).
+ */
+function overviewRows(overview, keys, before) {
+  const series = keys.map((key) => (typeof key === 'string' ? overview?.series?.[key] : undefined))
+  const steps = new Set()
+  for (const s of series) if (s !== undefined) for (const step of s.steps) if (step < before) steps.add(step)
+  const x = [...steps].sort((a, b) => a - b)
+  const row = new Map(x.map((step, i) => [step, i]))
+  const cols = [x, ...keys.map((key) => new Array(x.length).fill(typeof key === 'string' ? null : key.constant))]
+  const ts = new Array(x.length).fill(null)
+  series.forEach((s, i) => {
+    if (s === undefined) return
+    for (let j = 0; j < s.steps.length; j++) {
+      const r = row.get(s.steps[j])
+      if (r === undefined) continue
+      cols[i + 1][r] = s.values[j]
+      ts[r] ??= s.ts[j]
+    }
+  })
+  return { cols, ts }
 }
 
 // ---------------------------------------------------------------------------------------
 // charts
 
-/** The panels for a config: each with its series and how to read a frame into a row. */
+/**
+ * The panels for a config: each with its series, how to read a frame into a row (`row`) and
+ * which overview series feed its columns (`keys`, in the same order).
+ */
 function panelsFor(hello) {
   const constraints = hello.config.constraints.map((c) => c.channel)
+  const thresholds = hello.config.constraints.map((c) => c.threshold)
   const objectives = hello.config.objectives.map((o) => o.channel)
   const colour = (i) => PALETTE[i % PALETTE.length]
   const panels = []
@@ -83,6 +136,7 @@ function panelsFor(hello) {
       title: 'λ per constraint',
       series: constraints.map((c, i) => ({ label: `λ ${c}`, stroke: colour(i) })),
       row: (f) => constraints.map((c) => f.constraints[c]?.lambda ?? null),
+      keys: constraints.map((c) => `lambda.${c}`),
       floor: 0,
     })
     panels.push({
@@ -93,12 +147,14 @@ function panelsFor(hello) {
         { label: `τ ${c}`, stroke: colour(i), dash: [6, 5], width: 1.5 },
       ]),
       row: (f) => constraints.flatMap((c) => [f.constraints[c]?.mean ?? null, f.constraints[c]?.threshold ?? null]),
+      keys: constraints.flatMap((c, i) => [`mean.${c}`, { constant: thresholds[i] }]),
     })
     panels.push({
       id: 'violation',
       title: 'per-sample violation rate',
       series: constraints.map((c, i) => ({ label: c, stroke: colour(i), value: (u, v) => pct(v) })),
       row: (f) => constraints.map((c) => f.constraints[c]?.sampleViolationRate ?? null),
+      keys: constraints.map((c) => `sampleViolationRate.${c}`),
       floor: 0,
     })
   }
@@ -107,6 +163,7 @@ function panelsFor(hello) {
     title: 'objective mean',
     series: objectives.map((o, i) => ({ label: o, stroke: colour(i + 2) })),
     row: (f) => objectives.map((o) => f.objectives[o] ?? null),
+    keys: objectives.map((o) => `objective.${o}`),
   })
   panels.push({
     id: 'throughput',
@@ -116,6 +173,7 @@ function panelsFor(hello) {
       { label: hello.source === 'train' ? 'step ms' : 'batch latency ms', stroke: '#ff9f43', scale: 'ms', value: (u, v) => fmt(v) },
     ],
     row: (f) => [f.throughput.rolloutsPerSec, f.latencyMs],
+    keys: ['rolloutsPerSec', 'latencyMs'],
     floor: 0,
     right: 'ms',
   })
@@ -128,11 +186,44 @@ function panelsFor(hello) {
         { label: 'clip fraction', stroke: '#f5b942', scale: 'frac', value: (u, v) => pct(v) },
       ],
       row: (f) => [f.learner?.gradNorm ?? null, f.learner?.clipFraction ?? null],
+      keys: ['gradNorm', 'clipFraction'],
       floor: 0,
       right: 'frac',
     })
   }
   return panels
+}
+
+/** The whole-run chart: λ (left axis) and J (right axis) per constraint, and a training run's accuracy. */
+function runChartFor(hello) {
+  const constraints = hello.config.constraints.map((c) => c.channel)
+  const colour = (i) => PALETTE[i % PALETTE.length]
+  const accuracy = hello.source === 'train' || hello.overview?.series?.accuracy !== undefined
+  const series = [
+    ...constraints.map((c, i) => ({ label: `λ ${c}`, stroke: colour(i) })),
+    // J is noisy batch to batch: thin and translucent, under the λ it drives
+    ...constraints.map((c, i) => ({ label: `J ${c}`, stroke: `${colour(i)}8c`, width: 1, scale: 'J' })),
+  ]
+  const keys = [...constraints.map((c) => `lambda.${c}`), ...constraints.map((c) => `mean.${c}`)]
+  if (accuracy) {
+    series.push({ label: 'accuracy', stroke: '#3ecf8e', scale: 'J', value: (u, v) => pct(v) })
+    keys.push('accuracy')
+  }
+  return {
+    id: 'overview',
+    title: 'whole run',
+    hint: `${constraints.length > 0 ? `λ left axis, J${accuracy ? ' and accuracy' : ''} right · ` : ''}drag to zoom the charts below, double-click to reset`,
+    series,
+    row: (f) => [
+      ...constraints.map((c) => f.constraints[c]?.lambda ?? null),
+      ...constraints.map((c) => f.constraints[c]?.mean ?? null),
+      ...(accuracy ? [f.metrics?.accuracy ?? null] : []),
+    ],
+    keys,
+    floor: 0,
+    right: 'J',
+    whole: true,
+  }
 }
 
 function range(floor) {
@@ -162,39 +253,92 @@ function axis(extra = {}) {
   return { stroke: MUTED, grid: { stroke: GRID, width: 1 }, ticks: { stroke: GRID, width: 1 }, font: '11px system-ui, sans-serif', values: ticks, ...extra }
 }
 
+/** A wall time (ms since the epoch) as local `HH:MM:SS`, with the date when it is not today. */
+function wallTime(ts) {
+  if (ts === null || ts === undefined || !Number.isFinite(ts)) return ''
+  const d = new Date(ts)
+  const two = (n) => String(n).padStart(2, '0')
+  const time = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`
+  const today = new Date()
+  const sameDay = d.getFullYear() === today.getFullYear() && d.getMonth() === today.getMonth() && d.getDate() === today.getDate()
+  return sameDay ? time : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`
+}
+
+/**
+ * The x range (steps): the selected range when zoomed, else the whole run, from its first step
+ * (a chart whose own series start later, or are live-only, still lines up with the others).
+ */
+function xRange(zoomable) {
+  return (u, min, max) => {
+    if (zoomable && state.zoom !== null) return [state.zoom.min, state.zoom.max]
+    const lo = state.first ?? min
+    const hi = Math.max(state.last ?? max ?? -Infinity, max ?? -Infinity)
+    if (lo === null || lo === undefined || !Number.isFinite(hi)) return [0, 1]
+    return hi > lo ? [lo, hi] : [lo, lo + 1]
+  }
+}
+
 class Panel {
-  constructor(spec, parent) {
+  /** `spec.whole`: the whole-run chart (drag selects the range the other charts show); else a live chart. */
+  constructor(spec, place) {
     this.spec = spec
     this.columns = new Columns(spec.series.length + 1)
     this.el = document.createElement('div')
-    this.el.className = 'card panel'
+    this.el.className = spec.whole ? 'card run-chart' : 'card panel'
     this.el.dataset.chart = spec.id
     this.el.dataset.points = '0'
     const h = document.createElement('h2')
     h.textContent = spec.title
+    if (spec.hint !== undefined) {
+      const hint = document.createElement('span')
+      hint.className = 'sub'
+      hint.textContent = spec.hint
+      h.append(hint)
+    }
     this.el.append(h)
     const plot = document.createElement('div')
     plot.className = 'plot'
     this.el.append(plot)
-    // the panels go before the sample and batch cards, which end the grid
-    parent.insertBefore(this.el, $('#sample-card'))
-    const scales = { x: { time: false }, y: { range: range(spec.floor) } }
+    place(this.el)
+    const height = spec.whole ? 220 : 200
+    const scales = { x: { time: false, range: xRange(!spec.whole) }, y: { range: range(spec.floor) } }
     const axes = [axis({ label: 'step', labelSize: 16, labelFont: '11px system-ui, sans-serif' }), axis({ size: 56, space: 22 })]
     if (spec.right !== undefined) {
-      scales[spec.right] = { range: range(0) }
+      scales[spec.right] = { range: range(spec.whole ? undefined : 0) }
       axes.push(axis({ scale: spec.right, side: 1, grid: { show: false }, size: 56, space: 22 }))
     }
     const width = Math.max(280, plot.clientWidth || 440)
     this.plot = new uPlot(
       {
         width,
-        height: 200,
+        height,
         scales,
         axes,
         legend: { show: true, live: true },
-        cursor: { drag: { x: false, y: false } },
+        // the run chart selects a range (kept drawn, its own scale unchanged); the live charts share the pointer's step
+        cursor: spec.whole ? { drag: { x: true, y: false, setScale: false } } : { drag: { x: false, y: false }, sync: { key: 'dualstream-steps' } },
+        hooks: {
+          setSelect: spec.whole ? [(u) => this.selected(u)] : [],
+          // the pointer left: the legend shows the latest values again
+          setCursor: [() => this.showLatest()],
+          setScale: [
+            (u, key) => {
+              if (key !== 'x') return
+              this.el.dataset.xMin = String(u.scales.x.min)
+              this.el.dataset.xMax = String(u.scales.x.max)
+            },
+          ],
+        },
         series: [
-          { label: 'step', value: (u, v) => (v === null || v === undefined ? '–' : String(v)) },
+          {
+            label: 'step',
+            // the step, and when it was (the wall time of the legend's point)
+            value: (u, v, si, idx) => {
+              if (v === null || v === undefined) return '–'
+              const when = idx === null || idx === undefined ? '' : wallTime(this.columns.ts[idx])
+              return when === '' ? count(v) : `${count(v)} · ${when}`
+            },
+          },
           ...spec.series.map((s) => ({
             label: s.label,
             stroke: s.stroke,
@@ -210,24 +354,62 @@ class Panel {
       this.columns.cols,
       plot,
     )
+    // a double-click on any chart shows the whole run again
+    this.plot.over.addEventListener('dblclick', () => zoomTo(null))
     this.resizer = new ResizeObserver(() => {
       const w = plot.clientWidth
-      if (w > 0 && w !== this.plot.width) this.plot.setSize({ width: w, height: 200 })
+      if (w > 0 && w !== this.plot.width) this.plot.setSize({ width: w, height })
     })
     this.resizer.observe(plot)
   }
 
+  /** The overview's points before step `before` (the first step the frames will bring). */
+  seed(overview, before) {
+    if (overview === undefined || overview === null) return
+    this.columns.seed(overviewRows(overview, this.spec.keys, before))
+  }
+
   add(frame) {
-    this.columns.push([frame.step, ...this.spec.row(frame)])
+    // a frame at or before the newest point is drawn already (from the overview)
+    const last = this.columns.lastStep
+    if (last !== null && frame.step <= last) return
+    this.columns.push([frame.step, ...this.spec.row(frame)], frame.ts ?? null)
+  }
+
+  /** The run chart's selection (pixels) becomes the live charts' range (steps). */
+  selected(u) {
+    if (u.select.width < 2) return
+    const min = u.posToVal(u.select.left, 'x')
+    const max = u.posToVal(u.select.left + u.select.width, 'x')
+    zoomTo({ min, max })
   }
 
   draw() {
     this.plot.setData(this.columns.cols)
-    // the legend shows the latest values unless the pointer is on the chart
-    if (this.columns.length > 0 && !(this.plot.cursor.left >= 0)) this.plot.setLegend({ idx: this.columns.length - 1 })
+    this.showLatest()
+    if (this.spec.whole) this.showSelection()
     this.el.dataset.points = String(this.columns.length)
     const steps = this.columns.cols[0]
+    this.el.dataset.firstStep = steps.length === 0 ? '' : String(steps[0])
     this.el.dataset.lastStep = steps.length === 0 ? '' : String(steps[steps.length - 1])
+  }
+
+  /** The legend shows the latest values unless the pointer is on the chart (or on one in step with it). */
+  showLatest() {
+    // (uPlot moves its cursor while it is being built, before this.plot is set)
+    if (this.plot !== undefined && this.columns.length > 0 && !(this.plot.cursor.left >= 0)) this.plot.setLegend({ idx: this.columns.length - 1 })
+  }
+
+  /** Keeps the zoomed range marked on the run chart (it moves as the run grows and on resizes). */
+  showSelection() {
+    const u = this.plot
+    if (state.zoom === null) {
+      if (u.select.width > 0) u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false)
+      return
+    }
+    const left = u.valToPos(state.zoom.min, 'x')
+    const right = u.valToPos(state.zoom.max, 'x')
+    u.setSelect({ left, top: 0, width: Math.max(1, right - left), height: u.over.clientHeight }, false)
   }
 
   destroy() {
@@ -237,6 +419,17 @@ class Panel {
   }
 }
 
+/** Shows the steps `range` ({min, max}) on the live charts, or the whole run (null). */
+function zoomTo(range) {
+  state.zoom = range === null || !(range.max > range.min) ? null : { min: range.min, max: range.max }
+  for (const p of state.panels) {
+    const [min, max] = state.zoom === null ? p.plot.scales.x.range(p.plot, null, null, 'x') : [state.zoom.min, state.zoom.max]
+    p.plot.setScale('x', { min, max })
+  }
+  if (state.runChart !== null) state.runChart.showSelection()
+  document.body.dataset.zoom = state.zoom === null ? '' : `${Math.round(state.zoom.min)}-${Math.round(state.zoom.max)}`
+}
+
 // ---------------------------------------------------------------------------------------
 // the state of the page
 
@@ -244,6 +437,12 @@ const state = {
   hello: null,
   latest: null,
   panels: [],
+  /** The whole-run chart. */
+  runChart: null,
+  /** The run's first and latest step (the charts' x range), and the steps selected on the run chart (null: the whole run). */
+  first: null,
+  last: null,
+  zoom: null,
   sample: null,
   sampleStep: null,
   sampleDrawn: null,
@@ -257,8 +456,20 @@ window.dualstream = state
 
 function onHello(hello) {
   for (const p of state.panels) p.destroy()
+  state.runChart?.destroy()
   state.hello = hello
-  state.panels = panelsFor(hello).map((spec) => new Panel(spec, $('#charts')))
+  const overview = hello.overview ?? null
+  state.first = overview?.first ?? hello.history[0]?.step ?? null
+  state.last = Math.max(hello.step, hello.history.at(-1)?.step ?? 0, overview?.last ?? 0)
+  state.zoom = null
+  document.body.dataset.zoom = ''
+  // the panels go before the sample and batch cards, which end the grid
+  state.panels = panelsFor(hello).map((spec) => new Panel(spec, (el) => $('#charts').insertBefore(el, $('#sample-card'))))
+  state.runChart = new Panel(runChartFor(hello), (el) => $('#run').replaceChildren(el))
+  // the overview draws the steps before the history's, the history those before the live frames'
+  const firstFrame = hello.history[0]?.step ?? Infinity
+  for (const p of state.panels) p.seed(overview, firstFrame)
+  state.runChart.seed(overview, Infinity)
   state.latest = null
   state.lost = 0
   state.sample = hello.sample
@@ -276,6 +487,9 @@ function onHello(hello) {
 
 function addFrame(frame) {
   for (const p of state.panels) p.add(frame)
+  state.runChart.add(frame)
+  state.first ??= frame.step
+  state.last = Math.max(state.last ?? frame.step, frame.step)
   state.latest = frame
   if (frame.sample !== undefined) {
     state.sample = frame.sample
@@ -426,6 +640,7 @@ function draw() {
   if (hello === null) return
   const f = state.latest
   for (const p of state.panels) p.draw()
+  state.runChart.draw()
   const step = f?.step ?? hello.step
   $('#step').textContent = count(step)
   $('#step').dataset.step = String(step)
@@ -470,6 +685,11 @@ function storedToken() {
   return sessionStorage.getItem(TOKEN_KEY) ?? ''
 }
 
+/** The header's CSV link: the whole run's series, with the viewer token when the page has one. */
+function csvLink(token) {
+  $('#csv').setAttribute('href', `/history?format=csv${token === '' ? '' : `&token=${encodeURIComponent(token)}`}`)
+}
+
 // a token in the page's own URL (?token=…) is taken once, then kept out of the address bar
 {
   const url = new URL(location.href)
@@ -486,6 +706,7 @@ let socket = null
 
 function connect() {
   const token = storedToken()
+  csvLink(token)
   const url = new URL('/telemetry', location.href)
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:'
   url.searchParams.set('format', 'json')

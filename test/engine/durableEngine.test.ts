@@ -379,3 +379,43 @@ t.test('a restart replays the watermarks and policy versions logged after the lo
   )
   await reopened.engine.close()
 })
+
+t.test(
+  'payloads are written once: pending rollouts drop their bytes once logged, the outbox holds references, delivery splices the logged bytes',
+  async (t) => {
+    const { wirePackr } = await import('../../src/state/codec.js')
+    const { decodeRolloutsFrame, RawPayload } = await import('../../src/state/rawPayload.js')
+    const dataDir = tempDir()
+    const { engine, committed } = await openEngine(dataDir)
+    const big = (i: number) => ({ tokens: Buffer.alloc(4096, i), logprobs: new Float32Array(64).fill(i / 10) })
+    const items = prompts(0, 2).map((r, i) => ({ ...r, payload: big(i) }))
+    const bytes = Buffer.from(wirePackr.pack({ type: 'rollouts', rollouts: items }))
+    const decoded = (decodeRolloutsFrame(bytes) as { rollouts: { payload: InstanceType<typeof RawPayload> }[] }).rollouts
+    const payloadBytes = decoded.map((d) => Buffer.from(d.payload.bytes!))
+    await engine.ingest(decoded, { bytes, format: 'msgpack' })
+    await engine.settled()
+    t.ok(
+      decoded.every((d) => d.payload.bytes === undefined && d.payload.entry === 0),
+      'the rollouts hold where their payloads are, not the bytes',
+    )
+    t.equal(committed.length, 1)
+    const record = engine.store.outbox.getBinary(1)!
+    t.ok(record.length < 4096, `the outbox record holds no payload bytes (${record.length} bytes for ${4 * 4096} of payloads)`)
+    const sent = committed[0].delivery.bytes
+    const spliced = (decodeRolloutsFrame(sent) as { rollouts: { payload: InstanceType<typeof RawPayload> }[] }).rollouts.map((r) =>
+      Buffer.from(r.payload.bytes!),
+    )
+    t.same(spliced, payloadBytes, 'the batch sent carries the producer’s bytes')
+    t.same(engine.pendingDeliveries()[0].bytes, sent, 'and so does a redelivery')
+
+    // a payload still as bytes, given without its frame's bytes, is logged as its value
+    const loose = (
+      decodeRolloutsFrame(wirePackr.pack({ type: 'rollouts', rollouts: [rollout('l0', 'l', 1, 1, { payload: { a: 1 } })] })) as { rollouts: object[] }
+    ).rollouts
+    await engine.ingest(loose)
+    await engine.settled()
+    const [logged] = [...engine.store.records(4)] as { rollout: { payload: unknown } }[]
+    t.same(logged.rollout.payload, { a: 1 })
+    await engine.close()
+  },
+)

@@ -2,7 +2,8 @@ import fc from 'fast-check'
 import t from 'tap'
 import { wirePackr, wireUnpackr } from '../../src/state/codec.js'
 import { parseConfig } from '../../src/core/config.js'
-import { encodeBatchForTrainer } from '../../src/state/outboxEncoder.js'
+import { assembleBatch, encodeBatchForTrainer } from '../../src/state/outboxEncoder.js'
+import { RawPayload } from '../../src/state/rawPayload.js'
 import { initialDualState } from '../../src/math/dual.js'
 import { batchColumns } from '../../src/math/columns.js'
 import { scoreGroups } from '../../src/math/score.js'
@@ -128,5 +129,66 @@ t.test('a payload key __proto__ (legal JSON) goes out verbatim; msgpackr decoder
   const bytes = encodeBatchForTrainer(batch)
   t.ok(Buffer.from(bytes).includes(Buffer.from('\xa9__proto__', 'latin1')), 'the key is in the bytes as sent, for decoders that keep it')
   t.ok(sameOnTheWire(batch))
+  t.end()
+})
+
+t.test('payloads from the wire: logged ones by reference, spliced back at delivery into exactly the bytes of the same batch given as values', (t) => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.record({ payload: fc.option(fc.jsonValue(), { nil: undefined }), logged: fc.boolean() }), { minLength: 1, maxLength: 12 }),
+      fc.nat(40),
+      (spec, padding) => {
+        // one frame holds every payload, after some padding; the log has it at entry 7
+        const packed = spec.map((s) => (s.payload === undefined ? undefined : Buffer.from(wirePackr.pack(s.payload))))
+        const frame = Buffer.concat([Buffer.alloc(padding, 0xc0), ...packed.filter((p) => p !== undefined)])
+        let at = padding
+        const rollouts = spec.map((s, i) => {
+          const rollout: Rollout = { id: `r${i}`, promptId: 'p', rewards: { acc: i % 2, c: 1 } }
+          const bytes = packed[i]
+          if (bytes === undefined) return rollout
+          const raw = new RawPayload(frame.subarray(at, at + bytes.length))
+          at += bytes.length
+          if (s.logged) {
+            raw.logged(7, frame)
+            raw.release()
+          }
+          rollout.payload = raw
+          return rollout
+        })
+        const asValues = rollouts.map((r, i) => (r.payload === undefined ? r : { ...r, payload: spec[i].payload }))
+        const record = encodeBatchForTrainer(scored([{ promptId: 'p', partial: false, ts: 0, rollouts }]))
+        const reference = encodeBatchForTrainer(scored([{ promptId: 'p', partial: false, ts: 0, rollouts: asValues }]))
+        const reads: number[] = []
+        const assembled = assembleBatch(record, (entry) => (reads.push(entry), frame))
+        const references = spec.filter((s) => s.logged && s.payload !== undefined).length
+        if (references === 0)
+          t.equal(
+            record,
+            assembleBatch(record, () => t.fail('nothing to read') as never),
+            'a record without references is the batch',
+          )
+        t.ok(reads.length <= 1, 'each log entry read once per batch')
+        t.equal(record.length < reference.length + 5 + 20 * references, true)
+        return Buffer.compare(Buffer.from(assembled), reference) === 0
+      },
+    ),
+    { numRuns: 200 },
+  )
+  t.end()
+})
+
+t.test('a record whose reference lies outside its log entry is refused, saying where; a payload must be a view of its frame', (t) => {
+  const frame = Buffer.from(wirePackr.pack({ text: 'hello' }))
+  const raw = new RawPayload(frame.subarray(0))
+  raw.logged(3, frame)
+  raw.release()
+  const record = encodeBatchForTrainer(
+    scored([{ promptId: 'p', partial: false, ts: 0, rollouts: [{ id: 'a', promptId: 'p', rewards: { acc: 1, c: 1 }, payload: raw }] }]),
+  )
+  t.throws(() => assembleBatch(record, () => frame.subarray(0, 3)), /a payload of the batch lies outside its log entry 3 \(0 \+ 14 > 3 bytes\)/)
+  t.throws(() => new RawPayload(new Uint8Array([1])).logged(5, new Uint8Array([1])), /a payload logged at seq 5 is not a view of its frame/)
+  const released = new RawPayload(frame)
+  released.release()
+  t.ok(released.bytes, 'not released before it is logged')
   t.end()
 })

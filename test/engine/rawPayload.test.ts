@@ -53,9 +53,9 @@ t.test('a rollouts frame decodes as msgpackr decodes it, each payload the produc
       for (let k = 0; k < items.length; k++) {
         const p = payloads[k]
         if (p instanceof RawPayload) {
-          t.same(unpackr.unpack(p.bytes), reference.rollouts[k].payload)
-          t.same(Buffer.from(p.bytes), packr.pack((items[k] as { payload: unknown }).payload), 'exactly the bytes the producer packed')
-          t.equal(p.bytes.buffer, bytes.buffer, 'a view of the frame, not a copy')
+          t.same(unpackr.unpack(p.bytes!), reference.rollouts[k].payload)
+          t.same(Buffer.from(p.bytes!), packr.pack((items[k] as { payload: unknown }).payload), 'exactly the bytes the producer packed')
+          t.equal(p.bytes!.buffer, bytes.buffer, 'a view of the frame, not a copy')
           delete decoded.rollouts[k].payload
           delete reference.rollouts[k].payload
         }
@@ -80,7 +80,7 @@ t.test('bytes a re-encoding would change go through as sent: float32, a __proto_
   const decoded = decodeRolloutsFrame(frame) as { type: string; rollouts: Record<string, unknown>[] }
   t.same(decoded.type, 'rollouts')
   t.same(decoded.rollouts[0], { id: 'r', promptId: 'p', rewards: {}, payload: new RawPayload(payload) })
-  t.same(Buffer.from((decoded.rollouts[0].payload as RawPayload).bytes), payload)
+  t.same(Buffer.from((decoded.rollouts[0].payload as RawPayload).bytes!), payload)
 })
 
 t.test('map16 items, duplicate payload keys (the last wins), items that are not maps, frames that are not rollouts frames', async (t) => {
@@ -91,7 +91,7 @@ t.test('map16 items, duplicate payload keys (the last wins), items that are not 
   const decoded = decodeRolloutsFrame(frame) as { rollouts: unknown[] }
   t.same(decoded.rollouts.slice(1), [5, 'x'])
   const first = decoded.rollouts[0] as Record<string, unknown>
-  t.equal(unpackr.unpack((first.payload as RawPayload).bytes), 'kept')
+  t.equal(unpackr.unpack((first.payload as RawPayload).bytes!), 'kept')
   t.equal(first.k19, 19)
 
   const dup = Buffer.concat([
@@ -118,15 +118,15 @@ t.test('map16 items, duplicate payload keys (the last wins), items that are not 
     rollouts: { payload: RawPayload }[]
   }
   t.same(
-    twenty.rollouts.map((r) => unpackr.unpack(r.payload.bytes)),
+    twenty.rollouts.map((r) => unpackr.unpack(r.payload.bytes!)),
     Array.from({ length: 20 }, (_, k) => k),
     'an array16 of items',
   )
   const long = decodeRolloutsFrame(longKeys) as { rollouts: Record<string, RawPayload>[] }
-  t.same([...long.rollouts[0].payload.bytes], [2], 'payload keys in str16 and str32 form too')
+  t.same([...long.rollouts[0].payload.bytes!], [2], 'payload keys in str16 and str32 form too')
   const withDup = decodeRolloutsFrame(dup) as { rollouts: Record<string, unknown>[] }
   t.same(Object.keys(withDup.rollouts[0]), ['id', 'payload'])
-  t.equal(unpackr.unpack((withDup.rollouts[0].payload as RawPayload).bytes), 'second', 'the last payload, as any decoder takes it')
+  t.equal(unpackr.unpack((withDup.rollouts[0].payload as RawPayload).bytes!), 'second', 'the last payload, as any decoder takes it')
 
   for (const other of [
     { type: 'ack', step: 3 },
@@ -144,7 +144,7 @@ t.test('map16 items, duplicate payload keys (the last wins), items that are not 
     Buffer.from([0x07]),
   ])
   const wide32 = decodeRolloutsFrame(map32) as { rollouts: Record<string, RawPayload>[] }
-  t.same([...wide32.rollouts[0].payload.bytes], [7], 'map32 and array32 headers')
+  t.same([...wide32.rollouts[0].payload.bytes!], [7], 'map32 and array32 headers')
   const manyKeys = decodeRolloutsFrame(
     new Packr({ useRecords: false, variableMapSize: true }).pack({
       rollouts: [Object.fromEntries([...Array.from({ length: 70_000 }, (_, k) => [`k${k}`, k]), ['payload', 1]])],

@@ -66,7 +66,7 @@ const typeOf = (frame: Buffer) => (unpackr.unpack(frame) as { type: string }).ty
 /** Each rollout's payload bytes in a batch frame, by id (read without decoding them). */
 function payloadsOf(batch: Buffer): Map<string, Buffer> {
   const decoded = decodeRolloutsFrame(batch) as { rollouts: { id: string; payload?: RawPayload }[] }
-  return new Map(decoded.rollouts.map((r) => [r.id, Buffer.from(r.payload!.bytes)]))
+  return new Map(decoded.rollouts.map((r) => [r.id, Buffer.from(r.payload!.bytes!)]))
 }
 
 t.test('payload bytes travel untouched producer → log → trainer, JSON payloads converted once; the same after a SIGKILL', async (t) => {

@@ -5,6 +5,7 @@ import t from 'tap'
 import { wirePackr } from '../../src/state/codec.js'
 import { EngineStore, entryRecords, type FrameEntry, type LogRecord } from '../../src/state/engineStore.js'
 import { IdHasher } from '../../src/state/idHashes.js'
+import { RawPayload } from '../../src/state/rawPayload.js'
 
 const counters = { ingested: 0, rejected: {}, duplicate: 0 }
 const open = () => EngineStore.open(mkdtempSync(join(tmpdir(), 'dualstream-store-')))
@@ -125,5 +126,39 @@ t.test('a transaction that misuses claims writes nothing and says what was wrong
   )
   t.equal(store.nextSeq, 0, 'no seq was used')
   t.same(await ingest(store, ['a', 'c']), [true, true], 'claims of a transaction that wrote nothing do not count')
+  await store.close()
+})
+
+t.test('a frame’s bytes are stored apart from its entry and read by reference; frames logged inline (before that) still read', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dualstream-store-'))
+  const store = EngineStore.open(dir)
+  const bytes = Buffer.from(
+    wirePackr.pack({ type: 'rollouts', rollouts: [{ id: 'a', promptId: 'p', rewards: {}, payload: { tokens: Buffer.from([1, 2, 3]) } }] }),
+  )
+  await store.transact((tx) => {
+    tx.claim('a')
+    tx.append({ kind: 'frame', seq: 0, count: 1, ts: 5, format: 'msgpack', bytes })
+    return counters
+  })
+  t.notOk('bytes' in (store.log.get(0) as object), 'the entry holds no bytes')
+  t.same(store.frames.getBinary(0), bytes, 'they are in `frames`')
+  t.same(store.frameBytes(0), bytes)
+  const [record] = [...store.records()] as (LogRecord & { kind: 'rollout' })[]
+  const payload = record.rollout.payload as RawPayload
+  t.ok(payload instanceof RawPayload)
+  t.match(payload, { entry: 0, bytes: undefined }, 'a replayed payload points at its frame and holds no bytes')
+  t.same(Buffer.from(store.frameBytes(0).subarray(payload.offset, payload.offset + payload.length)), wirePackr.pack({ tokens: Buffer.from([1, 2, 3]) }))
+
+  // a frame logged with its bytes inline, as before they were stored apart
+  const legacy = Buffer.from(wirePackr.pack({ type: 'rollouts', rollouts: [{ id: 'b', promptId: 'p', rewards: {} }] }))
+  await store.log.put(1, { kind: 'frame', seq: 1, count: 1, ts: 6, format: 'msgpack', bytes: legacy })
+  t.same(store.frameBytes(1), legacy)
+  t.same(
+    [...store.records(1)].map((r) => (r as { rollout: { id: string } }).rollout.id),
+    ['b'],
+  )
+  t.throws(() => store.frameBytes(9), /no logged frame at seq 9/)
+  await store.log.put(2, [{ kind: 'watermark', seq: 2, ts: 7 }])
+  t.throws(() => store.frameBytes(2), /no logged frame at seq 2/, 'an entry of records is no frame')
   await store.close()
 })

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import WebSocket from 'ws'
 import { mulberry32 } from '../../examples/support/random.js'
-import { pack } from '../serve/support.js'
+import { pack, unpackr } from '../serve/support.js'
 
 /** Debian's chromium (`apt-get install -y chromium`; `.ci/run` installs it); DUALSTREAM_CHROMIUM overrides. */
 export const CHROMIUM = process.env.DUALSTREAM_CHROMIUM ?? '/usr/bin/chromium'
@@ -42,8 +42,8 @@ export async function openPage(browser: Browser): Promise<{ page: Page; errors: 
   const errors: string[] = []
   page.on('pageerror', (error) => errors.push(`pageerror: ${error.message}`))
   page.on('console', (message) => {
-    // a refused WebSocket upgrade is logged by the browser itself: expected in the token test
-    if (message.type() === 'error' && !/WebSocket connection|401/.test(message.text())) errors.push(`console: ${message.text()}`)
+    // logged by the browser itself: a refused WebSocket upgrade (the token test), a server away (the restart test)
+    if (message.type() === 'error' && !/WebSocket connection|401|ERR_CONNECTION_REFUSED/.test(message.text())) errors.push(`console: ${message.text()}`)
   })
   return { page, errors }
 }
@@ -59,12 +59,17 @@ export const dashboardConfig = {
   ],
 }
 
+/** The synthetic run's config with 4 rollouts a step instead of 16: a long run streams quickly. */
+export const longRunConfig = { ...dashboardConfig, groupSize: 2, batchGroups: 2 }
+
 /**
  * Rollouts of steps `from` to `to` (exclusive) of a synthetic run that improves: accuracy and
- * consistency rise, toxicity falls, so λ climbs and then comes back down.
+ * consistency rise, toxicity falls, so λ climbs and then comes back down. `shape`: the config's
+ * groups per batch and rollouts per group.
  */
-export function syntheticSteps(from: number, to: number, total: number, random = mulberry32(from + 1)) {
-  const { groupSize, batchGroups } = dashboardConfig
+export function syntheticSteps(from: number, to: number, total: number, shape: { groupSize: number; batchGroups: number } = dashboardConfig) {
+  const { groupSize, batchGroups } = shape
+  const random = mulberry32(from + 1)
   const out = []
   for (let s = from; s < to; s++) {
     const progress = s / total
@@ -86,14 +91,17 @@ export function syntheticSteps(from: number, to: number, total: number, random =
 }
 
 /**
- * A trainer that acknowledges every batch it receives, in order, without decoding it
- * (batches arrive in step order from 1 on a fresh engine): keeps the outbox empty.
+ * A trainer that acknowledges every batch it receives, by its step (so it also serves an
+ * engine restarted on a data folder): keeps the outbox empty. `received` is the last step.
  */
 export function ackingTrainer(url: string): Promise<{ received: () => number; close: () => void }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url)
     let step = 0
-    ws.on('message', () => ws.send(ackFrame(++step)))
+    ws.on('message', (data: Buffer) => {
+      step = (unpackr.unpack(data) as { step: number }).step
+      ws.send(ackFrame(step))
+    })
     ws.once('open', () => resolve({ received: () => step, close: () => ws.close() }))
     ws.once('error', reject)
   })

@@ -7,6 +7,7 @@ import { DurableEngine, defaultWatermarkInterval, rejectionReason, type Committe
 import { replayLog } from '../../src/state/logReplay.js'
 import type { DropEvent } from '../../src/core/types.js'
 import { EngineStore } from '../../src/state/engineStore.js'
+import type { RawPayload } from '../../src/state/rawPayload.js'
 import { VirtualClock } from '../support/virtualTime.js'
 
 const base: ConfigInput = {
@@ -384,13 +385,13 @@ t.test(
   'payloads are written once: pending rollouts drop their bytes once logged, the outbox holds references, delivery splices the logged bytes',
   async (t) => {
     const { wirePackr } = await import('../../src/state/codec.js')
-    const { decodeRolloutsFrame, RawPayload } = await import('../../src/state/rawPayload.js')
+    const { decodeRolloutsFrame } = await import('../../src/state/rawPayload.js')
     const dataDir = tempDir()
     const { engine, committed } = await openEngine(dataDir)
     const big = (i: number) => ({ tokens: Buffer.alloc(4096, i), logprobs: new Float32Array(64).fill(i / 10) })
     const items = prompts(0, 2).map((r, i) => ({ ...r, payload: big(i) }))
     const bytes = Buffer.from(wirePackr.pack({ type: 'rollouts', rollouts: items }))
-    const decoded = (decodeRolloutsFrame(bytes) as { rollouts: { payload: InstanceType<typeof RawPayload> }[] }).rollouts
+    const decoded = (decodeRolloutsFrame(bytes) as { rollouts: { payload: RawPayload }[] }).rollouts
     const payloadBytes = decoded.map((d) => Buffer.from(d.payload.bytes!))
     await engine.ingest(decoded, { bytes, format: 'msgpack' })
     await engine.settled()
@@ -402,7 +403,7 @@ t.test(
     const record = engine.store.outbox.getBinary(1)!
     t.ok(record.length < 4096, `the outbox record holds no payload bytes (${record.length} bytes for ${4 * 4096} of payloads)`)
     const sent = committed[0].delivery.bytes
-    const spliced = (decodeRolloutsFrame(sent) as { rollouts: { payload: InstanceType<typeof RawPayload> }[] }).rollouts.map((r) =>
+    const spliced = (decodeRolloutsFrame(sent) as { rollouts: { payload: RawPayload }[] }).rollouts.map((r) =>
       Buffer.from(r.payload.bytes!),
     )
     t.same(spliced, payloadBytes, 'the batch sent carries the producer’s bytes')

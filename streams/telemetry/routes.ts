@@ -11,7 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { authorize, type RoleTokens } from '../auth.js'
 import { refuseUnlessRead, sendJson, staticFile, type HttpRoute } from '../host/index.js'
 import type { TelemetryMetrics } from './metrics.js'
-import type { HistoryOverview, HistoryQuery } from './runHistory.js'
+import { MIN_POINTS, type HistoryOverview, type HistoryQuery } from './runHistory.js'
 
 export type { Mountable } from '../host/index.js'
 
@@ -101,7 +101,7 @@ export function parseHistoryQuery(
   }
   const from = integer('from', 0, Number.MAX_SAFE_INTEGER)
   const to = integer('to', 0, Number.MAX_SAFE_INTEGER)
-  const points = integer('points', 2, MAX_HISTORY_POINTS) ?? defaultPoints
+  const points = integer('points', MIN_POINTS, MAX_HISTORY_POINTS) ?? defaultPoints
   for (const value of [from, to, points]) if (typeof value === 'string') return { ok: false, error: value }
   if (from !== undefined && to !== undefined && (from as number) > (to as number)) return { ok: false, error: `from (${from}) is after to (${to})` }
   const format = params.get('format') ?? 'json'

@@ -1,13 +1,13 @@
 /**
  * The whole run's series, bounded however long the run (issue 15). Every dashboard series
  * (λ, J, violations, objectives, throughput, the learner's figures…) is kept from step 1 by
- * min/max buckets: each series holds at most `maxPoints / 2` buckets of `width` consecutive
- * points and keeps, per bucket, the point with the least and the point with the greatest value
- * (real steps, with their wall time). When the buckets are full, neighbours merge and the width
+ * min/max buckets: each series holds at most `(maxPoints − 2) / 2` buckets of `width`
+ * consecutive points and keeps, per bucket, the point with the least and the point with the
+ * greatest value (real steps, with their wall time), and its first and last point. When the buckets are full, neighbours merge and the width
  * doubles. So a spike of one step survives any length of run (a plain stride would lose it),
  * memory is `series × maxPoints × 3` numbers, and a page opened at step 10⁶ draws the run from
- * step 1. Up to `maxPoints` points a series is exact (but for a value repeated within a bucket
- * of two, drawn once). Pure: no I/O; `serve` rebuilds it from the committed batch summaries, the built-in
+ * step 1. Up to `maxPoints − 2` points a series is exact (but for a value repeated within a
+ * bucket of two, drawn once). Pure: no I/O; `serve` rebuilds it from the committed batch summaries, the built-in
  * training saves it with its checkpoint.
  *
  * @example
@@ -43,10 +43,14 @@ interface SeriesSnapshot {
   width: number
   count: number
   /** Per bucket: min step, min ts, min value, max step, max ts, max value (ts NaN when unknown). */
-  buckets: number[]
+  buckets: (number | null)[]
+  /** The first and the last point: step, ts, value each. */
+  ends: (number | null)[]
 }
 
 export const DEFAULT_HISTORY_POINTS = 2000
+/** The fewest points a series can be drawn with: its first and last, one bucket's min and max. */
+export const MIN_POINTS = 4
 
 const FIELDS = 6
 const [MIN_STEP, MIN_TS, MIN_VALUE, MAX_STEP, MAX_TS, MAX_VALUE] = [0, 1, 2, 3, 4, 5]
@@ -60,9 +64,12 @@ export class MinMaxSeries {
   /** Points added. */
   private count = 0
 
+  // the first and the last point added (step, ts, value each): a chart starts and ends where the series does
+  private readonly ends = new Float64Array(6)
+
   constructor(readonly maxPoints: number) {
-    if (!Number.isSafeInteger(maxPoints) || maxPoints < 2) throw new RangeError(`maxPoints must be an integer >= 2, got ${maxPoints}`)
-    this.capacity = Math.floor(maxPoints / 2)
+    if (!Number.isSafeInteger(maxPoints) || maxPoints < MIN_POINTS) throw new RangeError(`maxPoints must be an integer >= ${MIN_POINTS}, got ${maxPoints}`)
+    this.capacity = Math.floor((maxPoints - 2) / 2)
     this.buckets = new Float64Array(this.capacity * FIELDS)
   }
 
@@ -77,6 +84,8 @@ export class MinMaxSeries {
     const at = bucket * FIELDS
     const b = this.buckets
     const time = ts ?? NaN
+    if (this.count === 0) this.ends.set([step, time, value], 0)
+    this.ends.set([step, time, value], 3)
     if (this.count % this.width === 0) {
       b[at + MIN_STEP] = b[at + MAX_STEP] = step
       b[at + MIN_TS] = b[at + MAX_TS] = time
@@ -119,8 +128,12 @@ export class MinMaxSeries {
       out.ts.push(Number.isNaN(ts) ? null : ts)
       out.values.push(value)
     }
+    if (this.count === 0) return out
     const b = this.buckets
+    const e = this.ends
     const used = Math.ceil(this.count / this.width)
+    // the first point, unless the first bucket's own first point is it
+    if (e[0] < Math.min(b[MIN_STEP], b[MAX_STEP])) push(e[0], e[1], e[2])
     for (let i = 0; i < used; i++) {
       const at = i * FIELDS
       const minFirst = b[at + MIN_STEP] <= b[at + MAX_STEP]
@@ -128,12 +141,14 @@ export class MinMaxSeries {
       push(b[at + first], b[at + first + 1], b[at + first + 2])
       if (b[at + MIN_STEP] !== b[at + MAX_STEP]) push(b[at + second], b[at + second + 1], b[at + second + 2])
     }
+    const lastAt = (used - 1) * FIELDS
+    if (e[3] > Math.max(b[lastAt + MIN_STEP], b[lastAt + MAX_STEP])) push(e[3], e[4], e[5])
     return out
   }
 
   snapshot(): SeriesSnapshot {
     const used = Math.ceil(this.count / this.width)
-    return { width: this.width, count: this.count, buckets: Array.from(this.buckets.subarray(0, used * FIELDS)) }
+    return { width: this.width, count: this.count, buckets: Array.from(this.buckets.subarray(0, used * FIELDS)), ends: Array.from(this.ends) }
   }
 
   static restore(maxPoints: number, saved: SeriesSnapshot): MinMaxSeries {
@@ -145,11 +160,14 @@ export class MinMaxSeries {
       Number.isSafeInteger(saved.width) &&
       saved.width >= 1 &&
       used <= series.capacity &&
-      saved.buckets.length === used * FIELDS
+      saved.buckets.length === used * FIELDS &&
+      saved.ends?.length === 6
     if (!valid) throw new RangeError(`a saved history series does not fit ${maxPoints} points (width ${saved.width}, count ${saved.count})`)
     series.width = saved.width
     series.count = saved.count
-    series.buckets.set(saved.buckets.map((v) => (v === null ? NaN : v)))
+    const numbers = (values: readonly (number | null)[]) => values.map((v) => (v === null ? NaN : v))
+    series.buckets.set(numbers(saved.buckets))
+    series.ends.set(numbers(saved.ends))
     return series
   }
 }
@@ -164,7 +182,7 @@ export class RunHistory {
 
   constructor(options: { maxPoints?: number } = {}) {
     this.maxPoints = options.maxPoints ?? DEFAULT_HISTORY_POINTS
-    if (!Number.isSafeInteger(this.maxPoints) || this.maxPoints < 2) throw new RangeError(`maxPoints must be an integer >= 2, got ${this.maxPoints}`)
+    if (!Number.isSafeInteger(this.maxPoints) || this.maxPoints < MIN_POINTS) throw new RangeError(`maxPoints must be an integer >= ${MIN_POINTS}, got ${this.maxPoints}`)
   }
 
   /** Steps summarised so far. */

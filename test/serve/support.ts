@@ -217,6 +217,8 @@ export async function produce(client: Client, rollouts: readonly object[], frame
     await client.until(() => client.closed !== undefined || client.credit - inflight() > 0, timeoutMs, 'credit')
     if (client.closed !== undefined) throw new Error(`connection closed (${client.closed.code})`)
     const size = Math.min(frameSize, client.credit - inflight(), rollouts.length - sent)
+    // the credit may have shrunk since the wait resolved (a credit frame read in between)
+    if (size <= 0) continue
     client.send({ type: 'rollouts', rollouts: rollouts.slice(sent, sent + size) })
     sizes.push(size)
     sent += size

@@ -11,10 +11,11 @@ import { DEFAULT_HISTORY_POINTS, MinMaxSeries, RunHistory, downsample, seriesOfF
 
 /** The reference: buckets of `width` points, each giving its first least and first greatest point, in step order. */
 function reference(values: readonly number[], maxPoints: number, stepOf = (i: number) => i + 1): SeriesPoints {
-  const capacity = Math.floor(maxPoints / 2)
+  const capacity = Math.floor((maxPoints - 2) / 2)
   let width = 1
   while (Math.ceil(values.length / width) > capacity) width *= 2
-  const out: SeriesPoints = { steps: [], ts: [], values: [] }
+  const kept = new Set<number>()
+  if (values.length > 0) kept.add(0).add(values.length - 1)
   for (let from = 0; from < values.length; from += width) {
     let min = from
     let max = from
@@ -22,11 +23,13 @@ function reference(values: readonly number[], maxPoints: number, stepOf = (i: nu
       if (values[i] < values[min]) min = i
       if (values[i] > values[max]) max = i
     }
-    for (const i of min === max ? [min] : [Math.min(min, max), Math.max(min, max)]) {
-      out.steps.push(stepOf(i))
-      out.ts.push(1000 * stepOf(i))
-      out.values.push(values[i])
-    }
+    kept.add(min).add(max)
+  }
+  const out: SeriesPoints = { steps: [], ts: [], values: [] }
+  for (const i of [...kept].sort((a, b) => a - b)) {
+    out.steps.push(stepOf(i))
+    out.ts.push(1000 * stepOf(i))
+    out.values.push(values[i])
   }
   return out
 }
@@ -37,9 +40,9 @@ const filled = (values: readonly number[], maxPoints: number) => {
   return series
 }
 
-t.test('the points are each bucket’s min and max, as the reference gives them', async (t) => {
+t.test('the points are the first, the last and each bucket’s min and max, as the reference gives them', async (t) => {
   fc.assert(
-    fc.property(fc.array(fc.integer({ min: -50, max: 50 }), { maxLength: 400 }), fc.integer({ min: 2, max: 41 }), (values, maxPoints) => {
+    fc.property(fc.array(fc.integer({ min: -50, max: 50 }), { maxLength: 400 }), fc.integer({ min: 4, max: 41 }), (values, maxPoints) => {
       const got = filled(values, maxPoints).points()
       t.strictSame(got, reference(values, maxPoints))
       return got.steps.length <= maxPoints
@@ -48,9 +51,9 @@ t.test('the points are each bucket’s min and max, as the reference gives them'
   )
 })
 
-t.test('exact while the series holds no more points than maxPoints; bounded after', async (t) => {
+t.test('exact while the series holds no more points than maxPoints − 2; bounded after', async (t) => {
   const values = Array.from({ length: 20 }, (_, i) => Math.sin(i))
-  const exact = filled(values, 20).points()
+  const exact = filled(values, 22).points()
   t.same(exact.values, values, 'every point, once')
   t.same(
     exact.steps,
@@ -82,7 +85,8 @@ t.test('points in a range; unknown wall time is null', async (t) => {
   const series = new MinMaxSeries(10)
   for (let step = 1; step <= 5; step++) series.add(step, step === 2 ? null : step, step)
   t.same(series.points(2, 4), { steps: [2, 3, 4], ts: [null, 3, 4], values: [2, 3, 4] })
-  t.throws(() => new MinMaxSeries(1), /maxPoints must be an integer >= 2, got 1/)
+  t.throws(() => new MinMaxSeries(3), /maxPoints must be an integer >= 4, got 3/)
+  t.same(new MinMaxSeries(4).points(), { steps: [], ts: [], values: [] }, 'empty')
 })
 
 t.test('RunHistory: series by name, nulls skipped, steps already held ignored, queries by name, range and points', async (t) => {
@@ -96,11 +100,11 @@ t.test('RunHistory: series by name, nulls skipped, steps already held ignored, q
   t.same(Object.keys(all.series), ['lambda.c', 'loss'], 'no series for values never finite')
   t.same(all.series.loss, { steps: [1, 3, 5], ts: [10, 30, 50], values: [1, 3, 5] })
   t.match(all, { maxPoints: 8, steps: 6, first: 1, last: 6 })
-  const part = history.query({ series: ['lambda.c', 'unknown'], from: 2, to: 5, points: 2 })
+  const part = history.query({ series: ['lambda.c', 'unknown'], from: 2, to: 6, points: 4 })
   t.same(Object.keys(part.series), ['lambda.c'])
-  t.same(part.series['lambda.c'], { steps: [2, 5], ts: [20, 50], values: [0.2, 0.5] }, 'thinned again by min/max')
+  t.same(part.series['lambda.c'], { steps: [2, 6], ts: [20, 60], values: [0.2, 0.6] }, 'thinned again by min/max (here also the first and the last)')
   t.equal(history.query({ points: 100 }).maxPoints, 8, 'never more than it holds')
-  t.throws(() => new RunHistory({ maxPoints: 0 }), /maxPoints must be an integer >= 2, got 0/)
+  t.throws(() => new RunHistory({ maxPoints: 0 }), /maxPoints must be an integer >= 4, got 0/)
 })
 
 t.test('a snapshot restores the same history, which goes on as if never saved', async (t) => {
@@ -108,7 +112,7 @@ t.test('a snapshot restores the same history, which goes on as if never saved', 
     fc.property(
       fc.array(fc.double({ min: -1e6, max: 1e6, noNaN: true }), { maxLength: 300 }),
       fc.nat(300),
-      fc.integer({ min: 2, max: 33 }),
+      fc.integer({ min: 4, max: 33 }),
       (values, cut, maxPoints) => {
         const whole = new RunHistory({ maxPoints })
         const first = new RunHistory({ maxPoints })
@@ -125,15 +129,16 @@ t.test('a snapshot restores the same history, which goes on as if never saved', 
   )
   t.equal(new RunHistory().maxPoints, DEFAULT_HISTORY_POINTS)
   const saved = new RunHistory({ maxPoints: 4 }).snapshot()
-  saved.series.x = { width: 1, count: 5, buckets: [] }
+  saved.series.x = { width: 1, count: 5, buckets: [], ends: [] }
   t.throws(() => RunHistory.restore(saved), /a saved history series does not fit 4 points \(width 1, count 5\)/)
 })
 
 t.test('downsample thins any points by min/max', async (t) => {
   const input = { steps: [1, 2, 3, 4, 5, 6], ts: [null, null, null, null, null, null], values: [0, 5, 1, 1, -3, 2] }
-  t.same(downsample(input, 6).values, [0, 5, 1, -3, 2], 'a value repeated within its bucket of two is drawn once')
-  t.same(downsample(input, 12), input, 'exact below the bound')
-  t.same(downsample(input, 2).values, [5, -3])
+  t.same(downsample(input, 12).values, [0, 5, 1, -3, 2], 'a value repeated within its bucket of two is drawn once')
+  t.same(downsample(input, 14), input, 'exact below the bound')
+  t.same(downsample(input, 6).values, [0, 5, -3, 2])
+  t.same(downsample(input, 4).values, [0, 5, -3, 2], 'the first, the bucket’s max and min, the last')
 })
 
 t.test('seriesOfFrame: every figure of a frame under its documented name', async (t) => {

@@ -365,13 +365,14 @@ export class DurableEngine {
     const written = this.store.commitBatch(plan.write)
     // handled now: the chain below adopts it only once the earlier commits are done
     written.catch(this.fail)
-    // the outbox record (logged payloads by reference); the bytes sent are assembled once it is durable
+    // the outbox record (logged payloads by reference); the bytes sent are assembled from it
     const record = plan.write.delivery
     this.disk?.wrote(record.bytes.length + plan.write.consumedSeqs.length * 8 + TRANSACTION_OVERHEAD)
     this.commitChain = this.commitChain
       .then(() => written)
       .then(() => {
-        const delivery = { step: record.step, bytes: this.store.assemble(record.bytes) }
+        // assembled when a trainer's connection sends it: with none connected, no payload is read back
+        const delivery = this.store.delivery(record.step, record.bytes)
         this.outboxSteps.add(delivery.step)
         this.committed.next({
           summary: plan.summary,

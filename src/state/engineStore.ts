@@ -265,6 +265,22 @@ export class EngineStore {
     return assembleBatch(record, (seq) => this.frameBytes(seq))
   }
 
+  /**
+   * A batch to deliver whose bytes are assembled when first read: a trainer's queue of them (or
+   * every pending batch handed over at its connection) holds the small outbox records, and the
+   * payloads are read from the log one batch at a time, as they are sent.
+   */
+  delivery(step: number, record: Uint8Array): Delivery {
+    let bytes: Uint8Array | undefined
+    const assemble = () => this.assemble(record)
+    return {
+      step,
+      get bytes() {
+        return (bytes ??= assemble())
+      },
+    }
+  }
+
   /** The seq the next record gets: one past the last record logged or being logged. */
   get nextSeq(): number {
     return this.next
@@ -372,9 +388,9 @@ export class EngineStore {
     if (this.outbox.doesExist(step)) await this.outbox.remove(step)
   }
 
-  /** Unacknowledged batches, ready to send, in step order. */
+  /** Unacknowledged batches, ready to send (bytes assembled when read), in step order. */
   pendingDeliveries(): Delivery[] {
-    return [...this.outbox.getRange({})].map(({ key, value }) => ({ step: key, bytes: this.assemble(value) }))
+    return [...this.outbox.getRange({})].map(({ key, value }) => this.delivery(key, value))
   }
 
   /** The committed engine state, or undefined for a fresh store. */

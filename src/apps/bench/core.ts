@@ -9,10 +9,14 @@ import { count, from, lastValueFrom } from 'rxjs'
 import { parseConfig, type Config } from '../../core/config.js'
 import { initialDualState } from '../../math/dual.js'
 import { scoreGroups } from '../../math/score.js'
-import type { Group, Rollout } from '../../core/types.js'
+import type { Group } from '../../core/types.js'
 import { dropDuplicates, fgrpo } from '../../../operators/index.js'
 import { replay } from '../replay.js'
 import { throughput, type Throughput } from './measure.js'
+import { syntheticRollouts } from './synthetic.js'
+
+// the rollouts every bench uses (their own module: the bench's client processes load nothing else of this one)
+export { syntheticRollouts }
 
 /** FGRPO as in the paper: one objective, two constraints (sgd and pid), G = 8, 16 groups per batch. */
 export const benchConfig: Config = parseConfig({
@@ -24,23 +28,6 @@ export const benchConfig: Config = parseConfig({
     { channel: 'grounding', sense: '>=', threshold: 0.9, dual: { rule: 'pid', max: 1 } },
   ],
 })
-
-/** Synthetic rollouts, deterministic: binary accuracy and consistency, real grounding, some unscored. */
-export function syntheticRollouts(n: number, groupSize = 8): Rollout[] {
-  const out: Rollout[] = new Array(n)
-  let state = 12345
-  const random = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 4294967296
-  for (let i = 0; i < n; i++) {
-    out[i] = {
-      id: `r${i}`,
-      promptId: `p${Math.floor(i / groupSize)}`,
-      rewards: { accuracy: random() < 0.5 ? 1 : 0, consistency: random() < 0.8 ? 1 : 0, grounding: random() < 0.02 ? null : random() },
-      policyVersion: 0,
-      ts: i,
-    }
-  }
-  return out
-}
 
 export interface CoreBenchOptions {
   rollouts: number

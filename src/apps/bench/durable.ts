@@ -24,8 +24,8 @@ export interface DurableBenchOptions {
   rollouts: number
   runs: number
   warmup: number
-  /** Rollouts per frame (default 1000). */
-  frame?: number
+  /** Rollouts per frame. */
+  frame: number
 }
 
 /** What the client process reports after a run. */
@@ -112,7 +112,7 @@ async function floorRun(frames: Buffer[]): Promise<number> {
 }
 
 export async function benchDurable(options: DurableBenchOptions): Promise<Throughput[]> {
-  const frame = options.frame ?? 1000
+  const { frame } = options
   const frames = benchFrames(options.rollouts, frame)
   const floor = await throughput('durable floor: msgpack decode + LMDB log append + flush (no network)', 'rollouts', () => floorRun(frames), options)
   const all: ClientReport[] = []

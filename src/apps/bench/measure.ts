@@ -58,6 +58,17 @@ export function formatRate(perSecond: number): string {
   return `${perSecond.toFixed(1)} /s`
 }
 
+/** A plain-text table: a header, a rule, the rows; columns as wide as their widest cell. */
+export function textTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)))
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd()
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
+}
+
 /** A plain-text table of results. */
 export function formatTable(results: readonly Throughput[]): string {
   const rows = results.map((r) => [
@@ -69,12 +80,5 @@ export function formatTable(results: readonly Throughput[]): string {
       .map(([k, v]) => `${k} ${v}`)
       .join(', '),
   ])
-  const header = ['benchmark', 'per run', 'median', 'range', 'notes']
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)))
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => c.padEnd(widths[i]))
-      .join('  ')
-      .trimEnd()
-  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
+  return textTable(['benchmark', 'per run', 'median', 'range', 'notes'], rows)
 }

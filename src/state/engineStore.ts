@@ -262,7 +262,8 @@ export class EngineStore {
 
   /** The bytes to send for an outbox record: its logged payloads spliced in from `frames`. */
   assemble(record: Uint8Array): Uint8Array {
-    return assembleBatch(record, (seq) => this.frameBytes(seq))
+    // lmdb-js's reused read buffer: no copy of the whole frame per batch (assembleBatch copies the spans out at once)
+    return assembleBatch(record, (seq) => this.frames.getBinaryFast(seq) ?? this.frameBytes(seq))
   }
 
   /**

@@ -155,35 +155,54 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
 
 /**
  * The bytes to send for an outbox record: the record itself when it holds no references, else
- * its template with each logged payload spliced in, read with `frame(entry)` (the bytes of the
- * log entry's frame; each entry is read once per batch).
+ * its template with each logged payload spliced in. `frame(entry)` gives the bytes of a log
+ * entry's frame; it is called once per entry, and what it returns need only stay valid until
+ * the next call (lmdb-js's `getBinaryFast` reuses one buffer): every span of an entry is copied
+ * out before the next entry is read.
  */
 export function assembleBatch(record: Uint8Array, frame: (entry: number) => Uint8Array): Uint8Array {
   if (record[0] !== REFERENCES) return record
   const view = Buffer.from(record.buffer, record.byteOffset, record.byteLength)
   const count = view.readUInt32BE(1)
   const templateAt = 5 + count * REFERENCE_BYTES
-  const refs: PayloadReference[] = new Array(count)
-  let size = record.length - templateAt
+  // where each payload goes in the output: after the template up to its position and the payloads before it
+  const refs: (PayloadReference & { to: number })[] = new Array(count)
+  const byEntry = new Map<number, number[]>()
+  let spliced = 0
   for (let k = 0, at = 5; k < count; k++, at += REFERENCE_BYTES) {
-    refs[k] = { position: view.readUInt32BE(at), entry: view.readDoubleBE(at + 4), offset: view.readUInt32BE(at + 12), length: view.readUInt32BE(at + 16) }
-    size += refs[k].length
+    const ref = {
+      position: view.readUInt32BE(at),
+      entry: view.readDoubleBE(at + 4),
+      offset: view.readUInt32BE(at + 12),
+      length: view.readUInt32BE(at + 16),
+      to: 0,
+    }
+    ref.to = ref.position + spliced
+    spliced += ref.length
+    refs[k] = ref
+    const group = byEntry.get(ref.entry)
+    if (group === undefined) byEntry.set(ref.entry, [k])
+    else group.push(k)
   }
-  const frames = new Map<number, Uint8Array>()
-  const out = Buffer.allocUnsafe(size)
+  const out = Buffer.allocUnsafe(record.length - templateAt + spliced)
+  // the template around the payloads
   let from = templateAt
   let pos = 0
   for (const ref of refs) {
-    const until = templateAt + ref.position
-    pos += view.copy(out, pos, from, until)
-    from = until
-    let bytes = frames.get(ref.entry)
-    if (bytes === undefined) frames.set(ref.entry, (bytes = frame(ref.entry)))
-    if (ref.offset + ref.length > bytes.length)
-      throw new Error(`a payload of the batch lies outside its log entry ${ref.entry} (${ref.offset} + ${ref.length} > ${bytes.length} bytes)`)
-    out.set(bytes.subarray(ref.offset, ref.offset + ref.length), pos)
+    pos += view.copy(out, pos, from, templateAt + ref.position)
+    from = templateAt + ref.position
     pos += ref.length
   }
   view.copy(out, pos, from)
+  // the payloads, one read per log entry
+  for (const [entry, members] of byEntry) {
+    const bytes = frame(entry)
+    for (const k of members) {
+      const ref = refs[k]
+      if (ref.offset + ref.length > bytes.length)
+        throw new Error(`a payload of the batch lies outside its log entry ${entry} (${ref.offset} + ${ref.length} > ${bytes.length} bytes)`)
+      out.set(bytes.subarray(ref.offset, ref.offset + ref.length), ref.to)
+    }
+  }
   return out
 }

@@ -159,87 +159,63 @@ function isKey(buf: Uint8Array, pos: number, key: string): boolean {
   return true
 }
 
-/** A map header for `count` entries. */
-function mapHeader(count: number): Uint8Array {
-  if (count < 16) return Uint8Array.of(0x80 | count)
-  if (count < 65536) return Uint8Array.of(0xde, count >> 8, count & 0xff)
-  return Uint8Array.of(0xdf, count >>> 24, (count >> 16) & 0xff, (count >> 8) & 0xff, count & 0xff)
-}
-
-/** Concatenates byte ranges into one new buffer. */
-function splice(parts: readonly Uint8Array[]): Uint8Array {
-  let length = 0
-  for (const part of parts) length += part.length
-  const out = new Uint8Array(length)
-  let at = 0
-  for (const part of parts) {
-    out.set(part, at)
-    at += part.length
-  }
-  return out
-}
-
-/**
- * Decodes one item of a `rollouts` array (the value at `start`, ending at `end`): a map's
- * `payload` entry is left out of the decoding and attached as a `RawPayload` of its bytes;
- * anything else decodes as it is.
- */
-function decodeItem(buf: Uint8Array, start: number, end: number): unknown {
-  const map = containerAt(buf, start, 'map')
-  if (map === undefined) return wireUnpackr.unpack(buf.subarray(start, end))
-  // the entries called payload (the last one wins, as in any decoder), each as [key start, value start, value end]
-  const cuts: [number, number, number][] = []
-  let pos = map.body
-  for (let k = 0; k < map.count; k++) {
-    const key = pos
-    const value = skipValue(buf, key)
-    pos = skipValue(buf, value)
-    if (isKey(buf, key, 'payload')) cuts.push([key, value, pos])
-  }
-  if (cuts.length === 0) return wireUnpackr.unpack(buf.subarray(start, end))
-  const parts: Uint8Array[] = [mapHeader(map.count - cuts.length)]
-  let from = map.body
-  for (const [key, , after] of cuts) {
-    parts.push(buf.subarray(from, key))
-    from = after
-  }
-  parts.push(buf.subarray(from, end))
-  const item = wireUnpackr.unpack(splice(parts)) as Record<string, unknown>
-  const [, value, after] = cuts[cuts.length - 1]
-  item.payload = new RawPayload(buf.subarray(value, after))
-  return item
-}
-
 /**
  * Decodes a frame (one well-formed MessagePack value). A map whose `rollouts` is an array gets
- * its items decoded by `decodeItem`, payloads as `RawPayload`; anything else decodes as msgpackr
- * (`wireUnpackr`) would.
+ * each item's `payload` cut out: msgpackr decodes one copy of the frame in which every payload
+ * value is replaced by nil (so a payload is never decoded, and the copy holds only the bytes
+ * around the payloads), and each item then gets its payload as a `RawPayload` view of the
+ * original bytes. Anything else decodes as msgpackr (`wireUnpackr`) would.
  */
 export function decodeRolloutsFrame(buf: Uint8Array): unknown {
   const map = containerAt(buf, 0, 'map')
   if (map === undefined) return wireUnpackr.unpack(buf)
   let pos = map.body
-  let rollouts: { start: number; end: number; array: { count: number; body: number } } | undefined
+  let rollouts: { count: number; body: number } | undefined
   for (let k = 0; k < map.count; k++) {
     const key = pos
     const value = skipValue(buf, key)
     pos = skipValue(buf, value)
-    if (!isKey(buf, key, 'rollouts')) continue
     // the last `rollouts` wins, as in any decoder; one that is not an array is left to the caller to refuse
-    const array = containerAt(buf, value, 'array')
-    rollouts = array === undefined ? undefined : { start: value, end: pos, array }
+    if (isKey(buf, key, 'rollouts')) rollouts = containerAt(buf, value, 'array')
   }
   if (rollouts === undefined) return wireUnpackr.unpack(buf)
-  // the frame without its items (an empty array in their place), then the items one by one
-  const frame = wireUnpackr.unpack(splice([buf.subarray(0, rollouts.start), Uint8Array.of(0x90), buf.subarray(rollouts.end)])) as Record<string, unknown>
-  const items: unknown[] = new Array(rollouts.array.count)
-  let at = rollouts.array.body
-  for (let k = 0; k < items.length; k++) {
+  // every payload value of every item: [start, end), and the item it belongs to (the last one of an item wins)
+  const cuts: number[] = []
+  const owners: number[] = []
+  let at = rollouts.body
+  for (let k = 0; k < rollouts.count; k++) {
+    const item = containerAt(buf, at, 'map')
     const end = skipValue(buf, at)
-    items[k] = decodeItem(buf, at, end)
+    if (item !== undefined) {
+      let field = item.body
+      for (let e = 0; e < item.count; e++) {
+        const value = skipValue(buf, field)
+        const after = skipValue(buf, value)
+        if (isKey(buf, field, 'payload')) {
+          cuts.push(value, after)
+          owners.push(k)
+        }
+        field = after
+      }
+    }
     at = end
   }
-  frame.rollouts = items
+  if (cuts.length === 0) return wireUnpackr.unpack(buf)
+  // the frame with each payload value replaced by nil (0xc0), in one copy
+  let removed = 0
+  for (let c = 0; c < cuts.length; c += 2) removed += cuts[c + 1] - cuts[c] - 1
+  const copy = new Uint8Array(buf.length - removed)
+  let from = 0
+  let to = 0
+  for (let c = 0; c < cuts.length; c += 2) {
+    copy.set(buf.subarray(from, cuts[c]), to)
+    to += cuts[c] - from
+    copy[to++] = 0xc0
+    from = cuts[c + 1]
+  }
+  copy.set(buf.subarray(from), to)
+  const frame = wireUnpackr.unpack(copy) as { rollouts: Record<string, unknown>[] }
+  for (let o = 0; o < owners.length; o++) frame.rollouts[owners[o]].payload = new RawPayload(buf.subarray(cuts[2 * o], cuts[2 * o + 1]))
   return frame
 }
 

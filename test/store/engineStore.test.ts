@@ -157,6 +157,31 @@ t.test('a frame’s bytes are stored apart from its entry and read by reference;
     [...store.records(1)].map((r) => (r as { rollout: { id: string } }).rollout.id),
     ['b'],
   )
+  // a batch whose payload is in that frame is assembled from it too
+  // an outbox record of one reference (position 1, entry 1, offset 2, length 3) into the template [0xa0, 0xa1]
+  const outboxRecord = Uint8Array.of(
+    0xc1,
+    0,
+    0,
+    0,
+    1,
+    0,
+    0,
+    0,
+    1,
+    ...new Uint8Array(new Float64Array([1]).buffer).reverse(),
+    0,
+    0,
+    0,
+    2,
+    0,
+    0,
+    0,
+    3,
+    0xa0,
+    0xa1,
+  )
+  t.same([...store.assemble(outboxRecord)], [0xa0, ...legacy.subarray(2, 5), 0xa1], 'a reference into a frame logged inline')
   t.throws(() => store.frameBytes(9), /no logged frame at seq 9/)
   await store.log.put(2, [{ kind: 'watermark', seq: 2, ts: 7 }])
   t.throws(() => store.frameBytes(2), /no logged frame at seq 2/, 'an entry of records is no frame')

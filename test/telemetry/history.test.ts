@@ -15,8 +15,8 @@ import { serve } from '../../src/apps/serve.js'
 import { run } from '../../src/apps/cli.js'
 import type { DurableEngine } from '../../src/state/durableEngine.js'
 import type { BatchRecord } from '../../src/state/batchRecord.js'
-import type { EngineTelemetry } from '../../streams/telemetry/telemetry.js'
-import type { HistoryOverview, HistorySnapshot } from '../../streams/telemetry/runHistory.js'
+import { addSummaries, type EngineTelemetry } from '../../streams/telemetry/telemetry.js'
+import { RunHistory, type HistoryOverview, type HistorySnapshot } from '../../streams/telemetry/runHistory.js'
 import { EngineStore } from '../../src/state/engineStore.js'
 import { historyCsv, parseHistoryQuery, MAX_HISTORY_POINTS } from '../../streams/telemetry/routes.js'
 import { csvLines, stepRow } from '../../src/apps/exportSteps.js'
@@ -293,3 +293,43 @@ t.test(
     await served.telemetry.saveHistory()
   },
 )
+
+t.test('export: an output that cannot be written, a data folder that is not LMDB; history from summaries without commit times', async (t) => {
+  const dataDir = tempDir()
+  const served = await startServe(dataDir)
+  await runSteps(served, 'x', 2)
+  await served.stop()
+  const unwritable = await cli(['export', '-d', dataDir, '-o', join(dataDir, 'no', 'such', 'dir', 'steps.csv')])
+  t.equal(unwritable.code, 1)
+  t.match(unwritable.err, /^dualstream export: ENOENT: no such file or directory, open '.*steps\.csv'\n$/)
+  // a summary that is not one (written by something else): not a problem of the invocation, shown whole
+  const store = EngineStore.open(dataDir)
+  await store.steps.put(99, { step: 99 })
+  await store.close()
+  const foreign = await cli(['export', '-d', dataDir])
+  t.equal(foreign.code, 1)
+  t.match(foreign.err, /^dualstream: TypeError: /)
+
+  const history = new RunHistory()
+  addSummaries(
+    history,
+    [
+      {
+        summary: {
+          step: 1,
+          groups: 1,
+          rollouts: 2,
+          partialGroups: 0,
+          lambda: {},
+          constraints: {},
+          objectives: {},
+          fracZeroStd: {},
+          advantageMean: 0,
+          advantageStd: 1,
+        },
+      },
+    ],
+    parseConfig(baseConfig),
+  )
+  t.same(history.overview().series.rollouts, { steps: [1], ts: [null], values: [2] }, 'a summary from before commit times were kept: no wall time')
+})

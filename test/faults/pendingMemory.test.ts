@@ -1,6 +1,6 @@
 /**
- * Memory with the trainer stopped (issue 12), at a size CI can afford (in the fault suite: ≈ 15 s): `serve` as a child
- * process takes 24,000 rollouts with 16 KiB payloads (375 MiB) that nobody acknowledges. The
+ * Memory with the trainer stopped (issue 12), at a size CI can afford (in the fault suite: ≈ 15–20 s): `serve` as a child
+ * process takes 64,000 rollouts with 16 KiB payloads (1,000 MiB) that nobody acknowledges. The
  * payloads stay in the log on disk: serve's own memory (RssAnon) grows by far less than the
  * payload volume, and LMDB's mapped pages do not take it either (no payload is read back
  * while no trainer is connected). The full-size figure (10⁶ rollouts) is a benchmark:
@@ -10,24 +10,25 @@ import t from 'tap'
 import { benchPendingMemory, residentMemory } from '../../src/apps/bench/pendingMemory.js'
 import { mainScript } from '../support/cli.js'
 
-t.test('24,000 unacknowledged rollouts × 16 KiB: serve holds references, not payloads', async (t) => {
+t.test('64,000 unacknowledged rollouts × 16 KiB: serve holds references, not payloads', async (t) => {
   const lines: string[] = []
   const report = await benchPendingMemory({
-    rollouts: 24_000,
+    rollouts: 64_000,
     payloadBytes: 16_384,
     serveCommand: [...process.execArgv, mainScript],
     log: (l) => lines.push(l),
   })
   t.comment(lines.join('\n'))
-  t.equal(report.rolloutsInBatches, 23_936, 'every full batch committed (187 × 128; the rest waits for its batch)')
-  t.equal(report.outbox, 187, 'none acknowledged')
+  t.equal(report.rolloutsInBatches, 64_000, 'every batch committed (500 × 128)')
+  t.equal(report.outbox, 500, 'none acknowledged')
   const grown = report.endAnon - report.startAnon
-  // if serve held the payloads it would grow by their volume; it grows by what the credit lets in flight and the heap's slack
+  // if serve held the payloads it would grow by their volume; it grows by what the credit lets in
+  // flight (4,096 × 16 KiB = 64 MiB) and the heap's slack (91–209 MiB seen at 375 MiB of payloads)
   t.ok(
-    grown < report.payloadVolume / 2,
+    grown < report.payloadVolume / 3,
     `serve's own memory grew ${(grown / 2 ** 20).toFixed(0)} MiB for ${(report.payloadVolume / 2 ** 20).toFixed(0)} MiB of payloads`,
   )
-  t.ok(report.endFile < report.payloadVolume / 2, `LMDB's mapped pages ${(report.endFile / 2 ** 20).toFixed(0)} MiB: payloads are not read back`)
+  t.ok(report.endFile < report.payloadVolume / 3, `LMDB's mapped pages ${(report.endFile / 2 ** 20).toFixed(0)} MiB: payloads are not read back`)
   t.ok(report.peakRss >= report.endRss && report.peakAnon >= report.endAnon)
 })
 

@@ -182,7 +182,8 @@ export class RunHistory {
 
   constructor(options: { maxPoints?: number } = {}) {
     this.maxPoints = options.maxPoints ?? DEFAULT_HISTORY_POINTS
-    if (!Number.isSafeInteger(this.maxPoints) || this.maxPoints < MIN_POINTS) throw new RangeError(`maxPoints must be an integer >= ${MIN_POINTS}, got ${this.maxPoints}`)
+    if (!Number.isSafeInteger(this.maxPoints) || this.maxPoints < MIN_POINTS)
+      throw new RangeError(`maxPoints must be an integer >= ${MIN_POINTS}, got ${this.maxPoints}`)
   }
 
   /** Steps summarised so far. */

@@ -403,9 +403,7 @@ t.test(
     const record = engine.store.outbox.getBinary(1)!
     t.ok(record.length < 4096, `the outbox record holds no payload bytes (${record.length} bytes for ${4 * 4096} of payloads)`)
     const sent = committed[0].delivery.bytes
-    const spliced = (decodeRolloutsFrame(sent) as { rollouts: { payload: RawPayload }[] }).rollouts.map((r) =>
-      Buffer.from(r.payload.bytes!),
-    )
+    const spliced = (decodeRolloutsFrame(sent) as { rollouts: { payload: RawPayload }[] }).rollouts.map((r) => Buffer.from(r.payload.bytes!))
     t.same(spliced, payloadBytes, 'the batch sent carries the producer’s bytes')
     t.same(engine.pendingDeliveries()[0].bytes, sent, 'and so does a redelivery')
 

@@ -30,6 +30,8 @@
  * anything only after `flushed` (data on disk).
  */
 import { getRandomValues } from 'node:crypto'
+import { closeSync, existsSync, openSync, readSync } from 'node:fs'
+import { join } from 'node:path'
 import { open, type Database, type RootDatabase } from 'lmdb'
 import type { WireFormat } from './codec.js'
 import { decodeLoggedFrame, RawPayload } from './rawPayload.js'
@@ -168,6 +170,28 @@ function lastOf(entry: StoredEntry): { seq: number; ts: number } {
   return { seq: last.seq, ts: last.kind === 'rollout' ? last.rollout.ts! : last.ts }
 }
 
+/** LMDB's magic number (0xBEEFC0DE, little-endian) in the meta page at the start of every data file. */
+const LMDB_MAGIC = Buffer.from([0xde, 0xc0, 0xef, 0xbe])
+
+/**
+ * Refuses a `data.mdb` that is not an LMDB file (a stray file, a damaged copy): lmdb's native
+ * code would read it as one and can crash the process (SIGSEGV) instead of reporting it.
+ */
+function refuseForeignFile(dir: string): void {
+  const file = join(dir, 'data.mdb')
+  if (!existsSync(file)) return
+  const head = Buffer.alloc(128)
+  const fd = openSync(file, 'r')
+  let read: number
+  try {
+    read = readSync(fd, head, 0, head.length, 0)
+  } finally {
+    closeSync(fd)
+  }
+  if (read > 0 && !head.subarray(0, read).includes(LMDB_MAGIC))
+    throw new Error(`${file} is not an LMDB data file (no LMDB magic number at its start): not a dualstream data folder, or a damaged one`)
+}
+
 export class EngineStore {
   readonly env: RootDatabase
   readonly log: Database<StoredEntry, number>
@@ -189,6 +213,7 @@ export class EngineStore {
     options: EngineStoreOptions,
   ) {
     const readOnly = options.readOnly ?? false
+    refuseForeignFile(path)
     this.env = open({ path, maxDbs: 12, readOnly })
     this.log = this.env.openDB<StoredEntry, number>({ name: 'log' })
     this.idHashes = this.env.openDB<Uint8Array, number>({ name: 'idHashes', encoding: 'binary' })

@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -186,4 +186,21 @@ t.test('a frame’s bytes are stored apart from its entry and read by reference;
   await store.log.put(2, [{ kind: 'watermark', seq: 2, ts: 7 }])
   t.throws(() => store.frameBytes(2), /no logged frame at seq 2/, 'an entry of records is no frame')
   await store.close()
+})
+
+t.test('a data.mdb that is not an LMDB file is refused with what it is, instead of crashing lmdb', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dualstream-store-'))
+  writeFileSync(join(dir, 'data.mdb'), 'not a database, but some text someone left here')
+  t.throws(() => EngineStore.open(dir), {
+    message: `${join(dir, 'data.mdb')} is not an LMDB data file (no LMDB magic number at its start): not a dualstream data folder, or a damaged one`,
+  })
+  t.throws(() => EngineStore.open(dir, { readOnly: true }), /is not an LMDB data file/)
+  const empty = mkdtempSync(join(tmpdir(), 'dualstream-store-'))
+  writeFileSync(join(empty, 'data.mdb'), '')
+  const store = EngineStore.open(empty)
+  t.equal(store.nextSeq, 0, 'an empty file is a new environment')
+  await store.close()
+  const reopened = EngineStore.open(empty)
+  t.pass('and a real one opens again')
+  await reopened.close()
 })

@@ -310,6 +310,13 @@ t.test('export: an output that cannot be written, a data folder that is not LMDB
   t.equal(foreign.code, 1)
   t.match(foreign.err, /^dualstream: TypeError: /)
 
+  // a stray data.mdb is refused with what it is (lmdb would crash on it)
+  const notLmdb = mkdtempSync(join(tmpdir(), 'dualstream-export-'))
+  writeFileSync(join(notLmdb, 'data.mdb'), 'not a database')
+  const stray = await cli(['export', '-d', notLmdb])
+  t.equal(stray.code, 1)
+  t.match(stray.err, /data\.mdb is not an LMDB data file/)
+
   const history = new RunHistory()
   addSummaries(
     history,

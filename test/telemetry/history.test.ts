@@ -8,11 +8,11 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { PassThrough, Readable } from 'node:stream'
+import { PassThrough } from 'node:stream'
 import t from 'tap'
 import { parseConfig } from '../../src/core/config.js'
 import { serve } from '../../src/apps/serve.js'
-import { run } from '../../src/apps/cli.js'
+import { runCli } from '../support/cli.js'
 import type { DurableEngine } from '../../src/state/durableEngine.js'
 import type { BatchRecord } from '../../src/state/batchRecord.js'
 import { addSummaries, type EngineTelemetry } from '../../streams/telemetry/telemetry.js'
@@ -164,28 +164,16 @@ t.test('parseHistoryQuery: every parameter checked, with the value that was wron
   )
 })
 
-/** The CLI in-process: its exit code and what it wrote. */
-async function cli(argv: string[]) {
-  const stdout = new PassThrough()
-  const stderr = new PassThrough()
-  let out = ''
-  let err = ''
-  stdout.on('data', (c: Buffer) => (out += c.toString()))
-  stderr.on('data', (c: Buffer) => (err += c.toString()))
-  const code = await run(argv, { stdin: Readable.from([]), stdout, stderr })
-  return { code, out, err }
-}
-
 t.test('dualstream export: one row per committed step, equal to the batch records of replay --log (CSV and JSON Lines)', async (t) => {
   const dataDir = tempDir()
   const served = await startServe(dataDir)
   await runSteps(served, 'e', 12)
   // read-only: serve keeps running meanwhile
-  const jsonl = await cli(['export', '--data', dataDir, '--format', 'jsonl'])
+  const jsonl = await runCli(['export', '--data', dataDir, '--format', 'jsonl'])
   t.equal(jsonl.code, 0)
-  t.equal(jsonl.err, `export: 6 steps from ${dataDir}\n`)
+  t.equal(jsonl.stderr, `export: 6 steps from ${dataDir}\n`)
   await served.stop()
-  const rows = jsonl.out
+  const rows = jsonl.stdout
     .trim()
     .split('\n')
     .map((line) => JSON.parse(line) as Record<string, number | string | null>)
@@ -193,8 +181,8 @@ t.test('dualstream export: one row per committed step, equal to the batch record
   const dir = mkdtempSync(join(tmpdir(), 'dualstream-export-'))
   const configPath = join(dir, 'config.json')
   writeFileSync(configPath, JSON.stringify(baseConfig))
-  const replayed = await cli(['replay', '--config', configPath, '--log', dataDir])
-  const records = replayed.out
+  const replayed = await runCli(['replay', '--config', configPath, '--log', dataDir])
+  const records = replayed.stdout
     .trim()
     .split('\n')
     .map((line) => JSON.parse(line) as BatchRecord)
@@ -214,9 +202,9 @@ t.test('dualstream export: one row per committed step, equal to the batch record
   })
 
   const out = join(dir, 'steps.csv')
-  const csv = await cli(['export', '-d', dataDir, '-o', out])
+  const csv = await runCli(['export', '-d', dataDir, '-o', out])
   t.equal(csv.code, 0)
-  t.equal(csv.err, `export: 6 steps from ${dataDir} to ${out}\n`)
+  t.equal(csv.stderr, `export: 6 steps from ${dataDir} to ${out}\n`)
   const [header, ...lines] = readFileSync(out, 'utf8').trim().split('\n')
   const columns = header.split(',')
   t.same(columns, Object.keys(rows[0]), 'the columns of the rows, in order')
@@ -226,24 +214,27 @@ t.test('dualstream export: one row per committed step, equal to the batch record
     'the same values as JSON Lines',
   )
 
-  const missing = await cli(['export', '--data', join(dir, 'nothing')])
+  const missing = await runCli(['export', '--data', join(dir, 'nothing')])
   t.equal(missing.code, 1)
-  t.match(missing.err, /^dualstream export: no engine log in .*nothing \(expected .*data\.mdb, written by `dualstream serve --data`\)\n$/)
+  t.match(missing.stderr, /^dualstream export: no engine log in .*nothing \(expected .*data\.mdb, written by `dualstream serve --data`\)\n$/)
 })
 
+/** A batch summary as stored before commit times were kept (no `ts`). */
+const oldSummary = {
+  step: 1,
+  groups: 1,
+  rollouts: 2,
+  partialGroups: 0,
+  lambda: {},
+  constraints: {},
+  objectives: {},
+  fracZeroStd: {},
+  advantageMean: 0,
+  advantageStd: 1,
+}
+
 t.test('export rows: a summary from before commit times were kept; CSV fields quoted when they must be', async (t) => {
-  const row = stepRow({
-    step: 1,
-    groups: 1,
-    rollouts: 2,
-    partialGroups: 0,
-    lambda: {},
-    constraints: {},
-    objectives: { accuracy: null },
-    fracZeroStd: {},
-    advantageMean: 0,
-    advantageStd: 1,
-  })
+  const row = stepRow({ ...oldSummary, objectives: { accuracy: null } })
   t.match(row, { step: 1, ts: null, time: null, 'objective.accuracy': null })
   t.same([...csvLines(['a', 'b', 'c'], [{ a: 'x,"y"', b: null }])], ['a,b,c\n', '"x,""y""",,\n'])
 })
@@ -253,12 +244,18 @@ t.test(
   async (t) => {
     const dataDir = tempDir()
     const first = await startServe(dataDir, {}, 4)
+    const saves: Promise<void>[] = []
+    const save = first.engine.store.saveAuxiliary.bind(first.engine.store)
+    first.engine.store.saveAuxiliary = (key, value) => {
+      const saved = save(key, value)
+      saves.push(saved)
+      return saved
+    }
     await runSteps(first, 'a', 20)
     t.equal(first.engine.stats().step, 10)
-    // the save at step 8 is written in the background: wait for it
-    const deadline = Date.now() + 10_000
-    while ((first.engine.store.auxiliary('history') as HistorySnapshot | undefined)?.last !== 8 && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 10))
+    // the saves are written in the background: wait for them
+    await Promise.all(saves)
+    t.equal(saves.length, 2, 'saved at steps 4 and 8')
     const savedAt8 = first.engine.store.auxiliary('history') as HistorySnapshot
     t.equal(savedAt8.last, 8, 'saved every 4 steps (the last at step 8)')
     const expected = lambdas(first)
@@ -299,44 +296,25 @@ t.test('export: an output that cannot be written, a data folder that is not LMDB
   const served = await startServe(dataDir)
   await runSteps(served, 'x', 2)
   await served.stop()
-  const unwritable = await cli(['export', '-d', dataDir, '-o', join(dataDir, 'no', 'such', 'dir', 'steps.csv')])
+  const unwritable = await runCli(['export', '-d', dataDir, '-o', join(dataDir, 'no', 'such', 'dir', 'steps.csv')])
   t.equal(unwritable.code, 1)
-  t.match(unwritable.err, /^dualstream export: ENOENT: no such file or directory, open '.*steps\.csv'\n$/)
+  t.match(unwritable.stderr, /^dualstream export: ENOENT: no such file or directory, open '.*steps\.csv'\n$/)
   // a summary that is not one (written by something else): not a problem of the invocation, shown whole
   const store = EngineStore.open(dataDir)
   await store.steps.put(99, { step: 99 })
   await store.close()
-  const foreign = await cli(['export', '-d', dataDir])
+  const foreign = await runCli(['export', '-d', dataDir])
   t.equal(foreign.code, 1)
-  t.match(foreign.err, /^dualstream: TypeError: /)
+  t.match(foreign.stderr, /^dualstream: TypeError: /)
 
   // a stray data.mdb is refused with what it is (lmdb would crash on it)
   const notLmdb = mkdtempSync(join(tmpdir(), 'dualstream-export-'))
   writeFileSync(join(notLmdb, 'data.mdb'), 'not a database')
-  const stray = await cli(['export', '-d', notLmdb])
+  const stray = await runCli(['export', '-d', notLmdb])
   t.equal(stray.code, 1)
-  t.match(stray.err, /data\.mdb is not an LMDB data file/)
+  t.match(stray.stderr, /data\.mdb is not an LMDB data file/)
 
   const history = new RunHistory()
-  addSummaries(
-    history,
-    [
-      {
-        summary: {
-          step: 1,
-          groups: 1,
-          rollouts: 2,
-          partialGroups: 0,
-          lambda: {},
-          constraints: {},
-          objectives: {},
-          fracZeroStd: {},
-          advantageMean: 0,
-          advantageStd: 1,
-        },
-      },
-    ],
-    parseConfig(baseConfig),
-  )
+  addSummaries(history, [{ summary: oldSummary }], parseConfig(baseConfig))
   t.same(history.overview().series.rollouts, { steps: [1], ts: [null], values: [2] }, 'a summary from before commit times were kept: no wall time')
 })

@@ -9,6 +9,7 @@
 import type { WebSocket } from 'ws'
 import { wireUnpackr } from '../src/state/codec.js'
 import type { Delivery } from '../src/state/engineStore.js'
+import { shardBatch } from '../src/state/shardBatch.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What the trainer connection needs from the server around it. */
@@ -31,12 +32,17 @@ export class TrainerConnection {
   private lastQueued: number
   delivered = 0
 
-  /** `pending`: the unacknowledged batches of the outbox, in step order. */
+  /**
+   * `pending`: the unacknowledged batches of the outbox, in step order. `shard`: this
+   * connection is rank `rank` of `world` data-parallel ranks and receives only its shard of each
+   * batch (see streams/trainerRanks.ts); without it, whole batches.
+   */
   constructor(
     readonly ws: WebSocket,
     private readonly format: WireFormat,
     private readonly context: BatchesContext,
     pending: Delivery[],
+    private readonly shard?: { rank: number; world: number },
   ) {
     const durable = context.durableStep()
     this.queue = pending.filter((batch) => batch.step <= durable)
@@ -57,8 +63,9 @@ export class TrainerConnection {
     while (this.queue.length > 0 && this.ws.readyState === this.ws.OPEN && this.ws.bufferedAmount < this.context.highWaterBytes) {
       const batch = this.queue.shift()!
       this.delivered++
-      // stored as MessagePack: sent as it is, or re-encoded for a JSON trainer
-      const frame = this.format === 'msgpack' ? batch.bytes : encodeFrame(wireUnpackr.unpack(batch.bytes) as object, 'json')
+      // stored as MessagePack: sent as it is (or this rank's shard of it, cut from its bytes), or re-encoded for a JSON trainer
+      const bytes = this.shard === undefined ? batch.bytes : shardBatch(batch.bytes, this.shard.rank, this.shard.world)
+      const frame = this.format === 'msgpack' ? bytes : encodeFrame(wireUnpackr.unpack(bytes) as object, 'json')
       // the callback fires once the frame is handed to the socket: room for the next ones
       this.ws.send(frame, () => this.pump())
     }

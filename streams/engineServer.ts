@@ -8,9 +8,9 @@
  * outbox (unacknowledged batches) holds more than half of `maxOutbox` the credit shrinks in
  * eighths, down to 0 at `maxOutbox`, so producers pause when the trainer lags.
  *
- * One trainer connection at a time: a new one replaces the old (closed with 4001), so a
- * trainer that reconnects after a network failure is not locked out by its own ghost, and
- * it first receives every unacknowledged batch.
+ * One trainer connection per rank (a single trainer is rank 0 of world 1; see trainerRanks.ts):
+ * a new one replaces the old (closed with 4001), so a trainer that reconnects after a network
+ * failure is not locked out by its own ghost, and it first receives every unacknowledged batch.
  */
 import type { Server } from 'node:http'
 import type { SchedulerLike, Subscription } from 'rxjs'
@@ -19,10 +19,10 @@ import type { CommittedBatch, DurableEngine } from '../src/state/durableEngine.j
 import type { DiskState } from '../src/state/diskGuard.js'
 import type { IngestCounters, PipelineCounters } from '../src/state/engineStore.js'
 import type { RoleTokens } from './auth.js'
-import { TrainerConnection } from './batchesEndpoint.js'
 import { HttpHost, sendJson, type Endpoint, type HttpRoute, type ListenResult, type Mountable } from './host/index.js'
 import { ProducerConnection } from './ingestEndpoint.js'
 import { settleWithin } from '../src/core/settleWithin.js'
+import { TrainerRanks } from './trainerRanks.js'
 import { DEFAULT_WIRE_LIMITS, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 export interface EngineServerOptions {
@@ -78,7 +78,12 @@ export interface HealthReport {
   /** The credit each producer has now. */
   credit: number
   producers: number
+  /** A trainer (any rank) is connected. */
   trainer: boolean
+  /** The data-parallel world of the connected trainer ranks, and which ranks are connected. */
+  trainerRanks: { world: number | undefined; ranks: number[] }
+  /** The newest policy version a trainer reported (undefined until one did). */
+  policyVersion: number | undefined
   /** Batches sent to trainers (redeliveries included). */
   delivered: number
   /** Error frames sent, by code. */
@@ -98,12 +103,11 @@ export class EngineServer implements Mountable {
   private readonly settings: typeof SERVER_DEFAULTS
   private readonly limits: WireLimits
   private readonly producers = new Set<ProducerConnection>()
-  private trainer: TrainerConnection | undefined
+  private readonly trainers: TrainerRanks
   private readonly frameErrors: Record<string, number> = {}
   private readonly subscription: Subscription
   private outbox: number
   private durable: number
-  private delivered = 0
   private pauses = 0
   // acknowledgements under way (shutdown waits for them)
   private readonly acks = new Set<Promise<void>>()
@@ -132,7 +136,15 @@ export class EngineServer implements Mountable {
     })
     this.http = this.host.http
     this.addWebSocketEndpoint('/ingest', { role: 'producer', connect: (ws, format) => this.connectProducer(ws, format) })
-    this.addWebSocketEndpoint('/batches', { role: 'trainer', connect: (ws, format) => this.connectTrainer(ws, format) })
+    this.trainers = new TrainerRanks({
+      limits: this.limits,
+      highWaterBytes: this.settings.trainerHighWaterBytes,
+      durableStep: () => this.durable,
+      pendingDeliveries: () => this.engine.pendingDeliveries(),
+      acknowledge: (step, policyVersion) => this.acknowledge(step, policyVersion),
+      countError: this.countError,
+    })
+    this.addWebSocketEndpoint('/batches', { role: 'trainer', connect: (ws, format, url) => this.trainers.connect(ws, format, url) })
     this.addHttpRoute('/healthz', (_request, response) => {
       const report = this.health()
       sendJson(response, report.status === 'ok' ? 200 : 503, report)
@@ -186,8 +198,10 @@ export class EngineServer implements Mountable {
       pipeline: stats.pipeline,
       credit: this.credit(),
       producers: this.producers.size,
-      trainer: this.trainer !== undefined,
-      delivered: this.delivered + (this.trainer?.delivered ?? 0),
+      trainer: this.trainers.status().ranks.length > 0,
+      trainerRanks: this.trainers.status(),
+      policyVersion: this.engine.policyVersion,
+      delivered: this.trainers.delivered(),
       frameErrors: { ...this.frameErrors },
       pauses: [...this.producers].reduce((n, p) => n + p.pauses, this.pauses),
     }
@@ -234,34 +248,12 @@ export class EngineServer implements Mountable {
     })
   }
 
-  private connectTrainer(ws: WebSocket, format: WireFormat): void {
-    const previous = this.trainer
-    if (previous !== undefined) previous.ws.close(4001, 'replaced by a newer trainer connection')
-    const trainer = new TrainerConnection(
-      ws,
-      format,
-      {
-        limits: this.limits,
-        highWaterBytes: this.settings.trainerHighWaterBytes,
-        durableStep: () => this.durable,
-        acknowledge: (step, policyVersion) => this.acknowledge(step, policyVersion),
-        countError: this.countError,
-      },
-      this.engine.pendingDeliveries(),
-    )
-    this.trainer = trainer
-    ws.on('close', () => {
-      this.delivered += trainer.delivered
-      if (this.trainer === trainer) this.trainer = undefined
-    })
-  }
-
   private acknowledge(step: number, policyVersion: number | undefined): void {
+    const version = this.engine.policyVersion
     const done = this.engine.acknowledge(step, policyVersion).then((known) => {
-      if (known) {
-        this.outbox--
-        this.flowAll()
-      }
+      if (known) this.outbox--
+      // a smaller outbox or a newer trainer version: producers hear of it with their credit
+      if (known || this.engine.policyVersion !== version) this.flowAll()
     }, this.fail)
     this.acks.add(done)
     done.finally(() => this.acks.delete(done))
@@ -275,7 +267,7 @@ export class EngineServer implements Mountable {
   private onCommitted({ delivery }: CommittedBatch): void {
     this.durable = delivery.step
     this.outbox++
-    this.trainer?.enqueue(delivery)
+    this.trainers.enqueue(delivery)
     this.flowAll()
   }
 

@@ -37,6 +37,8 @@ export class ProducerConnection {
   outstanding = 0
   /** The credit last announced to the producer. */
   announced = -1
+  /** The trainer's policy version last announced with it. */
+  private announcedVersion: number | undefined
   /** Times reading was paused because the producer went past its credit. */
   pauses = 0
 
@@ -163,12 +165,20 @@ export class ProducerConnection {
     return this.draining
   }
 
-  /** Announces a changed credit and pauses or resumes reading the socket. */
+  /**
+   * Announces a changed credit (or trainer policy version) and pauses or resumes reading the
+   * socket. The credit frame carries the trainer's version once one was reported, and with
+   * `maxAsync` the oldest version still admitted, so producers know when to sync weights.
+   */
   flow(): void {
     const credit = this.context.credit()
-    if (credit !== this.announced) {
+    const { policyVersion, config } = this.context.engine
+    if (credit !== this.announced || policyVersion !== this.announcedVersion) {
       this.announced = credit
-      this.send({ type: 'credit', credit })
+      this.announcedVersion = policyVersion
+      if (policyVersion === undefined) this.send({ type: 'credit', credit })
+      else if (config.maxAsync === undefined) this.send({ type: 'credit', credit, policyVersion })
+      else this.send({ type: 'credit', credit, policyVersion, minPolicyVersion: policyVersion - config.maxAsync })
     }
     // a closing socket is never paused: the peer's close frame must be read to end the handshake
     if (this.outstanding > credit && this.ws.readyState === this.ws.OPEN && !this.failed) {

@@ -85,6 +85,7 @@ export const ConfigSchema = z
     batchGroups: positiveInt(),
     batchMaxWaitMs: positive().optional(),
     maxStaleness: z.number({ error: 'must be a number' }).int({ error: 'must be an integer' }).gte(0, { error: 'must be >= 0' }).optional(),
+    maxAsync: z.number({ error: 'must be a number' }).int({ error: 'must be an integer' }).gte(0, { error: 'must be >= 0' }).optional(),
     normalize: NormalizeSchema.default(NormalizeSchema.parse({})),
     aggregation: z.enum(['normalize-then-sum', 'sum-then-normalize']).default('normalize-then-sum'),
     scaleByLambda: z.boolean({ error: 'must be true or false' }).default(false),
@@ -95,6 +96,10 @@ export const ConfigSchema = z
   .superRefine((config, ctx) => {
     if (config.minGroupSize !== undefined && config.minGroupSize > config.groupSize) {
       ctx.addIssue({ code: 'custom', path: ['minGroupSize'], message: `must be <= groupSize (${config.groupSize})` })
+    }
+    if (config.maxAsync !== undefined && config.maxStaleness !== undefined && config.maxAsync > config.maxStaleness) {
+      // admitted rollouts would then be dropped as stale after being logged
+      ctx.addIssue({ code: 'custom', path: ['maxAsync'], message: `must be <= maxStaleness (${config.maxStaleness})` })
     }
     const seen = new Map<string, string>()
     const claim = (channel: string, path: (string | number)[]) => {

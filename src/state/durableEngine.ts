@@ -143,6 +143,12 @@ export class DurableEngine {
   disk: DiskGuard | undefined
   private watermarkTimer: Subscription | undefined
   private closed = false
+  /**
+   * The newest policy version a trainer reported (as `dropStale` judges: the highest), or
+   * undefined while none was. With `maxAsync: k` in the config a rollout of a version below
+   * this − k is refused at ingest (staleness by admission, before it is logged).
+   */
+  policyVersion: number | undefined
 
   private constructor(
     readonly config: Config,
@@ -158,6 +164,8 @@ export class DurableEngine {
     this.ingestCounters = store.ingestCounters()
     this.lastTs = store.lastTs()
     this.outboxSteps = new Set(store.outbox.getKeys())
+    // the last one logged (a restart's pipeline starts from the same; versions normally only grow)
+    this.policyVersion = store.policyVersionBefore(Number.MAX_SAFE_INTEGER)
     const lowWater = meta?.lowWater ?? 0
     this.pipeline = new EnginePipeline(config, {
       initialState: this.book.dualState,
@@ -269,8 +277,16 @@ export class DurableEngine {
     const acked: string[] = []
     const valid: Rollout[] = []
     const validIndex: number[] = []
+    const oldest = this.config.maxAsync === undefined || this.policyVersion === undefined ? undefined : this.policyVersion - this.config.maxAsync
     for (let index = 0; index < items.length; index++) {
       const result = validateRollout(items[index], this.limits, raw !== undefined)
+      const version = result.ok ? result.rollout.policyVersion : undefined
+      if (version !== undefined && oldest !== undefined && version < oldest) {
+        const reason = `stale: sampled by policy version ${version}, the trainer is at ${this.policyVersion} and maxAsync is ${this.config.maxAsync} (needs >= ${oldest}): sync the weights`
+        rejected.push({ index, id: (result as { rollout: Rollout }).rollout.id, field: 'policyVersion', reason })
+        this.ingestCounters.rejected.stale = (this.ingestCounters.rejected.stale ?? 0) + 1
+        continue
+      }
       if (result.ok) {
         // a payload still as bytes is logged as its value when the frame's own bytes are not logged
         if (raw === undefined && result.rollout.payload instanceof RawPayload) result.rollout.payload = wireUnpackr.unpack(result.rollout.payload.bytes!)
@@ -409,6 +425,7 @@ export class DurableEngine {
     // a removal that fails is a failed write like any other (not an unhandled rejection)
     if (known && this.failure === undefined) this.store.acknowledge(step).catch(this.fail)
     if (policyVersion !== undefined) {
+      if (this.policyVersion === undefined || policyVersion > this.policyVersion) this.policyVersion = policyVersion
       const ts = this.stamp()
       await this.guard(this.appendRecord((seq) => ({ kind: 'policy', seq, ts, version: policyVersion })))
     }

@@ -243,7 +243,7 @@ t.test('the tarball holds the build, the bin, the dashboard and no sources or te
     [],
     'no TypeScript sources (the source maps inline them)',
   )
-  for (const entry of ['index', 'math', 'operators', 'models', 'server']) {
+  for (const entry of ['index', 'math', 'operators', 'models', 'server', 'client']) {
     t.ok(paths.includes(`dist/src/${entry}.js`), `dist/src/${entry}.js`)
     t.ok(paths.includes(`dist/src/${entry}.d.ts`), `dist/src/${entry}.d.ts`)
   }
@@ -318,6 +318,12 @@ for (const specifier of ['dualstream/math', 'dualstream/operators', 'dualstream'
     if (specifier === 'dualstream/math') t.notOk(packages.includes('rxjs'), 'the math loads no RxJS')
   })
 }
+
+t.test('importing dualstream/client loads ws and msgpackr, not LMDB', async (t) => {
+  const { packages } = await probe('dualstream/client')
+  t.ok(packages.includes('ws') && packages.includes('msgpackr'), `packages loaded: ${packages.join(', ')}`)
+  t.notOk(packages.includes('lmdb') || packages.includes('rxjs'), 'not the engine')
+})
 
 t.test('importing dualstream/server loads LMDB and ws (the probe sees native modules)', async (t) => {
   const { packages, opened } = await probe('dualstream/server')

@@ -308,8 +308,8 @@ t.test('a trainer gets every unacknowledged batch again on reconnect; a new trai
     'pending first, then new batches',
   )
   // a commit announced after the connection already took it from the outbox is not sent twice
-  const connection = (served.server as unknown as { trainer: { enqueue(b: object): void } }).trainer
-  connection.enqueue(third.of('batch')[0])
+  const ranks = (served.server as unknown as { trainers: { enqueue(b: object): void } }).trainers
+  ranks.enqueue(third.of('batch')[0])
   producer.send({ type: 'rollouts', rollouts: prompts('w', 2) })
   await third.nth('batch', 4)
   t.same(

@@ -1,6 +1,6 @@
 import type { OperatorFunction } from 'rxjs'
 import type { Config } from '../src/core/config.js'
-import { dualStateProblems, initialDualState, stepDual } from '../src/math/dual.js'
+import { dualStateProblems, initialDualState, stepDual, upgradeDualState } from '../src/math/dual.js'
 import type { DualBatch, DualState, MeasuredBatch } from '../src/core/types.js'
 import { operate, subscribeUpstream } from './internal/operate.js'
 
@@ -22,13 +22,15 @@ export interface DualAscentOptions {
  * batches$.pipe(measureConstraints(config), dualAscent(config, { initialState: saved }))
  */
 export function dualAscent<P>(config: Pick<Config, 'constraints'>, options: DualAscentOptions = {}): OperatorFunction<MeasuredBatch<P>, DualBatch<P>> {
-  if (options.initialState !== undefined) {
-    const problems = dualStateProblems(options.initialState, config.constraints)
+  // a state saved by an older version is brought to today's form first
+  const initialState = options.initialState === undefined ? undefined : upgradeDualState(options.initialState, config.constraints)
+  if (initialState !== undefined) {
+    const problems = dualStateProblems(initialState, config.constraints)
     if (problems.length > 0) throw new Error(`dualAscent: the initial state does not fit the config:\n  ${problems.join('\n  ')}`)
   }
   return operate((source, subscriber) => {
     // controllers and step counter, advanced once per batch
-    let state = options.initialState ?? initialDualState(config.constraints)
+    let state = initialState ?? initialDualState(config.constraints)
     subscribeUpstream(source, subscriber, {
       next: (batch) => {
         const result = stepDual(state, config.constraints, batch.constraints, batch.windows)

@@ -1,5 +1,5 @@
 import type { OperatorFunction } from 'rxjs'
-import { dualStateProblems, initialDualState } from '../src/math/dual.js'
+import { dualStateProblems, initialDualState, upgradeDualState } from '../src/math/dual.js'
 import { stepBatch, type StepSettings } from '../src/math/score.js'
 import type { Batch, DualState, ScoredBatch } from '../src/core/types.js'
 import { operate, subscribeUpstream } from './internal/operate.js'
@@ -25,7 +25,8 @@ export interface ScoreBatchesOptions {
  *   .subscribe((b) => trainer.step(b.groups.flatMap((g) => g.rollouts), b.advantages))
  */
 export function scoreBatches<P>(settings: StepSettings, options: ScoreBatchesOptions = {}): OperatorFunction<Batch<P>, ScoredBatch<P>> {
-  const { initialState } = options
+  // a state saved by an older version is brought to today's form first
+  const initialState = options.initialState === undefined ? undefined : upgradeDualState(options.initialState, settings.constraints)
   if (initialState !== undefined) {
     const problems = dualStateProblems(initialState, settings.constraints)
     if (problems.length > 0) throw new Error(`scoreBatches: the initial state does not fit the config:\n  ${problems.join('\n  ')}`)

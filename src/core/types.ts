@@ -97,7 +97,8 @@ export interface ScoredBatch<P = unknown> extends DualBatch<P> {
 export type ControllerState =
   | { rule: 'sgd'; lambda: number }
   | { rule: 'log'; logLambda: number; lambda: number }
-  | { rule: 'pid'; integral: number; proportional: number; derivativeEma: number; history: number[]; lambda: number }
+  /** `costEma`: the EMA of the sign-adjusted cost (J for `<=`, −J for `>=`); `history`: its last `delay` values (see stepController). */
+  | { rule: 'pid'; integral: number; proportional: number; costEma: number; history: number[]; lambda: number }
 
 /** Sums of one batch for a constraint channel, kept for the pooled window. */
 export interface WindowEntry {

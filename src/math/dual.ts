@@ -24,7 +24,7 @@ export function initialControllerState(rule: Rule): ControllerState {
         rule: 'pid',
         integral: rule.init,
         proportional: 0,
-        derivativeEma: 0,
+        costEma: 0,
         history: new Array<number>(rule.delay).fill(0),
         lambda: clip(rule.init, rule.max),
       }
@@ -38,18 +38,23 @@ export function lambdaOf(state: ControllerState): number {
 
 /**
  * One dual step on the violation e (positive = violated); a NaN violation (no data this
- * batch) leaves the state unchanged.
+ * batch) leaves the state unchanged. `cost` is the measured J with its sign adjusted so that
+ * more is worse (J for a `<=` constraint, −J for `>=`; then e = cost − τ for `<=` and
+ * cost − (−τ) for `>=`); only `pid` uses it.
  *
  * - `sgd`: λ ← clip(λ + η·e, 0, λmax)
- * - `log`: log λ ← min(log λ + η·λ·e, log λmax)   (safe-rlhf)
- * - `pid`: I ← max(0, I + Kᵢe); P ← αₚP + (1−αₚ)e; C ← α_d·C + (1−α_d)e;
- *   D = max(0, C − C_{t−delay}) (history seeded with zeros); λ = clip(KₚP + I + K_d·D, 0, λmax)
- *   (Stooke et al. 2020, as OmniSafe's CPPOPID, on e so that it serves both senses)
+ * - `log`: log λ ← min(log λ + η·λ·e, log λmax)   (safe-rlhf's PPO-Lag: SGD on log λ with
+ *   the loss −e·λ, then log λ clamped to log λmax)
+ * - `pid`: I ← max(0, I + Kᵢe); P ← αₚP + (1−αₚ)e; C ← α_d·C + (1−α_d)·cost;
+ *   D = max(0, C − C_{t−delay}) (C before the first step is 0); λ = clip(KₚP + I + K_d·D, 0, λmax).
+ *   This is OmniSafe's `PIDLagrangian.pid_update` (Stooke et al. 2020) for a `<=` cost, where
+ *   the derivative smooths the cost J itself, not e; for `>=` it is the same controller on the
+ *   cost −J with limit −τ. (Smoothing e instead differs by K_d·(1−α_d)·τ at the first step.)
  *
  * @example
  * stepController({ rule: 'sgd', lr: 0.05, init: 0, max: 1 }, { rule: 'sgd', lambda: 0 }, 0.25) // { rule: 'sgd', lambda: 0.0125 }
  */
-export function stepController(rule: Rule, state: ControllerState, violation: number): ControllerState {
+export function stepController(rule: Rule, state: ControllerState, violation: number, cost = violation): ControllerState {
   if (violation !== violation) return state
   if (rule.rule === 'sgd' && state.rule === 'sgd') {
     return { rule: 'sgd', lambda: clip(state.lambda + rule.lr * violation, rule.max) }
@@ -62,14 +67,14 @@ export function stepController(rule: Rule, state: ControllerState, violation: nu
   if (rule.rule === 'pid' && state.rule === 'pid') {
     const integral = Math.max(0, state.integral + rule.ki * violation)
     const proportional = rule.alphaP * state.proportional + (1 - rule.alphaP) * violation
-    const derivativeEma = rule.alphaD * state.derivativeEma + (1 - rule.alphaD) * violation
-    const derivative = Math.max(0, derivativeEma - state.history[0])
+    const costEma = rule.alphaD * state.costEma + (1 - rule.alphaD) * cost
+    const derivative = Math.max(0, costEma - state.history[0])
     return {
       rule: 'pid',
       integral,
       proportional,
-      derivativeEma,
-      history: [...state.history.slice(1), derivativeEma],
+      costEma,
+      history: [...state.history.slice(1), costEma],
       lambda: clip(rule.kp * proportional + integral + rule.kd * derivative, rule.max),
     }
   }
@@ -88,6 +93,35 @@ export function lambdasOf(state: DualState): Record<string, number> {
   const out: Record<string, number> = {}
   for (const [channel, entry] of Object.entries(state.constraints)) out[channel] = lambdaOf(entry.controller)
   return out
+}
+
+/** A pid state saved before its derivative smoothed the cost (it smoothed e, in `derivativeEma`). */
+type SmoothedViolationPid = Omit<Extract<ControllerState, { rule: 'pid' }>, 'costEma'> & { derivativeEma: number }
+
+/**
+ * A saved dual state in today's form. A `pid` state written before the derivative term
+ * smoothed the cost (field `derivativeEma`, the EMA of e) is converted exactly: both EMAs start
+ * at 0 and e = cost − τₛ (τₛ = τ for `<=`, −τ for `>=`), so after s steps the cost's EMA is the
+ * violation's plus (1 − α_dˢ)·τₛ, for the current value (s = the step) and for each value of
+ * the history (s = its step; 0 before the first). Anything else is returned as it is.
+ */
+export function upgradeDualState(state: DualState, constraints: readonly ConstraintSpec[]): DualState {
+  let upgraded: DualState | undefined
+  for (const c of constraints) {
+    const controller = state.constraints[c.channel]?.controller as ControllerState | SmoothedViolationPid | undefined
+    if (controller?.rule !== 'pid' || c.dual.rule !== 'pid' || !('derivativeEma' in controller)) continue
+    const { alphaD } = c.dual
+    const tau = c.sense === '<=' ? c.threshold : -c.threshold
+    const bias = (steps: number) => (steps > 0 ? (1 - alphaD ** steps) * tau : 0)
+    const { derivativeEma, history, ...rest } = controller
+    const t = state.step
+    upgraded ??= { ...state, constraints: { ...state.constraints } }
+    upgraded.constraints[c.channel] = {
+      ...state.constraints[c.channel],
+      controller: { ...rest, costEma: derivativeEma + bias(t), history: history.map((value, k) => value + bias(t - history.length + 1 + k)) },
+    }
+  }
+  return upgraded ?? state
 }
 
 /**
@@ -133,7 +167,8 @@ export function stepDual(
   const lambda: Record<string, LambdaChange> = {}
   for (const c of constraints) {
     const before = state.constraints[c.channel].controller
-    const after = stepController(c.dual, before, measures[c.channel].violation)
+    const { violation, mean } = measures[c.channel]
+    const after = stepController(c.dual, before, violation, c.sense === '<=' ? mean : -mean)
     next.constraints[c.channel] = { controller: after, window: windows[c.channel] }
     lambda[c.channel] = { before: lambdaOf(before), after: lambdaOf(after) }
   }

@@ -1,8 +1,17 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { parseConfig, type ConstraintSpec } from '../../src/core/config.js'
-import { dualStateProblems, initialControllerState, initialDualState, lambdaOf, lambdasOf, stepController, stepDual } from '../../src/math/dual.js'
-import type { ControllerState } from '../../src/core/types.js'
+import {
+  dualStateProblems,
+  initialControllerState,
+  initialDualState,
+  lambdaOf,
+  lambdasOf,
+  stepController,
+  stepDual,
+  upgradeDualState,
+} from '../../src/math/dual.js'
+import type { ControllerState, DualState } from '../../src/core/types.js'
 import { close } from '../support/batches.js'
 
 const constraint = (dual: object, sense: '>=' | '<=' = '>='): ConstraintSpec =>
@@ -154,5 +163,62 @@ t.test('dual state: initial, step, and the checks made before restoring one', (t
     () => stepController(config.constraints[0].dual, state.constraints.b.controller, 1),
     /dual state of rule "pid" cannot be stepped by a "sgd" controller/,
   )
+  t.end()
+})
+
+t.test('a pid state saved when the derivative smoothed e is upgraded exactly: the run goes on as if it had always smoothed the cost', (t) => {
+  fc.assert(
+    fc.property(
+      fc.constantFrom<'>=' | '<='>('>=', '<='),
+      fc.double({ min: 0, max: 1, noNaN: true }),
+      fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 60 }),
+      fc.integer({ min: 1, max: 8 }),
+      fc.nat(),
+      (sense, threshold, means, delay, cut) => {
+        const config = parseConfig({
+          groupSize: 2,
+          batchGroups: 1,
+          objectives: [{ channel: 'acc' }],
+          constraints: [{ channel: 'c', sense, threshold, dual: { rule: 'pid', delay, kd: 1, alphaD: 0.8 } }],
+        })
+        const spec = config.constraints[0]
+        const rule = spec.dual as Extract<typeof spec.dual, { rule: 'pid' }>
+        const measure = (mean: number) => ({ mean, violation: sense === '<=' ? mean - threshold : threshold - mean, sampleViolationRate: 0, count: 1 })
+        const at = cut % (means.length + 1)
+        // today's rule all along
+        let live = initialDualState(config.constraints)
+        for (const m of means) live = stepDual(live, config.constraints, { c: measure(m) }, { c: [] }).state
+        // the old rule (C ← α_d·C + (1−α_d)·e, kept in `derivativeEma`) for the first `at` steps
+        let old = { integral: rule.init, proportional: 0, derivativeEma: 0, history: new Array<number>(delay).fill(0), lambda: rule.init }
+        for (const m of means.slice(0, at)) {
+          const e = measure(m).violation
+          const integral = Math.max(0, old.integral + rule.ki * e)
+          const proportional = rule.alphaP * old.proportional + (1 - rule.alphaP) * e
+          const derivativeEma = rule.alphaD * old.derivativeEma + (1 - rule.alphaD) * e
+          const lambda = Math.min(Math.max(rule.kp * proportional + integral + rule.kd * Math.max(0, derivativeEma - old.history[0]), 0), spec.dual.max)
+          old = { integral, proportional, derivativeEma, history: [...old.history.slice(1), derivativeEma], lambda }
+        }
+        const saved = { step: at, constraints: { c: { controller: { rule: 'pid', ...old }, window: [] } } } as unknown as DualState
+        let resumed = upgradeDualState(saved, config.constraints)
+        for (const m of means.slice(at)) resumed = stepDual(resumed, config.constraints, { c: measure(m) }, { c: [] }).state
+        const a = resumed.constraints.c.controller as Extract<ControllerState, { rule: 'pid' }>
+        const b = live.constraints.c.controller as Extract<ControllerState, { rule: 'pid' }>
+        // λ saved is the one the old rule gave (already used); from the next step on it is today's
+        const sameLambda = at === means.length || close(a.lambda, b.lambda, 1e-12)
+        return sameLambda && close(a.costEma, b.costEma, 1e-12) && a.history.every((h, k) => close(h, b.history[k], 1e-12))
+      },
+    ),
+  )
+  const config = parseConfig({
+    groupSize: 2,
+    batchGroups: 1,
+    objectives: [{ channel: 'acc' }],
+    constraints: [
+      { channel: 'a', sense: '>=', threshold: 0.9, dual: { rule: 'sgd', lr: 1 } },
+      { channel: 'b', sense: '<=', threshold: 0.1, dual: { rule: 'pid' } },
+    ],
+  })
+  const today = initialDualState(config.constraints)
+  t.equal(upgradeDualState(today, config.constraints), today, 'a state in the form of today is returned as it is')
   t.end()
 })

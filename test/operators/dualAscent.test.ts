@@ -135,13 +135,14 @@ t.test('the log and pid controllers, stepped and restored', (t) => {
   const logλ1 = 0 + 0.1 * 1 * 0.5
   const I = Math.max(0, 0.001 + 0.01 * 0.5)
   const P = 0.95 * 0 + (1 - 0.95) * 0.5
-  const C = 0.95 * 0 + (1 - 0.95) * 0.5
+  // the derivative term smooths the cost, here −J for a '>=' constraint (as OmniSafe on the cost −J, limit −τ)
+  const C = 0.95 * 0 + (1 - 0.95) * -(0.9 - 0.5)
   const pidλ1 = Math.min(Math.max(0.1 * P + I + 0.01 * Math.max(0, C - 0), 0), Infinity)
   const after1: DualState = {
     step: 1,
     constraints: {
       consistency: { controller: { rule: 'log', logLambda: logλ1, lambda: Math.exp(logλ1) }, window: [] },
-      grounding: { controller: { rule: 'pid', integral: I, proportional: P, derivativeEma: C, history: [0, C], lambda: pidλ1 }, window: [] },
+      grounding: { controller: { rule: 'pid', integral: I, proportional: P, costEma: C, history: [0, C], lambda: pidλ1 }, window: [] },
     },
   }
   testScheduler.run(({ cold, expectObservable }) => {
@@ -152,7 +153,7 @@ t.test('the log and pid controllers, stepped and restored', (t) => {
     // resumed from the state after step 1, a second batch with e = 0
     const I2 = Math.max(0, I + 0.01 * 0)
     const P2 = 0.95 * P + (1 - 0.95) * 0
-    const C2 = 0.95 * C + (1 - 0.95) * 0
+    const C2 = 0.95 * C + (1 - 0.95) * -(0.9 - 0)
     const pidλ2 = 0.1 * P2 + I2 + 0.01 * Math.max(0, C2 - 0)
     const result = cold('b|', { b: batch(0) }).pipe(
       dualAscent(config, { initialState: after1 }),
@@ -162,7 +163,7 @@ t.test('the log and pid controllers, stepped and restored', (t) => {
       y: {
         step: 2,
         lambda: { consistency: { before: Math.exp(logλ1), after: Math.exp(logλ1) }, grounding: { before: pidλ1, after: pidλ2 } },
-        pid: { rule: 'pid', integral: I2, proportional: P2, derivativeEma: C2, history: [C, C2], lambda: pidλ2 },
+        pid: { rule: 'pid', integral: I2, proportional: P2, costEma: C2, history: [C, C2], lambda: pidλ2 },
       },
     })
   })
@@ -184,7 +185,7 @@ t.test('refuses an initialState that does not fit the config, listing every prob
     step: 3,
     constraints: {
       consistency: { controller: { rule: 'log', logLambda: 0, lambda: 1 }, window: [] },
-      grounding: { controller: { rule: 'pid', integral: 0, proportional: 0, derivativeEma: 0, history: [0, 0], lambda: 0 }, window: [] },
+      grounding: { controller: { rule: 'pid', integral: 0, proportional: 0, costEma: 0, history: [0, 0], lambda: 0 }, window: [] },
     },
   }
   t.throws(() => dualAscent(config, { initialState }), {

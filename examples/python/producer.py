@@ -4,31 +4,28 @@
     python3 producer.py --url ws://127.0.0.1:8787/ingest --input rollouts.jsonl
     python3 producer.py --url ws://127.0.0.1:8787/ingest --synthetic 4096 --group-size 8
 
-Rollouts are sent in MessagePack frames {"type": "rollouts", "rollouts": [...]}, never more
-than the engine's credit unacknowledged. Each frame is answered, in order, by one
-{"type": "ack", "ids": [...]} once its rollouts are on disk, preceded by one
-{"type": "rejected", "errors": [...]} when some items were refused; a frame that could not be
-logged (e.g. a full disk) is answered by {"type": "error", ...} instead, and its rollouts are
-sent again once the engine grants credit. A rollout not yet
-acknowledged when the connection drops is sent again after reconnecting: the engine
-deduplicates by id, so nothing is counted twice. The token comes from --token or
+A command-line front to `dualstream_client.Producer` (see README.md): rollouts go in frames of
+at most --frame, never more than the engine's credit unanswered; refused items are reported
+with their index, id, field and reason; after a dropped connection the unacknowledged ones are
+sent again (the engine deduplicates by id). The token comes from --token or
 DUALSTREAM_PRODUCER_TOKEN. Prints a JSON summary on stdout; exits 1 if rollouts remain
 unacknowledged after the retries.
 """
+from __future__ import annotations
+
 import argparse
 import asyncio
-import collections
 import json
+import logging
 import os
 import random
 import sys
+from typing import Any, Iterator
 
-import websockets
-
-from dualstream_client import connect, decode, encode
+from dualstream_client import DualstreamError, Producer, Rejected
 
 
-def synthetic(n, group_size, seed):
+def synthetic(n: int, group_size: int, seed: int) -> Iterator[dict[str, Any]]:
     """Deterministic FGRPO-like rollouts: binary accuracy and consistency, real grounding."""
     rng = random.Random(seed)
     for i in range(n):
@@ -44,8 +41,8 @@ def synthetic(n, group_size, seed):
         }
 
 
-def read_jsonl(path):
-    with open(path) as lines:
+def read_jsonl(path: str) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 rollout = json.loads(line)
@@ -54,89 +51,8 @@ def read_jsonl(path):
                 yield rollout
 
 
-class Producer:
-    def __init__(self, rollouts, frame_size):
-        # id -> rollout, in input order: everything not yet answered by the engine
-        self.pending = collections.OrderedDict((r["id"], r) for r in rollouts)
-        self.frame_size = frame_size
-        self.acked = 0
-        self.duplicates_in_input = 0
-        self.rejected = []
-        # rejected items whose id the engine reported differs from the one sent at that index
-        self.misattributed = []
-        self.errors = []
-        self.reconnects = -1
-
-    async def session(self, ws):
-        """Sends everything pending over one connection; returns when all is answered.
-
-        Every frame is answered exactly once and in order (PROTOCOL.md, "Answers"), so the
-        answers are matched to the frames first-in first-out: a `rejected` frame names items
-        of the oldest unanswered frame by index, an `ack` completes it, and an `error` frame
-        (e.g. `disk-full`) answers it without logging anything: its rollouts are sent again
-        once the engine grants credit.
-        """
-        self.reconnects += 1
-        credit = 0
-        inflight = collections.deque()  # frames sent and not answered: lists of ids
-        inflight_count = 0
-        to_send = collections.deque(self.pending.values())
-        changed = asyncio.Condition()
-
-        async def read():
-            nonlocal credit, inflight_count
-            async for message in ws:
-                frame = decode(message)
-                kind = frame.get("type")
-                async with changed:
-                    if kind == "credit":
-                        credit = frame["credit"]
-                    elif kind == "rejected":
-                        ids = inflight[0]
-                        for error in frame["errors"]:
-                            rollout_id = ids[error["index"]]
-                            if error.get("id") is not None and error["id"] != rollout_id:
-                                self.misattributed.append({"sent": rollout_id, "reported": error["id"]})
-                            if self.pending.pop(rollout_id, None) is not None:
-                                self.rejected.append(error)
-                    elif kind == "ack":
-                        ids = inflight.popleft()
-                        inflight_count -= len(ids)
-                        for rollout_id in frame["ids"]:
-                            if self.pending.pop(rollout_id, None) is not None:
-                                self.acked += 1
-                    elif kind == "error":
-                        self.errors.append(frame)
-                        print(f"producer: engine error {frame.get('code')}: {frame.get('reason')}", file=sys.stderr)
-                        if inflight:
-                            ids = inflight.popleft()
-                            inflight_count -= len(ids)
-                            to_send.extend(self.pending[i] for i in ids if i in self.pending)
-                    changed.notify_all()
-                    if not self.pending:
-                        return
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                async with changed:
-                    # room for at least one rollout within the credit (0 = paused by the engine),
-                    # or everything answered
-                    await changed.wait_for(lambda: reader.done() or (to_send and inflight_count < credit) or (not to_send and not inflight))
-                    if reader.done() or not to_send:
-                        break
-                    size = min(self.frame_size, credit - inflight_count, len(to_send))
-                    chunk = [to_send.popleft() for _ in range(size)]
-                    inflight.append([r["id"] for r in chunk])
-                    inflight_count += size
-                await ws.send(encode({"type": "rollouts", "rollouts": chunk}))
-            await reader
-        finally:
-            reader.cancel()
-
-
-async def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8787/ingest")
     parser.add_argument("--token", default=os.environ.get("DUALSTREAM_PRODUCER_TOKEN"))
     source = parser.add_mutually_exclusive_group(required=True)
@@ -147,32 +63,38 @@ async def main():
     parser.add_argument("--frame", type=int, default=1000, help="rollouts per frame at most")
     parser.add_argument("--retries", type=int, default=20, help="reconnections before giving up")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="producer: %(message)s", stream=sys.stderr)
 
     rollouts = list(read_jsonl(args.input) if args.input else synthetic(args.synthetic, args.group_size, args.seed))
-    producer = Producer(rollouts, args.frame)
-    producer.duplicates_in_input = len(rollouts) - len(producer.pending)
-    failures = 0
-    while producer.pending and failures <= args.retries:
-        try:
-            async with connect(args.url, args.token) as ws:
-                await producer.session(ws)
-            if producer.pending:
-                raise ConnectionError("the engine closed the connection")
-        except (OSError, websockets.exceptions.WebSocketException) as error:
-            failures += 1
-            print(f"producer: connection lost ({error}); {len(producer.pending)} rollouts unacknowledged, retrying", file=sys.stderr)
-            await asyncio.sleep(min(2.0, 0.1 * failures))
+    # an id given twice is sent once (the engine would acknowledge the second without logging it)
+    unique = list({rollout["id"]: rollout for rollout in reversed(rollouts)}.values())[::-1]
+    rejected: list[dict[str, Any]] = []
+    misattributed: list[dict[str, Any]] = []
+    producer = Producer(args.url, args.token, max_frame=args.frame, max_retries=args.retries)
+    try:
+        async with producer:
+            await producer.send(unique)
+    except Rejected as refusal:
+        for error in refusal.errors:
+            rejected.append(error.as_dict())
+            # the engine's id for the item must be the one sent at that index: answers matched FIFO
+            sent = unique[error.index].get("id")
+            if error.id is not None and error.id != sent:
+                misattributed.append({"sent": sent, "reported": error.id})
+    except DualstreamError as error:
+        print(f"producer: {error}", file=sys.stderr)
+    unacknowledged = len(unique) - producer.acked - len(rejected)
     summary = {
         "rollouts": len(rollouts),
         "acked": producer.acked,
-        "rejected": producer.rejected,
-        "unacknowledged": len(producer.pending),
-        "reconnects": producer.reconnects,
-        "misattributed": producer.misattributed,
-        "errors": producer.errors,
+        "rejected": rejected,
+        "unacknowledged": unacknowledged,
+        "reconnects": max(0, producer.connections - 1),
+        "misattributed": misattributed,
+        "errors": producer.engine_errors,
     }
     print(json.dumps(summary))
-    return 1 if producer.pending else 0
+    return 1 if unacknowledged else 0
 
 
 if __name__ == "__main__":

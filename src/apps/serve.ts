@@ -157,6 +157,7 @@ export async function serve(options: ServeOptions, io: ServeIO, signal: AbortSig
   })
   const telemetry = new EngineTelemetry(engine, options.telemetry)
   telemetry.mount(server, options.tokens)
+  telemetry.metrics.watchTrainers(() => server.health())
   let address: { host: string; port: number }
   try {
     address = await server.listen(options.port, options.host)

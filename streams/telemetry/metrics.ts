@@ -233,6 +233,30 @@ export class TelemetryMetrics {
    * `dualstream_disk_reserve_bytes` and `dualstream_disk_full` (1 while new rollouts are
    * refused for lack of space).
    */
+  /** The trainer side of a server in `/metrics`: its policy version and the data-parallel ranks connected. */
+  watchTrainers(read: () => { policyVersion: number | undefined; trainerRanks: { world: number | undefined; ranks: number[] } }): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'dualstream_trainer_policy_version',
+      help: 'The newest policyVersion a trainer reported (0 before one did).',
+      registers,
+      collect() {
+        this.set(read().policyVersion ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'dualstream_trainer_ranks',
+      help: 'Trainer connections (data-parallel ranks) connected, and the world they belong to.',
+      labelNames: ['of'],
+      registers,
+      collect() {
+        const { trainerRanks } = read()
+        this.set({ of: 'connected' }, trainerRanks.ranks.length)
+        this.set({ of: 'world' }, trainerRanks.world ?? 0)
+      },
+    })
+  }
+
   watchDisk(read: () => { free: number; reserve: number; full: boolean }): void {
     const registers = [this.registry]
     new Gauge({

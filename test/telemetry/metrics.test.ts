@@ -207,6 +207,25 @@ t.test('per-client telemetry gauges and the disk gauges, read at each scrape', a
   t.equal(value(text, 'dualstream_disk_full'), 1)
 })
 
+t.test('the trainer gauges: policy version and ranks', async (t) => {
+  const hub = { clientInfo: () => [] } as unknown as TelemetryHub
+  const metrics = new TelemetryMetrics({ source: 'serve', config, hub, counts: zero, state: () => ({ step: 0, lambda: {} }), processMetrics: false })
+  const health: { policyVersion: number | undefined; trainerRanks: { world: number | undefined; ranks: number[] } } = {
+    policyVersion: undefined,
+    trainerRanks: { world: undefined, ranks: [] },
+  }
+  metrics.watchTrainers(() => health)
+  let text = await metrics.text()
+  t.equal(value(text, 'dualstream_trainer_policy_version'), 0, '0 before a version was reported')
+  t.equal(value(text, 'dualstream_trainer_ranks{of="connected"}'), 0)
+  t.equal(value(text, 'dualstream_trainer_ranks{of="world"}'), 0)
+  Object.assign(health, { policyVersion: 12, trainerRanks: { world: 4, ranks: [0, 2, 3] } })
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_trainer_policy_version'), 12)
+  t.equal(value(text, 'dualstream_trainer_ranks{of="connected"}'), 3)
+  t.equal(value(text, 'dualstream_trainer_ranks{of="world"}'), 4)
+})
+
 t.test('training metrics: the learner, the step-time histogram, process metrics', async (t) => {
   const hub = new TelemetryHub({
     hello: () => ({ source: 'train', config: {} as never, step: 0, lambda: {}, counts: null, overview: new RunHistory().overview() }),

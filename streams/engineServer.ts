@@ -251,10 +251,16 @@ export class EngineServer implements Mountable {
   private acknowledge(step: number, policyVersion: number | undefined): void {
     const version = this.engine.policyVersion
     const done = this.engine.acknowledge(step, policyVersion).then((known) => {
-      if (known) this.outbox--
-      // a smaller outbox or a newer trainer version: producers hear of it with their credit
-      if (known || this.engine.policyVersion !== version) this.flowAll()
+      if (known) {
+        // a smaller outbox: more credit
+        this.outbox--
+        this.flowAll()
+      }
     }, this.fail)
+    // admission (maxAsync) judges by the new version from now on: producers hear of it at once,
+    // not after the policy record is flushed, or a frame sent in between is refused against a
+    // version they were never told
+    if (this.engine.policyVersion !== version) this.flowAll()
     this.acks.add(done)
     done.finally(() => this.acks.delete(done))
   }

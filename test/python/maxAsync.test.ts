@@ -1,6 +1,6 @@
 /**
  * maxAsync with the Python package: the trainer's reported policy version reaches producers in
- * credit frames (`trainer_version`, `min_policy_version`, `wait_for_trainer_version`), and a
+ * credit frames (`trainer_version`, `min_policy_version`, `wait_for_trainer_version`; `wait_for_credit`), and a
  * rollout sampled by a version below T - maxAsync is refused as a stale item.
  */
 import t from 'tap'
@@ -16,4 +16,6 @@ t.test('the producer follows the trainer’s policy version; stale rollouts are 
   t.same(result.after, { trainerVersion: 3, minPolicyVersion: 2 })
   t.equal(result.refused.length, 1, 'only the rollout of version 1 (below 3 - 1) is refused')
   t.match(result.refused[0], { index: 1, id: 'w1', field: 'policyVersion', reason: /^stale: / })
+  t.equal(result.room, 4096, 'wait_for_credit: the whole credit is room once every frame is answered')
+  t.equal(result.credit, 4096)
 })

@@ -156,7 +156,9 @@ async def max_async(args: argparse.Namespace) -> None:
             refused: Any = None
         except Rejected as refusal:
             refused = [error.as_dict() for error in refusal.errors]
-        emit(before=before, reached=reached, after=after, refused=refused)
+        # everything answered: the whole credit is room again
+        room = await producer.wait_for_credit(producer.credit or 1, timeout=20)
+        emit(before=before, reached=reached, after=after, refused=refused, room=room, credit=producer.credit)
 
 
 # -- trainer ---------------------------------------------------------------------------------

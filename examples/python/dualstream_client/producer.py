@@ -230,6 +230,22 @@ class Producer:
             # cancelled: the entries not yet sent are skipped (see _take_frame)
             self._calls.discard(call)
 
+    async def wait_for_credit(self, rollouts: int = 1, timeout: Optional[float] = None) -> int:
+        """Waits until the engine's credit leaves room for `rollouts` more rollouts; returns the room.
+
+        The room is the credit less what is sent and not answered and what `send` calls have
+        queued. Use it to generate just in time: a worker that samples only when the engine
+        can take the result keeps its rollouts fresh (the credit shrinks while the trainer lags).
+        """
+
+        def room() -> int:
+            return (self._credit or 0) - self._unanswered - len(self._queue) - len(self._retry)
+
+        await asyncio.wait_for(self._wait_until(lambda: self._failure is not None or room() >= rollouts), timeout)
+        if self._failure is not None:
+            raise self._failure
+        return room()
+
     async def wait_for_trainer_version(self, version: int, timeout: Optional[float] = None) -> int:
         """Waits until the trainer has reported a policy version >= `version`; returns it."""
 

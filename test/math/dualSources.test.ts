@@ -6,18 +6,18 @@
  * the same controller on the cost −J with limit −τ).
  */
 import { spawnSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import fc from 'fast-check'
 import t from 'tap'
 import { parseConfig } from '../../src/core/config.js'
 import { initialDualState, lambdaOf, stepDual } from '../../src/math/dual.js'
 import { close } from '../support/batches.js'
+import { PYTHON, pythonMissing } from '../support/python.js'
 
-// Debian's packages (torch for safe-rlhf's optimizer) live in the system python
-const PYTHON = '/usr/bin/python3'
 const script = fileURLToPath(new URL('reference/dual_sources.py', import.meta.url))
-const hasTorch = existsSync(PYTHON) && spawnSync(PYTHON, ['-c', 'import torch']).status === 0
+// torch for safe-rlhf's optimizer; OmniSafe's rule needs only the standard library
+const noTorch = pythonMissing(['torch'], ['python3-torch'])
+const noPython = pythonMissing(['json'], ['python3'])
 
 interface Case {
   kind: 'omnisafe' | 'safe-rlhf'
@@ -59,7 +59,7 @@ function theirs(cases: Case[]): number[][] {
 const means = fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 200 })
 const sense = fc.constantFrom<'>=' | '<='>('>=', '<=')
 
-t.test("pid is OmniSafe's PIDLagrangian at every step, both senses", { skip: !existsSync(PYTHON) && `no ${PYTHON}` }, async (t) => {
+t.test("pid is OmniSafe's PIDLagrangian at every step, both senses", { skip: noPython }, async (t) => {
   const params = fc.record({
     kp: fc.double({ min: 0, max: 2, noNaN: true }),
     ki: fc.double({ min: 0, max: 1, noNaN: true }),
@@ -91,26 +91,22 @@ t.test("pid is OmniSafe's PIDLagrangian at every step, both senses", { skip: !ex
   t.ok(close(ours(cases.at(-1)!)[0], 0.005, 1e-15), "the defaults' first step, as OmniSafe computes it")
 })
 
-t.test(
-  "log is safe-rlhf's PPO-Lag update (torch SGD on log λ) at every step",
-  { skip: !hasTorch && `${PYTHON} cannot import torch (apt-get install python3-torch)` },
-  async (t) => {
-    const params = fc.record({
-      lr: fc.double({ min: 1e-3, max: 1, noNaN: true }),
-      init: fc.double({ min: 1e-3, max: 5, noNaN: true }),
-      max: fc.double({ min: 5, max: 50, noNaN: true }),
-    })
-    const cases: Case[] = fc
-      .sample(fc.record({ sense, threshold: fc.double({ min: 0, max: 1, noNaN: true }), params, means }), { numRuns: 100, seed: 20261203 })
-      .map((c) => ({ kind: 'safe-rlhf', ...c }))
-    const reference = theirs(cases)
-    let worst = 0
-    for (const [k, c] of cases.entries()) {
-      for (const [i, lambda] of ours(c).entries()) {
-        worst = Math.max(worst, Math.abs(lambda - reference[k][i]) / Math.max(1, lambda))
-        if (!close(lambda, reference[k][i], 1e-12)) t.fail(`case ${k} (${c.sense} τ=${c.threshold}) step ${i + 1}: ${lambda} vs safe-rlhf ${reference[k][i]}`)
-      }
+t.test("log is safe-rlhf's PPO-Lag update (torch SGD on log λ) at every step", { skip: noTorch }, async (t) => {
+  const params = fc.record({
+    lr: fc.double({ min: 1e-3, max: 1, noNaN: true }),
+    init: fc.double({ min: 1e-3, max: 5, noNaN: true }),
+    max: fc.double({ min: 5, max: 50, noNaN: true }),
+  })
+  const cases: Case[] = fc
+    .sample(fc.record({ sense, threshold: fc.double({ min: 0, max: 1, noNaN: true }), params, means }), { numRuns: 100, seed: 20261203 })
+    .map((c) => ({ kind: 'safe-rlhf', ...c }))
+  const reference = theirs(cases)
+  let worst = 0
+  for (const [k, c] of cases.entries()) {
+    for (const [i, lambda] of ours(c).entries()) {
+      worst = Math.max(worst, Math.abs(lambda - reference[k][i]) / Math.max(1, lambda))
+      if (!close(lambda, reference[k][i], 1e-12)) t.fail(`case ${k} (${c.sense} τ=${c.threshold}) step ${i + 1}: ${lambda} vs safe-rlhf ${reference[k][i]}`)
     }
-    t.ok(worst < 1e-12, `${cases.length} runs, largest relative |Δλ| ${worst.toExponential(2)}`)
-  },
-)
+  }
+  t.ok(worst < 1e-12, `${cases.length} runs, largest relative |Δλ| ${worst.toExponential(2)}`)
+})

@@ -3,22 +3,18 @@
  * system python with its Debian packages, scenario scripts whose JSON lines on stdout can be
  * waited on, and `dualstream serve` as a child process that can be SIGKILLed and restarted.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { PYTHON, pythonMissing } from '../support/python.js'
 
-// Debian's msgpack and websockets (numpy optional) live in the system python, not in a pyenv one that may come first on PATH
-export const PYTHON = '/usr/bin/python3'
+// numpy is optional for the package: used when present
+export { PYTHON }
 export const examples = fileURLToPath(new URL('../../examples/python/', import.meta.url))
 export const scenarios = fileURLToPath(new URL('./scenarios.py', import.meta.url))
 const cli = fileURLToPath(new URL('../../bin/dualstream.js', import.meta.url))
 
-const probe = existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import msgpack, websockets']) : undefined
 /** Why the Python tests cannot run here (false when they can). */
-export const missing: false | string =
-  probe?.status === 0
-    ? false
-    : `${PYTHON} cannot import msgpack and websockets (apt-get install python3-msgpack python3-websockets): ${probe?.stderr.toString().trim().split('\n').at(-1) ?? 'no such file'}`
+export const missing = pythonMissing(['msgpack', 'websockets'], ['python3-msgpack', 'python3-websockets'])
 
 /** The environment of a python child: the package importable, no .pyc files left in the tree. */
 export const pythonEnv = (extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({

@@ -5,22 +5,17 @@
  * hold the format constraint; plain GRPO learns to hedge and breaks it; a rank killed between
  * its checkpoint and its ack resumes without training a step twice. ≈ 40–55 s here (2 cores).
  */
-import { execFile, spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
+import { PYTHON, pythonMissing } from '../support/python.js'
 
-// Debian's torch, msgpack and websockets live in the system python, not in a pyenv one that may come first on PATH
-const PYTHON = '/usr/bin/python3'
 const script = fileURLToPath(new URL('../../examples/python/torch_fgrpo.py', import.meta.url))
-const probe = existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import torch, numpy, msgpack, websockets']) : undefined
-const missing =
-  probe?.status === 0
-    ? false
-    : `${PYTHON} cannot import torch, numpy, msgpack and websockets (Debian: apt-get install python3-torch python3-numpy python3-msgpack python3-websockets): ${probe?.stderr.toString().trim().split('\n').at(-1) ?? 'no such file'}`
+const missing = pythonMissing(['torch', 'numpy', 'msgpack', 'websockets'], ['python3-torch', 'python3-numpy', 'python3-msgpack', 'python3-websockets'])
 const run = promisify(execFile)
 // two trainings of ≈ 12–15 s each here; more under the load of a full suite
 t.setTimeout(300_000)

@@ -3,22 +3,17 @@
  * python3-msgpack and python3-websockets, installed by .ci/run) drive a full
  * produce → batch → ack round trip against the server, with tokens.
  */
-import { execFile, spawnSync } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
+import { PYTHON, pythonMissing } from '../support/python.js'
 import { startServer, tempDir } from './support.js'
 
-// the Debian packages live in the system python, not in a pyenv one that may come first on PATH
-const PYTHON = '/usr/bin/python3'
 const examples = fileURLToPath(new URL('../../examples/python/', import.meta.url))
-const probe = existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import msgpack, websockets']) : undefined
-const missing =
-  probe?.status === 0
-    ? false
-    : `${PYTHON} cannot import msgpack and websockets (apt-get install python3-msgpack python3-websockets; .ci/run does): ${probe?.stderr.toString().trim().split('\n').at(-1) ?? 'no such file'}`
+const missing = pythonMissing(['msgpack', 'websockets'], ['python3-msgpack', 'python3-websockets'])
 const run = promisify(execFile)
 
 t.test('python producer → engine → python trainer, with tokens, item errors and step dedup', { skip: missing }, async (t) => {

@@ -4,20 +4,18 @@
  * finish in swapped pairs, every `rejected` item it reports is the item it sent at that
  * index (the engine's own id agrees), and every valid rollout is acknowledged once.
  */
-import { execFile, spawnSync } from 'node:child_process'
-import { existsSync, writeFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
+import { PYTHON, pythonMissing } from '../support/python.js'
 import { swapPairsOfWrites } from '../support/reorder.js'
 import { startServer, tempDir } from './support.js'
 
-const PYTHON = '/usr/bin/python3'
 const examples = fileURLToPath(new URL('../../examples/python/', import.meta.url))
-const probe = existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import msgpack, websockets']) : undefined
-const missing =
-  probe?.status === 0 ? false : `${PYTHON} cannot import msgpack and websockets (apt-get install python3-msgpack python3-websockets; .ci/run does)`
+const missing = pythonMissing(['msgpack', 'websockets'], ['python3-msgpack', 'python3-websockets'])
 const run = promisify(execFile)
 
 t.test('python producer: refused items attributed to the right frame while writes finish out of order', { skip: missing }, async (t) => {

@@ -25,7 +25,7 @@ const entries = Object.entries(pkg.exports).filter((e): e is [string, { types: s
 t.test('every subpath is an entry file of src/, with its types beside it', async (t) => {
   t.same(
     entries.map(([subpath]) => subpath),
-    ['.', './math', './operators', './models', './server'],
+    ['.', './math', './operators', './models', './server', './client'],
   )
   for (const [subpath, conditions] of entries) {
     const source = sourceOf(conditions.import)
@@ -101,6 +101,8 @@ t.test('the library entries load none of LMDB, ws, onnxruntime-node, msgpackr', 
   const server = runtimePackages('src/server.ts')
   t.ok(server.has('lmdb') && server.has('ws'), 'the server entry loads LMDB and ws (the walk sees them)')
   t.notOk(runtimePackages('src/models/onnxScorer.ts').has('onnxruntime-node'), 'onnxruntime-node only through import()')
+  const client = runtimePackages('src/client.ts')
+  t.ok(client.has('ws') && client.has('msgpackr') && !client.has('lmdb') && !client.has('rxjs'), `the client entry loads ws and msgpackr only: ${[...client].join(', ')}`)
 })
 
 t.test('the entries export what users import', async (t) => {
@@ -109,6 +111,7 @@ t.test('the entries export what users import', async (t) => {
   const operators = await import('../../src/operators.js')
   const models = await import('../../src/models.js')
   const server = await import('../../src/server.js')
+  const client = await import('../../src/client.js')
   for (const name of [
     'parseConfig',
     'loadConfig',
@@ -132,4 +135,6 @@ t.test('the entries export what users import', async (t) => {
   t.type(server.serve, 'function')
   t.type(server.DurableEngine.open, 'function')
   t.type(server.replayLog, 'function')
+  t.type(client.TrainerClient.open, 'function')
+  t.type(client.TrainerClientError, 'function')
 })

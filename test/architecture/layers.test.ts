@@ -22,7 +22,7 @@ export const LAYERS: readonly { name: string; paths: readonly string[]; packages
   { name: 'state', paths: ['src/state/'], packages: ['*'] },
   { name: 'io', paths: ['streams/'], packages: ['*'] },
   { name: 'apps', paths: ['src/apps/'], packages: ['*'] },
-  { name: 'entry', paths: ['src/index.ts', 'src/math.ts', 'src/operators.ts', 'src/server.ts', 'src/models.ts'], packages: [] },
+  { name: 'entry', paths: ['src/index.ts', 'src/math.ts', 'src/operators.ts', 'src/server.ts', 'src/models.ts', 'src/client.ts'], packages: [] },
 ]
 
 function layerOf(file: string): number {

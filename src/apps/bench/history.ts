@@ -9,14 +9,13 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setFlagsFromString } from 'node:v8'
-import { runInNewContext } from 'node:vm'
 import { parseConfig } from '../../core/config.js'
 import { PRESETS } from '../train/presets.js'
 import { telemetryConfig, type BatchFrame } from '../../../streams/telemetry/frames.js'
 import { RunHistory, seriesOfFrame } from '../../../streams/telemetry/runHistory.js'
 import { addSummaries, HELLO_OVERVIEW_POINTS } from '../../../streams/telemetry/telemetry.js'
 import { EngineStore } from '../../state/engineStore.js'
+import { collectFully } from './collect.js'
 
 export interface HistoryBenchReport {
   steps: number
@@ -32,12 +31,6 @@ export interface HistoryBenchReport {
   /** Rebuilding from committed summaries in LMDB, as serve does at start. */
   restartSteps: number
   restartMs: number
-}
-
-/** A full garbage collection (V8's, exposed for the bench). */
-function collector(): () => void {
-  setFlagsFromString('--expose-gc')
-  return runInNewContext('gc') as () => void
 }
 
 /** A training frame of step `step` with values that wander (and a spike now and then). */
@@ -78,13 +71,12 @@ function frameAt(step: number, config: ReturnType<typeof parseConfig>): BatchFra
 
 export async function benchHistory(options: { steps: number; restartSteps: number; log: (line: string) => void }): Promise<HistoryBenchReport> {
   const config = parseConfig(PRESETS.fgrpo)
-  const gc = collector()
   // the buckets are Float64Arrays: their storage is outside the V8 heap (arrayBuffers)
   const used = () => {
     const memory = process.memoryUsage()
     return memory.heapUsed + memory.arrayBuffers
   }
-  gc()
+  await collectFully()
   const before = used()
   let history: RunHistory | undefined = new RunHistory()
   const started = performance.now()
@@ -93,7 +85,7 @@ export async function benchHistory(options: { steps: number; restartSteps: numbe
     history.add(step, frame.ts, seriesOfFrame(frame))
   }
   const addMicros = ((performance.now() - started) * 1000) / options.steps
-  gc()
+  await collectFully()
   const retainedBytes = used() - before
   const helloStarted = performance.now()
   const hello = JSON.stringify({ config: telemetryConfig(config), overview: history.query({ points: HELLO_OVERVIEW_POINTS }) })

@@ -25,11 +25,10 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, extname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { setFlagsFromString } from 'node:v8'
-import { runInNewContext } from 'node:vm'
 import { DurableEngine } from '../../state/durableEngine.js'
 import { EngineServer, SERVER_DEFAULTS } from '../../../streams/engineServer.js'
 import { DEFAULT_WIRE_LIMITS } from '../../../streams/wire.js'
+import { collector } from './collect.js'
 import { benchConfig } from './core.js'
 import { latencyQuantiles } from './durable.js'
 import { formatRate, median, textTable } from './measure.js'
@@ -120,12 +119,6 @@ export interface PayloadCell {
 const FLOOR_KINDS = Object.keys(FLOORS) as FloorKind[]
 const BATCH_SIZE = benchConfig.groupSize * benchConfig.batchGroups
 const MB = 1e6
-
-/** A full garbage collection (V8's, exposed for the bench), so that each run's RSS starts from a collected heap. */
-function collector(): () => void {
-  setFlagsFromString('--expose-gc')
-  return runInNewContext('gc') as () => void
-}
 
 function spread(values: readonly number[]): Spread {
   return { median: median(values), min: Math.min(...values), max: Math.max(...values) }

@@ -1,15 +1,18 @@
 /**
  * The `train` (what `npm start` runs) and `eval` (what `npm run eval` runs) commands.
  */
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
 import { Command, Option } from 'commander'
 import { integerOption } from '../cliOptions.js'
 import { loadConfig, parseConfig, type Config } from '../../core/config.js'
 import { createProgress, fixed, lambdaText, percent } from '../progress.js'
-import { DEFAULT_RL_STEPS, DEFAULT_TRAIN_SETTINGS, PRESETS, type Method } from './presets.js'
+import { DEFAULT_TRAIN_SETTINGS, LEVEL_PRESETS, PRESETS, rlStepsFor, type Method } from './presets.js'
 import { SpatialGridTrainer, type EvalMetrics, type StepReport } from './trainer.js'
 import { formatEvaluation, runEvaluation } from './evaluation.js'
+import { formatAblation, runAblation } from './ablation.js'
+import { ablationSvg } from './curves.js'
+import { LEVELS, type Level } from '../../models/spatialgrid/config.js'
 import { tokensFromEnv } from '../../../streams/auth.js'
 import { TrainingTelemetry } from '../../../streams/telemetry/telemetry.js'
 import type { HistorySnapshot } from '../../../streams/telemetry/runHistory.js'
@@ -26,7 +29,10 @@ export interface CommandIO {
 export interface TrainCommandOptions {
   method: Method
   config?: string
-  steps: number
+  /** RL steps (default: the level's, 30,000 at both levels). */
+  steps?: number
+  /** SpatialGrid level (default `easy`). */
+  level?: Level
   seed: number
   data?: string
   /** Stops after the current step (Ctrl-C). */
@@ -82,19 +88,25 @@ export function formatTrainSummary(rows: { label: string; metrics: EvalMetrics }
 export async function trainCommand(options: TrainCommandOptions, io: CommandIO): Promise<void> {
   const config = options.config !== undefined ? loadConfig(options.config) : parseConfig(PRESETS[options.method])
   const label = options.config !== undefined ? basename(options.config, '.json') : options.method
-  const dataDir = resolve(options.data ?? join('data', label))
-  const trainer = await SpatialGridTrainer.create({ config, seed: options.seed, dataDir })
+  const level = LEVEL_PRESETS[options.level ?? 'easy']
+  const steps = rlStepsFor(options.level, options.steps)
+  const settings = { ...DEFAULT_TRAIN_SETTINGS, ...level.settings }
+  // a level's checkpoint does not fit another level's network: each level has its own default folder
+  const dataDir = resolve(options.data ?? join('data', options.level === 'hard' ? `${label}-hard` : label))
+  const trainer = await SpatialGridTrainer.create({ config, seed: options.seed, dataDir, task: level.task, settings: level.settings })
   const say = (line: string) => io.stdout.write(`${line}\n`)
   let dashboard: Awaited<ReturnType<typeof startDashboard>> | undefined
   try {
     const constraints = config.constraints.map((c) => `${c.channel} ${c.sense} ${c.threshold}`).join(', ') || 'none'
-    say(`dualstream train — ${label}: objectives ${config.objectives.map((o) => `${o.channel}×${o.weight}`).join(', ')}; constraints ${constraints}`)
+    say(
+      `dualstream train — ${label}${options.level === 'hard' ? ' (SpatialGrid level hard)' : ''}: objectives ${config.objectives.map((o) => `${o.channel}×${o.weight}`).join(', ')}; constraints ${constraints}`,
+    )
     say(`state: ${dataDir} (${trainer.rlSteps > 0 ? `resuming after RL step ${trainer.rlSteps}` : trainer.warmStarted ? 'warm start done' : 'new run'})`)
     if (options.dashboard !== false) dashboard = await startDashboard(options, config, trainer, say)
     const telemetry = dashboard?.telemetry
     const rows: { label: string; metrics: EvalMetrics }[] = []
     if (!trainer.warmStarted) {
-      const bar = createProgress({ format: 'warm start {bar} {value}/{total} steps', total: DEFAULT_TRAIN_SETTINGS.sftSteps, stream: io.stderr })
+      const bar = createProgress({ format: 'warm start {bar} {value}/{total} steps', total: settings.sftSteps, stream: io.stderr })
       const started = performance.now()
       let warmSteps = 0
       await trainer.warmStart((done, total) => {
@@ -111,16 +123,16 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
     const first = trainer.rlSteps
     const bar = createProgress({
       format: 'RL {bar} step {step} | {rate} steps/s | acc {acc} incons {incons} ground {ground} | λ {lambda}',
-      total: options.steps,
+      total: steps,
       stream: io.stderr,
       payload: { step: first, rate: '–', acc: '–', incons: '–', ground: '–', lambda: '–' },
     })
     // said before the first step starts, so a Ctrl-C after this line stops after one step at least
-    if (options.steps > 0) say(`RL: steps ${first + 1} to ${first + options.steps}; Ctrl-C stops after the current step and saves`)
+    if (steps > 0) say(`RL: steps ${first + 1} to ${first + steps}; Ctrl-C stops after the current step and saves`)
     const started = performance.now()
     telemetry?.status('RL')
     await trainer.train(
-      options.steps,
+      steps,
       (report) => {
         options.onStep?.(report, trainer)
         telemetry?.onStep(report)
@@ -161,6 +173,55 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
 const definedOnly = <T extends object>(settings: T): Partial<T> =>
   Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined)) as Partial<T>
 
+interface EvalCommandOptions {
+  seeds: number[]
+  steps?: number
+  level?: Level
+  ablation?: boolean
+  artifacts: string
+  rows?: string[]
+  parallel?: number
+  json?: string
+  warmSteps?: number
+  scenes?: number
+}
+
+/** `eval --ablation`: the table per level, ablation.json and one picture per level under --artifacts (and --json when given). */
+async function ablationCommand(opts: EvalCommandOptions, io: CommandIO): Promise<void> {
+  const levels: Level[] = opts.level === undefined ? [...LEVELS] : [opts.level]
+  const steps = Object.fromEntries(levels.map((l) => [l, rlStepsFor(l, opts.steps)])) as Record<Level, number>
+  io.stdout.write(
+    `dualstream eval --ablation — levels ${levels.map((l) => `${l} (${steps[l]} RL steps)`).join(', ')}, seeds ${opts.seeds.join(', ')}, identical settings per level\n`,
+  )
+  const report = await runAblation({
+    levels,
+    seeds: opts.seeds,
+    steps,
+    rows: opts.rows,
+    parallel: opts.parallel,
+    settings: definedOnly({ sftSteps: opts.warmSteps, evalScenes: opts.scenes }),
+    onResult: (r, done, total) =>
+      io.stdout.write(
+        `  [${done}/${total}] ${r.level} ${r.method} seed ${r.seed}: accuracy ${percent(r.final.accuracy)}, inconsistency ${percent(r.final.inconsistencyRate)}, grounding ${percent(r.final.grounding)} (${r.seconds.toFixed(0)} s)\n`,
+      ),
+  })
+  io.stdout.write(`\n${formatAblation(report)}\n`)
+  mkdirSync(opts.artifacts, { recursive: true })
+  const json = `${JSON.stringify(report, null, 2)}\n`
+  const written = [join(opts.artifacts, 'ablation.json')]
+  writeFileSync(written[0], json)
+  for (const level of report.levels) {
+    const svg = join(opts.artifacts, `ablation-${level.level}.svg`)
+    writeFileSync(svg, ablationSvg(level))
+    written.push(svg)
+  }
+  if (opts.json !== undefined) {
+    writeFileSync(opts.json, json)
+    written.push(opts.json)
+  }
+  io.stdout.write(`wrote ${written.join(', ')}\n`)
+}
+
 /** Adds `train` and `eval` to the program. */
 export function addTrainCommands(program: Command, io: CommandIO): void {
   program
@@ -168,9 +229,10 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
     .description('Built-in online training on SpatialGrid (warm start, then GRPO/FGRPO); resumes from --data.')
     .addOption(new Option('-m, --method <method>', 'preset engine config').choices(['fgrpo', 'grpo']).default('fgrpo'))
     .option('-c, --config <file>', 'engine config (JSON) instead of a preset')
-    .option('-s, --steps <n>', 'RL steps to run now', integerOption(0), DEFAULT_RL_STEPS)
+    .option('-s, --steps <n>', `RL steps to run now (default ${LEVEL_PRESETS.easy.rlSteps}; ${LEVEL_PRESETS.hard.rlSteps} at the hard level)`, integerOption(0))
+    .addOption(new Option('--level <level>', 'SpatialGrid level').choices(LEVELS).default('easy'))
     .option('--seed <n>', 'seed of a new run', integerOption(0), 0)
-    .option('-d, --data <dir>', 'state folder (default data/<method or config name>)')
+    .option('-d, --data <dir>', 'state folder (default data/<method or config name>, with -hard at the hard level)')
     .option(
       '-p, --port <n>',
       `dashboard port on 127.0.0.1 (0 = any free port; a port in use falls back to a free one)`,
@@ -194,16 +256,26 @@ export function addTrainCommands(program: Command, io: CommandIO): void {
     .command('eval')
     .description('Train GRPO and FGRPO on several seeds with identical settings; the held-out table.')
     .option('--seeds <list>', 'comma-separated seeds', (v) => v.split(',').map((s) => integerOption(0)(s.trim())), [0, 1, 2])
-    .option('-s, --steps <n>', 'RL steps per run', integerOption(0), DEFAULT_RL_STEPS)
+    .option('-s, --steps <n>', `RL steps per run (default ${LEVEL_PRESETS.easy.rlSteps}; ${LEVEL_PRESETS.hard.rlSteps} at the hard level)`, integerOption(0))
+    .addOption(new Option('--level <level>', 'SpatialGrid level (default easy; with --ablation default both)').choices(LEVELS))
+    .option('--ablation', 'the ablation table of FGRPO design choices (and its picture under --artifacts)')
+    .option('--artifacts <dir>', 'where --ablation writes ablation.json and ablation-<level>.svg', 'artifacts')
+    .option('--rows <ids>', 'with --ablation: only these rows (comma-separated ids, default all)', (v) => v.split(',').map((s) => s.trim()))
     .option('--parallel <n>', 'trainings at a time (default: one per core)', integerOption(1))
     .option('--json <file>', 'write the results as JSON')
     .option('--warm-steps <n>', `supervised warm-start steps per run (default ${DEFAULT_TRAIN_SETTINGS.sftSteps}; fewer for a quick check)`, integerOption(0))
     .option('--scenes <n>', `held-out scenes per evaluation (default ${DEFAULT_TRAIN_SETTINGS.evalScenes}; fewer for a quick check)`, integerOption(1))
-    .action(async (opts: { seeds: number[]; steps: number; parallel?: number; json?: string; warmSteps?: number; scenes?: number }) => {
-      io.stdout.write(`dualstream eval — GRPO and FGRPO, seeds ${opts.seeds.join(', ')}, ${opts.steps} RL steps each, identical settings\n`)
+    .action(async (opts: EvalCommandOptions) => {
+      if (opts.ablation) return ablationCommand(opts, io)
+      const level = opts.level ?? 'easy'
+      const steps = rlStepsFor(level, opts.steps)
+      io.stdout.write(
+        `dualstream eval — GRPO and FGRPO${level === 'easy' ? '' : ` on level ${level}`}, seeds ${opts.seeds.join(', ')}, ${steps} RL steps each, identical settings\n`,
+      )
       const report = await runEvaluation({
         seeds: opts.seeds,
-        steps: opts.steps,
+        steps,
+        level,
         parallel: opts.parallel,
         settings: definedOnly({ sftSteps: opts.warmSteps, evalScenes: opts.scenes }),
         onResult: (r, done, total) =>

@@ -4,6 +4,7 @@
  * on this 2-core machine (see README "Built-in training").
  */
 import type { ConfigInput } from '../../core/config.js'
+import type { Level, SpatialGridConfig } from '../../models/spatialgrid/config.js'
 
 /** FGRPO: accuracy objective; consistency and grounding constraints by sgd dual ascent (DESIGN §7). */
 export const FGRPO_CONFIG: ConfigInput = {
@@ -56,5 +57,28 @@ export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
   checkpointEvery: 1000,
 }
 
-/** RL steps of one `npm start` / one evaluation run. */
+/** RL steps of one `npm start` / one evaluation run (easy level). */
 export const DEFAULT_RL_STEPS = 30_000
+
+/** What a task level changes in a training: the SpatialGrid sizes, the training settings, the default RL steps. */
+export interface LevelPreset {
+  task: Partial<SpatialGridConfig>
+  settings: Partial<TrainSettings>
+  rlSteps: number
+}
+
+/**
+ * The levels of the built-in task (`--level`). `easy` is the default of `npm start` and `npm run
+ * eval` and keeps the settings above; `hard` compares sums of coordinates on a 6 × 6 grid with 6
+ * of 8 object types (see src/models/spatialgrid/config.ts).
+ */
+export const LEVEL_PRESETS: Readonly<Record<Level, LevelPreset>> = {
+  easy: { task: { level: 'easy' }, settings: {}, rlSteps: DEFAULT_RL_STEPS },
+  // the same warm start as the easy level; 5,000 RL steps keep `npm run eval -- --level hard` near 5 min on 2 cores (≈ 17 ms a step)
+  hard: { task: { level: 'hard' }, settings: {}, rlSteps: 5_000 },
+}
+
+/** The RL steps of a run: the ones asked for, else the level's default. */
+export function rlStepsFor(level: Level | undefined, steps: number | undefined): number {
+  return steps ?? LEVEL_PRESETS[level ?? 'easy'].rlSteps
+}

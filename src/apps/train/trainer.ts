@@ -17,7 +17,7 @@ import type { PolicySnapshot } from '../../models/policy/snapshot.js'
 import { resolveSpatialGridConfig, type SpatialGridConfig, type SpatialGridSpec } from '../../models/spatialgrid/config.js'
 import { describeRollout, type RolloutDescription } from '../../models/spatialgrid/render.js'
 import { Rng, deriveSeed } from '../../core/rng.js'
-import { goldRollouts, judgeRollouts, sampleRollouts, type Rollouts } from '../../models/spatialgrid/rollout.js'
+import { goldRollouts, judgeRollouts, sampleRollouts, type Rollouts, type TokenPolicy } from '../../models/spatialgrid/rollout.js'
 import { sampleScenes, type Scene } from '../../models/spatialgrid/scene.js'
 import type { DualState, Rollout, ScoredBatch } from '../../core/types.js'
 import { fgrpo } from '../../../operators/fgrpo.js'
@@ -32,6 +32,25 @@ export interface EvalMetrics {
   /** Share of rollouts with consistency 0. */
   inconsistencyRate: number
   grounding: number
+}
+
+/**
+ * Where the wall time of the RL steps went, ms summed over the steps (`SpatialGridTrainer.timings`):
+ * the actor's ONNX forward passes, the rest of sampling (feature rows, masks, drawing tokens),
+ * the judges, the operator pipeline (`fgrpo`), the learner's ONNX gradient and Adam.
+ */
+export interface StepTimings {
+  steps: number
+  forward: number
+  sampling: number
+  judges: number
+  pipeline: number
+  gradient: number
+  adam: number
+  /** Everything else in the step loop (scene sampling, advantages back onto rows, reports). */
+  other: number
+  /** Whole steps, for the shares. */
+  total: number
 }
 
 /** What the learner did with one batch. */
@@ -68,7 +87,7 @@ export interface TrainerOptions {
   seed: number
   settings?: Partial<TrainSettings>
   task?: Partial<SpatialGridConfig>
-  /** Folder for the checkpoint (LMDB); none = nothing is saved. */
+  /** Folder for the checkpoint (LMDB); none = nothing is saved. A checkpoint of another task level is refused. */
   dataDir?: string
   executionProviders?: PolicyOptions['executionProviders']
   intraOpNumThreads?: number
@@ -85,6 +104,8 @@ interface TrainMeta {
   channels: string[]
   groupSize: number
   batchGroups: number
+  /** The task's level and sizes (absent in checkpoints made before there were levels: the easy defaults). */
+  task?: SpatialGridConfig
   /** State of other parts saved with the checkpoint, by key (the dashboard's whole-run history). */
   extras?: Record<string, unknown>
 }
@@ -103,7 +124,9 @@ function metricsOf(judged: { accuracy: Float64Array; consistency: Float64Array; 
 }
 
 export class SpatialGridTrainer {
-  private readonly spec: SpatialGridSpec
+  readonly spec: SpatialGridSpec
+  /** Where the RL steps' time went so far in this process (see {@link StepTimings}). */
+  readonly timings: StepTimings = { steps: 0, forward: 0, sampling: 0, judges: 0, pipeline: 0, gradient: 0, adam: 0, other: 0, total: 0 }
   private readonly settings: TrainSettings
   private adam: Adam
   private meta: TrainMeta
@@ -133,6 +156,7 @@ export class SpatialGridTrainer {
       channels: configChannels(config),
       groupSize: config.groupSize,
       batchGroups: config.batchGroups,
+      task: { level: spec.level, grid: spec.grid, types: spec.types, objects: spec.objects },
     }
     this.rng = Rng.fromState(this.meta.rng)
     this.adam = new Adam(policy.specs, { lr: settings.lr }, snapshot?.adam)
@@ -160,6 +184,12 @@ export class SpatialGridTrainer {
         if (meta.groupSize !== config.groupSize || meta.batchGroups !== config.batchGroups) {
           problems.push(
             `saved run used groupSize ${meta.groupSize} × batchGroups ${meta.batchGroups}, the config says ${config.groupSize} × ${config.batchGroups}`,
+          )
+        }
+        const saved = resolveSpatialGridConfig(meta.task)
+        if (saved.level !== spec.level || saved.grid !== spec.grid || saved.types !== spec.types || saved.objects !== spec.objects) {
+          problems.push(
+            `saved run is SpatialGrid level ${saved.level} (grid ${saved.grid}, ${saved.types} types, ${saved.objects} objects), this one level ${spec.level} (grid ${spec.grid}, ${spec.types} types, ${spec.objects} objects)`,
           )
         }
         if (problems.length > 0) {
@@ -245,6 +275,16 @@ export class SpatialGridTrainer {
       // the judges' scores are always finite: an error here would be a bug, surfaced below
       .subscribe({ next: (batch) => (scored = batch), error: /* c8 ignore next */ (error) => (failure = error) })
     policyVersions.next(this.meta.policyVersion)
+    const time = this.timings
+    // the actor's policy, timed: its ONNX forward passes are told apart from the rest of sampling
+    const actor: TokenPolicy = {
+      logProbs: async (features, mask, rows) => {
+        const t0 = performance.now()
+        const out = await this.policy.logProbs(features, mask, rows)
+        time.forward += performance.now() - t0
+        return out
+      },
+    }
     try {
       for (let done = 0; done < steps && signal?.aborted !== true; done++) {
         const started = performance.now()
@@ -252,8 +292,14 @@ export class SpatialGridTrainer {
         const scenes = sampleScenes(this.rng, prompts, this.spec)
         const rowScenes: Scene[] = []
         for (const scene of scenes) for (let k = 0; k < G; k++) rowScenes.push(scene)
-        const sampled = await sampleRollouts(this.policy, rowScenes, this.rng, this.spec)
+        const forwardBefore = time.forward
+        let t0 = performance.now()
+        const sampled = await sampleRollouts(actor, rowScenes, this.rng, this.spec)
+        let t1 = performance.now()
+        time.sampling += t1 - t0 - (time.forward - forwardBefore)
         const judged = judgeRollouts(sampled, this.spec)
+        t0 = performance.now()
+        time.judges += t0 - t1
         // the actor's rollouts enter the same operator pipeline as external ones
         scored = undefined
         for (let i = 0; i < rows; i++) {
@@ -272,18 +318,24 @@ export class SpatialGridTrainer {
         if (scored === undefined)
           throw new Error(`step ${step}: the pipeline did not emit a batch for ${rows} rollouts (groupSize ${G}, batchGroups ${prompts})`)
         const batch: ScoredBatch<RowPayload> = scored
+        t1 = performance.now()
+        time.pipeline += t1 - t0
         const learner = await this.learn(batch, sampled, weights)
         this.meta.rlSteps = step
         this.meta.policyVersion++
         this.meta.dualState = batch.dualState
         policyVersions.next(this.meta.policyVersion)
+        const ms = performance.now() - started
+        time.steps++
+        time.total += ms
+        time.other = time.total - (time.forward + time.sampling + time.judges + time.pipeline + time.gradient + time.adam)
         onStep?.({
           step,
           policyVersion: this.meta.policyVersion,
           batch,
           learner,
           metrics: metricsOf(judged),
-          ms: performance.now() - started,
+          ms,
           sample: () => describeRollout(sampled.scenes[0], sampled.traces[0], this.spec),
         })
         if (step % this.settings.checkpointEvery === 0) await this.checkpoint()
@@ -303,6 +355,7 @@ export class SpatialGridTrainer {
     for (const group of batch.groups) for (const rollout of group.rollouts) perRow[rollout.payload!.row] = batch.advantages[i++]
     const advantages = new Float32Array(this.spec.steps * rows)
     for (let s = 0; s < this.spec.steps; s++) advantages.set(perRow, s * rows)
+    const t0 = performance.now()
     const result = await this.policy.surrogateGradients({
       rows: sampled.actions.length,
       features: sampled.features,
@@ -312,7 +365,11 @@ export class SpatialGridTrainer {
       oldLogProbs: sampled.logProbs,
       weights,
     })
+    const t1 = performance.now()
     const { gradNorm } = this.adam.step(this.policy.params, result.grads)
+    const t2 = performance.now()
+    this.timings.gradient += t1 - t0
+    this.timings.adam += t2 - t1
     return { loss: result.loss, clipFraction: result.clipFraction, meanRatio: result.meanRatio, gradNorm }
   }
 

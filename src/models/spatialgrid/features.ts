@@ -9,12 +9,39 @@
  *
  * The subject input is what makes the template learnable: without it the network would have to
  * infer from the step which queried object a claim is about.
+ *
+ * The hard level (4 claims: A.x, A.y, B.x, B.y; the answer compares sums) has no axis in its
+ * question and keeps the claims by position, so that the answer is a linear function of them:
+ *
+ *   scene     as above                                                       types·(1 + 2·grid)
+ *   question  A one-hot (types), B one-hot (types)                          2·types
+ *   step      one-hot over token positions                                   steps
+ *   previous  one claim-token one-hot per claim position (0 until emitted)  claims·claimTokens
+ *   subject   one-hot of the type the current claim describes (0 at answer)  types
  */
-import { CLAIMS, type SpatialGridSpec } from './config.js'
-import type { Scene } from './scene.js'
+import type { SpatialGridSpec } from './config.js'
+import { claimSlots, type Scene } from './scene.js'
 
 /** Write one feature row at `out[offset .. offset + featureDim)`; `out` must be zeroed there. */
 export function writeFeatures(out: Float32Array, offset: number, scene: Scene, step: number, previous: ArrayLike<number>, spec: SpatialGridSpec): void {
+  if (spec.level === 'hard') return writeHardFeatures(out, offset, scene, step, previous, spec)
+  const { types } = spec
+  let o = writeScene(out, offset, scene, spec)
+  const { a, b, axis } = scene.question
+  out[o + a] = 1
+  out[o + types + b] = 1
+  out[o + 2 * types + axis] = 1
+  o += 2 * types + 2
+  out[o + step] = 1
+  o += spec.steps
+  // only the first `step` tokens precede this position, and only claim positions feed the bag
+  for (let k = 0; k < Math.min(step, spec.claims); k++) out[o + previous[k]] = 1
+  o += spec.claimTokens
+  if (step < spec.claims) out[o + (step === 0 ? a : b)] = 1
+}
+
+/** The scene block shared by both levels; returns the offset after it. */
+function writeScene(out: Float32Array, offset: number, scene: Scene, spec: SpatialGridSpec): number {
   const { grid, types } = spec
   let o = offset
   for (let t = 0; t < types; t++) {
@@ -26,17 +53,21 @@ export function writeFeatures(out: Float32Array, offset: number, scene: Scene, s
     }
     o += 1 + 2 * grid
   }
-  const { a, b, axis } = scene.question
+  return o
+}
+
+function writeHardFeatures(out: Float32Array, offset: number, scene: Scene, step: number, previous: ArrayLike<number>, spec: SpatialGridSpec): void {
+  const { types, claims, claimTokens } = spec
+  let o = writeScene(out, offset, scene, spec)
+  const { a, b } = scene.question
   out[o + a] = 1
   out[o + types + b] = 1
-  out[o + 2 * types + axis] = 1
-  o += 2 * types + 2
+  o += 2 * types
   out[o + step] = 1
   o += spec.steps
-  // only the first `step` tokens precede this position, and only claim positions feed the bag
-  for (let k = 0; k < Math.min(step, CLAIMS); k++) out[o + previous[k]] = 1
-  o += spec.claimTokens
-  if (step < CLAIMS) out[o + (step === 0 ? a : b)] = 1
+  for (let k = 0; k < Math.min(step, claims); k++) out[o + k * claimTokens + previous[k]] = 1
+  o += claims * claimTokens
+  if (step < claims) out[o + claimSlots(scene)[step].subject] = 1
 }
 
 /**
@@ -48,7 +79,7 @@ export function featureRows(scenes: readonly Scene[], step: number, traces: Read
   if (!Number.isInteger(step) || step < 0 || step >= spec.steps) throw new Error(`featureRows: step ${step} out of range 0..${spec.steps - 1}`)
   const out = new Float32Array(scenes.length * spec.featureDim)
   for (let i = 0; i < scenes.length; i++) {
-    if (traces[i].length < Math.min(step, CLAIMS)) throw new Error(`featureRows: trace ${i} has ${traces[i].length} tokens, step ${step} needs ${step}`)
+    if (traces[i].length < Math.min(step, spec.claims)) throw new Error(`featureRows: trace ${i} has ${traces[i].length} tokens, step ${step} needs ${step}`)
     writeFeatures(out, i * spec.featureDim, scenes[i], step, traces[i], spec)
   }
   return out

@@ -2,8 +2,8 @@
  * Human-readable text and a plain JSON description of a scene and its trace (the dashboard
  * draws the grid from the JSON).
  */
-import { CLAIMS, type SpatialGridSpec } from './config.js'
-import { AXIS_NAMES, truthAnswer, type Scene } from './scene.js'
+import type { SpatialGridSpec } from './config.js'
+import { AXIS_NAMES, claimSlots, truthAnswer, type Scene } from './scene.js'
 import { decodeAnswer, decodeClaim } from './tokens.js'
 import { claimTruths, judge, type Judgement } from './judges.js'
 
@@ -24,6 +24,7 @@ export interface SceneObject {
 export interface RolloutDescription {
   readonly grid: number
   readonly objects: SceneObject[]
+  /** `axis` is the compared axis of an easy-level question; a hard-level one compares x + y (axis 'x', unused). */
   readonly question: { readonly a: string; readonly b: string; readonly axis: 'x' | 'y'; readonly text: string }
   readonly claims: Array<{ readonly subject: string; readonly axis: 'x' | 'y'; readonly value: number; readonly true: boolean }>
   readonly answer: 'less' | 'greater'
@@ -43,19 +44,19 @@ export function sceneObjects(scene: Scene): SceneObject[] {
 
 export function questionText(scene: Scene): string {
   const { a, b, axis } = scene.question
+  if (scene.question.sum) return `is ${typeName(a)}.x + ${typeName(a)}.y less or greater than ${typeName(b)}.x + ${typeName(b)}.y?`
   const ax = AXIS_NAMES[axis]
   return `is ${typeName(a)}.${ax} less or greater than ${typeName(b)}.${ax}?`
 }
 
 /** e.g. "claims: red.x=2 ✓, blue.x=1 ✗ → answer: greater ✓". */
 export function renderRollout(scene: Scene, trace: ArrayLike<number>, spec: SpatialGridSpec): string {
-  const { a, b } = scene.question
   const truths = claimTruths(scene, trace, spec)
-  const claims = [a, b].map((subject, k) => {
+  const claims = claimSlots(scene).map(({ subject }, k) => {
     const { axis, value } = decodeClaim(trace[k], spec)
     return `${typeName(subject)}.${AXIS_NAMES[axis]}=${value} ${truths[k] ? '✓' : '✗'}`
   })
-  const answer = decodeAnswer(trace[CLAIMS], spec)
+  const answer = decodeAnswer(trace[spec.claims], spec)
   return `claims: ${claims.join(', ')} → answer: ${ANSWERS[answer]} ${answer === truthAnswer(scene) ? '✓' : '✗'}`
 }
 
@@ -74,11 +75,11 @@ export function describeRollout(scene: Scene, trace: ArrayLike<number>, spec: Sp
     grid: spec.grid,
     objects: sceneObjects(scene),
     question: { a: typeName(a), b: typeName(b), axis: AXIS_NAMES[axis], text: questionText(scene) },
-    claims: [a, b].map((subject, k) => {
+    claims: claimSlots(scene).map(({ subject }, k) => {
       const c = decodeClaim(trace[k], spec)
       return { subject: typeName(subject), axis: AXIS_NAMES[c.axis], value: c.value, true: truths[k] }
     }),
-    answer: ANSWERS[decodeAnswer(trace[CLAIMS], spec)],
+    answer: ANSWERS[decodeAnswer(trace[spec.claims], spec)],
     correctAnswer: ANSWERS[truthAnswer(scene)],
     judgement,
     text: renderRollout(scene, trace, spec),

@@ -3,10 +3,10 @@
  *
  * Vocabulary: claim token c ∈ [0, 2·grid) means "the current subject has coordinate
  * c mod grid on axis ⌊c / grid⌋"; then answer tokens claimTokens + 0 (A less than B) and
- * claimTokens + 1 (A greater than B). A trace is CLAIMS claim tokens followed by one answer token.
+ * claimTokens + 1 (A greater than B). A trace is `spec.claims` claim tokens followed by one answer token.
  */
-import { CLAIMS, type SpatialGridSpec } from './config.js'
-import { truthAnswer, type Axis, type Scene } from './scene.js'
+import type { SpatialGridSpec } from './config.js'
+import { claimSlots, truthAnswer, type Axis, type Scene } from './scene.js'
 
 /** Additive logit mask value for illegal tokens: large enough that exp() underflows to 0 in float32. */
 export const MASKED = -1e9
@@ -37,7 +37,7 @@ export function decodeAnswer(token: number, spec: SpatialGridSpec): 0 | 1 {
 /** True for steps that emit a claim, false for the final answer step. */
 export function isClaimStep(step: number, spec: SpatialGridSpec): boolean {
   if (!Number.isInteger(step) || step < 0 || step >= spec.steps) throw new Error(`step ${step} out of range 0..${spec.steps - 1}`)
-  return step < CLAIMS
+  return step < spec.claims
 }
 
 /** Additive mask over the vocabulary for one step: 0 where legal, MASKED elsewhere. */
@@ -60,12 +60,8 @@ export function isLegal(token: number, step: number, spec: SpatialGridSpec): boo
   return legalMask(step, spec)[token] === 0
 }
 
-/** The gold template trace: each queried object's true coordinate on the queried axis, then the true answer. */
+/** The gold template trace: the true value of every claim slot (see `claimSlots`), then the true answer. */
 export function goldTrace(scene: Scene, spec: SpatialGridSpec): number[] {
-  const { a, b, axis } = scene.question
-  return [
-    claimToken({ axis, value: scene.coords[a][axis] }, spec),
-    claimToken({ axis, value: scene.coords[b][axis] }, spec),
-    spec.claimTokens + truthAnswer(scene),
-  ]
+  const claims = claimSlots(scene).map(({ subject, axis }) => claimToken({ axis, value: scene.coords[subject][axis] }, spec))
+  return [...claims, spec.claimTokens + truthAnswer(scene)]
 }

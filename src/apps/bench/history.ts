@@ -15,7 +15,7 @@ import { telemetryConfig, type BatchFrame } from '../../../streams/telemetry/fra
 import { RunHistory, seriesOfFrame } from '../../../streams/telemetry/runHistory.js'
 import { addSummaries, HELLO_OVERVIEW_POINTS } from '../../../streams/telemetry/telemetry.js'
 import { EngineStore } from '../../state/engineStore.js'
-import { collectFully } from './collect.js'
+import { collectFully, memoryInUse } from './collect.js'
 
 export interface HistoryBenchReport {
   steps: number
@@ -71,11 +71,8 @@ function frameAt(step: number, config: ReturnType<typeof parseConfig>): BatchFra
 
 export async function benchHistory(options: { steps: number; restartSteps: number; log: (line: string) => void }): Promise<HistoryBenchReport> {
   const config = parseConfig(PRESETS.fgrpo)
-  // the buckets are Float64Arrays: their storage is outside the V8 heap (arrayBuffers)
-  const used = () => {
-    const memory = process.memoryUsage()
-    return memory.heapUsed + memory.arrayBuffers
-  }
+  // the buckets are Float64Arrays: their storage is outside the V8 heap (arrayBuffers, counted too)
+  const used = memoryInUse
   await collectFully()
   const before = used()
   let history: RunHistory | undefined = new RunHistory()

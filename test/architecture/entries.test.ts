@@ -102,7 +102,10 @@ t.test('the library entries load none of LMDB, ws, onnxruntime-node, msgpackr', 
   t.ok(server.has('lmdb') && server.has('ws'), 'the server entry loads LMDB and ws (the walk sees them)')
   t.notOk(runtimePackages('src/models/onnxScorer.ts').has('onnxruntime-node'), 'onnxruntime-node only through import()')
   const client = runtimePackages('src/client.ts')
-  t.ok(client.has('ws') && client.has('msgpackr') && !client.has('lmdb') && !client.has('rxjs'), `the client entry loads ws and msgpackr only: ${[...client].join(', ')}`)
+  t.ok(
+    client.has('ws') && client.has('msgpackr') && !client.has('lmdb') && !client.has('rxjs'),
+    `the client entry loads ws and msgpackr only: ${[...client].join(', ')}`,
+  )
 })
 
 t.test('the entries export what users import', async (t) => {

@@ -17,7 +17,7 @@ import {
 import { ablationSvg } from '../../src/apps/train/curves.js'
 import { accuracyGainBySeed, accuracySpread, formatEvaluation, formatTimings, hardLevelChecks, runEvaluation } from '../../src/apps/train/evaluation.js'
 import { runEvalJob, type EvalRunResult } from '../../src/apps/train/evalWorker.js'
-import { FGRPO_CONFIG, LEVEL_PRESETS, rlStepsFor } from '../../src/apps/train/presets.js'
+import { FGRPO_CONFIG, LEVEL_PRESETS, defaultDataDir, rlStepsFor } from '../../src/apps/train/presets.js'
 import { SpatialGridTrainer } from '../../src/apps/train/trainer.js'
 import { runCli } from '../support/cli.js'
 
@@ -57,6 +57,9 @@ t.test('eval --level hard in process: level in the report, the hard checks, accu
 t.test('RL steps: the ones asked for, else the level default', async (t) => {
   t.equal(rlStepsFor(undefined, undefined), 30_000)
   t.equal(rlStepsFor('hard', undefined), 5_000)
+  t.equal(defaultDataDir('fgrpo', undefined), 'data/fgrpo')
+  t.equal(defaultDataDir('grpo', 'easy'), 'data/grpo')
+  t.equal(defaultDataDir('fgrpo', 'hard'), 'data/fgrpo-hard', 'a hard run has a folder of its own')
   t.equal(rlStepsFor('hard', 7), 7)
 })
 

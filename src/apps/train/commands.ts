@@ -7,7 +7,7 @@ import { Command, Option } from 'commander'
 import { integerOption } from '../cliOptions.js'
 import { loadConfig, parseConfig, type Config } from '../../core/config.js'
 import { createProgress, fixed, lambdaText, percent } from '../progress.js'
-import { DEFAULT_TRAIN_SETTINGS, LEVEL_PRESETS, PRESETS, rlStepsFor, type Method } from './presets.js'
+import { DEFAULT_TRAIN_SETTINGS, LEVEL_PRESETS, PRESETS, defaultDataDir, rlStepsFor, type Method } from './presets.js'
 import { SpatialGridTrainer, type EvalMetrics, type StepReport } from './trainer.js'
 import { formatEvaluation, runEvaluation } from './evaluation.js'
 import { formatAblation, runAblation } from './ablation.js'
@@ -91,8 +91,7 @@ export async function trainCommand(options: TrainCommandOptions, io: CommandIO):
   const level = LEVEL_PRESETS[options.level ?? 'easy']
   const steps = rlStepsFor(options.level, options.steps)
   const settings = { ...DEFAULT_TRAIN_SETTINGS, ...level.settings }
-  // a level's checkpoint does not fit another level's network: each level has its own default folder
-  const dataDir = resolve(options.data ?? join('data', options.level === 'hard' ? `${label}-hard` : label))
+  const dataDir = resolve(options.data ?? defaultDataDir(label, options.level))
   const trainer = await SpatialGridTrainer.create({ config, seed: options.seed, dataDir, task: level.task, settings: level.settings })
   const say = (line: string) => io.stdout.write(`${line}\n`)
   let dashboard: Awaited<ReturnType<typeof startDashboard>> | undefined

@@ -78,6 +78,11 @@ export const LEVEL_PRESETS: Readonly<Record<Level, LevelPreset>> = {
   hard: { task: { level: 'hard' }, settings: {}, rlSteps: 5_000 },
 }
 
+/** The data folder of a run when none is given: `data/<label>`, `data/<label>-hard` at the hard level (a level's checkpoint does not fit another level's network). */
+export function defaultDataDir(label: string, level: Level | undefined): string {
+  return level === 'hard' ? `data/${label}-hard` : `data/${label}`
+}
+
 /** The RL steps of a run: the ones asked for, else the level's default. */
 export function rlStepsFor(level: Level | undefined, steps: number | undefined): number {
   return steps ?? LEVEL_PRESETS[level ?? 'easy'].rlSteps

@@ -76,7 +76,7 @@ export class TrainerRanks {
     if (world !== this.world) this.partial.clear()
     this.world = world
     const replaced = this.connections.get(rank)
-    if (replaced !== undefined) this.retire(rank, replaced, 4001)
+    if (replaced !== undefined) this.retire(rank, replaced, true)
     const pending = this.context.pendingDeliveries().filter((batch) => this.partial.get(batch.step)?.ranks.has(rank) !== true)
     const context: BatchesContext = { ...this.context, acknowledge: (step, policyVersion) => this.acknowledge(rank, step, policyVersion) }
     const connection = new TrainerConnection(ws, format, context, pending, world > 1 ? spec : undefined)
@@ -86,11 +86,11 @@ export class TrainerRanks {
     })
   }
 
-  /** Takes a connection out of the ranks (closing it with `code` when given); what it sent so far is final (a closing socket sends nothing more). */
-  private retire(rank: number, connection: TrainerConnection, code?: number): void {
+  /** Takes a connection out of the ranks (closing it with 4001 when a newer one replaces it); what it sent so far is final (a closing socket sends nothing more). */
+  private retire(rank: number, connection: TrainerConnection, replaced = false): void {
     this.connections.delete(rank)
     this.closedDelivered += connection.delivered
-    if (code !== undefined) connection.ws.close(code, 'replaced by a newer trainer connection')
+    if (replaced) connection.ws.close(4001, 'replaced by a newer trainer connection')
   }
 
   /** Why a rank cannot join the ranks connected now (undefined when it can). */

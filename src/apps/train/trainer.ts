@@ -12,7 +12,7 @@ import { configChannels, type Config } from '../../core/config.js'
 import { dualStateProblems, initialDualState, lambdasOf } from '../../math/dual.js'
 import { Adam, type AdamState } from '../../models/policy/adam.js'
 import { CheckpointStore } from '../../models/policy/checkpoint.js'
-import { OnnxPolicy, type PolicyOptions } from '../../models/policy/policy.js'
+import { OnnxPolicy, type PolicyActivations, type PolicyOptions } from '../../models/policy/policy.js'
 import type { PolicySnapshot } from '../../models/policy/snapshot.js'
 import { resolveSpatialGridConfig, type SpatialGridConfig, type SpatialGridSpec } from '../../models/spatialgrid/config.js'
 import { describeRollout, type RolloutDescription } from '../../models/spatialgrid/render.js'
@@ -276,11 +276,16 @@ export class SpatialGridTrainer {
       .subscribe({ next: (batch) => (scored = batch), error: /* c8 ignore next */ (error) => (failure = error) })
     policyVersions.next(this.meta.policyVersion)
     const time = this.timings
+    // The actor's forward passes keep their activations, stacked step-major like the rollouts' rows,
+    // so the learner's gradient over the same rows and parameters need not run the forward pass again.
+    const activations = this.policy.allocateActivations(this.spec.steps * rows)
+    let kept = 0 // rows of `activations` this step's sampling has filled
     // the actor's policy, timed: its ONNX forward passes are told apart from the rest of sampling
     const actor: TokenPolicy = {
-      logProbs: async (features, mask, rows) => {
+      logProbs: async (features, mask, n) => {
         const t0 = performance.now()
-        const out = await this.policy.logProbs(features, mask, rows)
+        const out = await this.policy.forwardInto(features, mask, n, activations, kept)
+        kept += n
         time.forward += performance.now() - t0
         return out
       },
@@ -293,8 +298,12 @@ export class SpatialGridTrainer {
         const rowScenes: Scene[] = []
         for (const scene of scenes) for (let k = 0; k < G; k++) rowScenes.push(scene)
         const forwardBefore = time.forward
+        kept = 0
         let t0 = performance.now()
         const sampled = await sampleRollouts(actor, rowScenes, this.rng, this.spec)
+        // unreachable: sampleRollouts runs the policy once per token position over all rows, in order
+        /* c8 ignore next */
+        if (kept !== sampled.actions.length) throw new Error(`step ${step}: the actor ran ${kept} rows forward, the rollouts have ${sampled.actions.length}`)
         let t1 = performance.now()
         time.sampling += t1 - t0 - (time.forward - forwardBefore)
         const judged = judgeRollouts(sampled, this.spec)
@@ -320,7 +329,7 @@ export class SpatialGridTrainer {
         const batch: ScoredBatch<RowPayload> = scored
         t1 = performance.now()
         time.pipeline += t1 - t0
-        const learner = await this.learn(batch, sampled, weights)
+        const learner = await this.learn(batch, sampled, weights, activations)
         this.meta.rlSteps = step
         this.meta.policyVersion++
         this.meta.dualState = batch.dualState
@@ -347,8 +356,11 @@ export class SpatialGridTrainer {
     }
   }
 
-  /** One learner update from a scored batch: advantages back onto the actor's rows, surrogate gradient, Adam. */
-  private async learn(batch: ScoredBatch<RowPayload>, sampled: Rollouts, weights: Float32Array): Promise<LearnerStats> {
+  /**
+   * One learner update from a scored batch: advantages back onto the actor's rows, surrogate
+   * gradient (from the actor's kept activations: same rows, same parameters), Adam.
+   */
+  private async learn(batch: ScoredBatch<RowPayload>, sampled: Rollouts, weights: Float32Array, activations: PolicyActivations): Promise<LearnerStats> {
     const rows = sampled.rows
     const perRow = new Float32Array(rows)
     let i = 0
@@ -364,6 +376,7 @@ export class SpatialGridTrainer {
       advantages,
       oldLogProbs: sampled.logProbs,
       weights,
+      activations,
     })
     const t1 = performance.now()
     const { gradNorm } = this.adam.step(this.policy.params, result.grads)

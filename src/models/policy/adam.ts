@@ -89,7 +89,7 @@ export class Adam {
     checkParams(this.specs, params, 'Adam.step params')
     checkParams(this.specs, grads, 'Adam.step grads')
     let sq = 0
-    for (const s of this.specs) for (const g of grads[s.name]) sq += g * g
+    for (const s of this.specs) sq = addSquares(grads[s.name], sq)
     const gradNorm = Math.sqrt(sq)
     if (!Number.isFinite(gradNorm)) throw new Error(`Adam.step: gradient norm is ${gradNorm}; refusing to update`)
     const scale = this.maxGradNorm !== undefined && gradNorm > this.maxGradNorm ? this.maxGradNorm / gradNorm : 1
@@ -99,19 +99,43 @@ export class Adam {
     const c2 = 1 - Math.pow(b2, this.t)
     const stepSize = this.lr / c1
     const sqrtC2 = Math.sqrt(c2)
-    for (const s of this.specs) {
-      const p = params[s.name]
-      const g = grads[s.name]
-      const m = this.m[s.name]
-      const v = this.v[s.name]
-      for (let i = 0; i < p.length; i++) {
-        const gi = g[i] * scale
-        m[i] = b1 * m[i] + (1 - b1) * gi
-        v[i] = b2 * v[i] + (1 - b2) * gi * gi
-        // p −= lr · m̂ / (√v̂ + eps), with m̂ = m/c1 and v̂ = v/c2
-        p[i] -= (stepSize * m[i]) / (Math.sqrt(v[i]) / sqrtC2 + eps)
-      }
-    }
+    for (const s of this.specs) update(params[s.name], grads[s.name], this.m[s.name], this.v[s.name], scale, b1, b2, eps, stepSize, sqrtC2)
     return { gradNorm, scale }
+  }
+}
+
+/** `sq` plus the sum of squares of `g`, accumulated in order (the gradient norm is one running sum over every parameter). */
+function addSquares(g: Float32Array, sq: number): number {
+  for (let i = 0; i < g.length; i++) sq += g[i] * g[i]
+  return sq
+}
+
+/**
+ * One Adam update of one parameter array, in place. A plain function over typed arrays so the
+ * JIT compiles one tight loop; the arithmetic is the textbook update in float64, each moment
+ * rounded to float32 where it is stored (Math.fround: the value stored, then read back).
+ */
+function update(
+  p: Float32Array,
+  g: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  scale: number,
+  b1: number,
+  b2: number,
+  eps: number,
+  stepSize: number,
+  sqrtC2: number,
+): void {
+  const a1 = 1 - b1
+  const a2 = 1 - b2
+  for (let i = 0; i < p.length; i++) {
+    const gi = g[i] * scale
+    const mi = Math.fround(b1 * m[i] + a1 * gi)
+    const vi = Math.fround(b2 * v[i] + a2 * gi * gi)
+    m[i] = mi
+    v[i] = vi
+    // p −= lr · m̂ / (√v̂ + eps), with m̂ = m/c1 and v̂ = v/c2
+    p[i] -= (stepSize * mi) / (Math.sqrt(vi) / sqrtC2 + eps)
   }
 }

@@ -8,9 +8,15 @@
  * onnxruntime-node has no training API, so the gradients are derived by hand. For a row with
  * action a, lp = log π(a) and dlp/dlogits = onehot(a) − π; each objective only supplies the
  * per-row scalar dL/dlp and the MLP backward pass does the rest.
+ *
+ * The surrogate gradient also comes in a second form that takes the forward pass's activations
+ * (log π and each hidden layer's tanh output) as inputs instead of recomputing them: an online
+ * learner's batch is exactly the rows its actor just ran forward with the same parameters. The
+ * nodes after the forward pass are the same in both forms, so given the same activations they
+ * compute the same gradient to the bit.
  */
 import { GraphBuilder } from './onnx-graph.js'
-import { buildMlpBackward, buildMlpForward, declareParamInitializers, declareParamInputs, mlpParamSpecs, type MlpConfig } from './mlp.js'
+import { buildMlpBackward, buildMlpForward, declareParamInitializers, declareParamInputs, hiddenActivationName, mlpParamSpecs, type MlpConfig } from './mlp.js'
 import type { ParamValues } from './params.js'
 
 export interface SurrogateOptions {
@@ -40,35 +46,72 @@ export function resolveSurrogateOptions(o: SurrogateOptions = {}): ResolvedSurro
 
 const ROWS = 'rows'
 
-/** Shared head: masked log-softmax over the MLP logits. */
-function logSoftmaxHead(g: GraphBuilder, cfg: MlpConfig) {
+/** Shared head: masked log-softmax over the MLP logits (`nameHidden`: see buildMlpForward). */
+function logSoftmaxHead(g: GraphBuilder, cfg: MlpConfig, nameHidden = false) {
   const features = g.input('features', 'float32', [ROWS, cfg.inputDim])
   const mask = g.input('mask', 'float32', [ROWS, cfg.outputDim])
-  const trace = buildMlpForward(g, cfg, features)
+  const trace = buildMlpForward(g, cfg, features, nameHidden)
   const logProbs = g.node('LogSoftmax', [g.node('Add', [trace.logits, mask])], { axis: -1 }, 'logProbs')
   return { trace, logProbs }
+}
+
+export interface ForwardGraphOptions {
+  /**
+   * Also output each hidden layer's activation (tanh output) as `hidden0`, `hidden1`, … [rows, width]:
+   * what the surrogate gradient's `activations` form takes. Default false.
+   */
+  readonly activations?: boolean
 }
 
 /**
  * Forward graph. With `params` the values are baked in as initializers (standalone export: inputs are
  * only features and mask); without, every parameter is a graph input.
+ *
+ * @example
+ * const training = buildForwardGraph(cfg, undefined, { activations: true }) // outputs logProbs, hidden0
+ * const standalone = buildForwardGraph(cfg, params) // inputs features, mask; output logProbs
  */
-export function buildForwardGraph(cfg: MlpConfig, params?: ParamValues): Uint8Array {
+export function buildForwardGraph(cfg: MlpConfig, params?: ParamValues, options: ForwardGraphOptions = {}): Uint8Array {
   const g = new GraphBuilder('policy_forward')
   if (params) declareParamInitializers(g, cfg, params)
   else declareParamInputs(g, cfg)
-  const { logProbs } = logSoftmaxHead(g, cfg)
+  const { logProbs } = logSoftmaxHead(g, cfg, options.activations === true)
   g.output(logProbs, 'float32', [ROWS, cfg.outputDim])
+  if (options.activations === true) cfg.hidden.forEach((width, l) => g.output(hiddenActivationName(l), 'float32', [ROWS, width]))
   return g.serialize()
 }
 
-/** Common part of the gradient graphs: per-row log π(action), π, the one-hot of the action. */
-function gradientTrunk(g: GraphBuilder, cfg: MlpConfig) {
+/** Where a gradient graph gets the forward pass from: it runs it (`features`) or takes its outputs (`activations`). */
+export type GradientSource = 'features' | 'activations'
+
+/** The forward pass of a gradient graph, run in the graph: every parameter, features, mask, actions. */
+function forwardInGraph(g: GraphBuilder, cfg: MlpConfig) {
   declareParamInputs(g, cfg)
   const { trace, logProbs } = logSoftmaxHead(g, cfg)
   const actions = g.input('actions', 'int64', [ROWS])
   const weights = g.input('weights', 'float32', [ROWS])
   const onehot = g.node('OneHot', [actions, g.int64s([cfg.outputDim]), g.constant([0, 1], [2])], { axis: -1 })
+  return { trace, logProbs, weights, onehot }
+}
+
+/**
+ * The forward pass of a gradient graph, taken as inputs: log π [rows, V] and `hidden<l>` from a forward
+ * pass over the same rows with the same parameters, the action's one-hot as floats, and only the
+ * parameters the backward pass reads (W1…WL; W0 and the biases enter the forward pass alone).
+ */
+function forwardFromActivations(g: GraphBuilder, cfg: MlpConfig) {
+  for (const spec of mlpParamSpecs(cfg)) if (spec.name.startsWith('W') && spec.name !== 'W0') g.input(spec.name, 'float32', spec.shape)
+  const features = g.input('features', 'float32', [ROWS, cfg.inputDim])
+  const hidden = cfg.hidden.map((width, l) => g.input(hiddenActivationName(l), 'float32', [ROWS, width]))
+  const logProbs = g.input('logProbs', 'float32', [ROWS, cfg.outputDim])
+  const onehot = g.input('onehot', 'float32', [ROWS, cfg.outputDim])
+  const weights = g.input('weights', 'float32', [ROWS])
+  return { trace: { layerInputs: [features, ...hidden] }, logProbs, weights, onehot }
+}
+
+/** Common part of the gradient graphs: per-row log π(action), π, the one-hot of the action. */
+function gradientTrunk(g: GraphBuilder, cfg: MlpConfig, source: GradientSource = 'features') {
+  const { trace, logProbs, weights, onehot } = source === 'activations' ? forwardFromActivations(g, cfg) : forwardInGraph(g, cfg)
   const axis1 = g.int64s([1])
   // masked entries are ≈ −1e9 but the one-hot zero makes their product exactly 0
   const lp = g.node('ReduceSum', [g.node('Mul', [logProbs, onehot]), axis1], { keepdims: 0 })
@@ -94,11 +137,18 @@ function finishGradient(g: GraphBuilder, cfg: MlpConfig, t: ReturnType<typeof gr
  * dL/dlp = −w·ρA·[ρA ≤ clip(ρ)A] + β·w·(1 − exp(ref − lp)); the clipped branch has zero gradient.
  * Outputs grad_<param>, loss, meanRatio (w-weighted), clipFraction (w-weighted share of rows whose
  * clipped branch is active: ρ > 1+εhigh with A > 0, or ρ < 1−εlow with A < 0), and meanKL when β > 0.
+ *
+ * With `source` 'activations' the graph takes the forward pass's outputs instead of running it
+ * (see forwardFromActivations): inputs W1…WL, features, hidden<l>, logProbs, onehot, weights,
+ * advantages, oldLogProbs (and refLogProbs); the outputs are the same.
+ *
+ * @example
+ * const bytes = buildSurrogateGradientGraph({ inputDim: 61, hidden: [128], outputDim: 10 }, { clipHigh: 0.28 }, 'activations')
  */
-export function buildSurrogateGradientGraph(cfg: MlpConfig, options: SurrogateOptions = {}): Uint8Array {
+export function buildSurrogateGradientGraph(cfg: MlpConfig, options: SurrogateOptions = {}, source: GradientSource = 'features'): Uint8Array {
   const o = resolveSurrogateOptions(options)
   const g = new GraphBuilder('policy_surrogate_gradient')
-  const t = gradientTrunk(g, cfg)
+  const t = gradientTrunk(g, cfg, source)
   const adv = g.input('advantages', 'float32', [ROWS])
   const old = g.input('oldLogProbs', 'float32', [ROWS])
   const ratio = g.node('Exp', [g.node('Sub', [t.lp, old])])

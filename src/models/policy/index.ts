@@ -5,10 +5,12 @@ export {
   buildNllGradientGraph,
   buildSurrogateGradientGraph,
   resolveSurrogateOptions,
+  type ForwardGraphOptions,
+  type GradientSource,
   type ResolvedSurrogateOptions,
   type SurrogateOptions,
 } from './graphs.js'
-export { initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js'
+export { hiddenActivationName, initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js'
 export { GraphBuilder, decodeModel, encodeModel, float, DEFAULT_OPSET, type AttrValue, type Dim, type ElemType } from './onnx-graph.js'
 export {
   bytesToFloats,
@@ -22,6 +24,6 @@ export {
   type ParamSpec,
   type ParamValues,
 } from './params.js'
-export { OnnxPolicy, type NllBatch, type NllResult, type PolicyOptions, type SurrogateBatch, type SurrogateResult } from './policy.js'
+export { OnnxPolicy, type NllBatch, type NllResult, type PolicyActivations, type PolicyOptions, type SurrogateBatch, type SurrogateResult } from './policy.js'
 export { argmaxRows, sampleCategorical, type SampledTokens } from '../../math/sample.js'
 export { SNAPSHOT_VERSION, recordToSnapshot, snapshotToRecord, type PolicySnapshot, type SnapshotRecord } from './snapshot.js'

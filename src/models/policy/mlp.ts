@@ -74,23 +74,31 @@ export interface MlpTrace {
   readonly layerInputs: readonly string[]
 }
 
-export function buildMlpForward(g: GraphBuilder, cfg: MlpConfig, x: string): MlpTrace {
+/** The value name of hidden layer l's activation (its tanh output) where a graph exposes it: `hidden0`, `hidden1`, … */
+export const hiddenActivationName = (l: number): string => `hidden${l}`
+
+/**
+ * The forward pass from feature rows `x` to logits. With `nameHidden`, each tanh output is named
+ * {@link hiddenActivationName}(l) so the graph can return it (see `buildForwardGraph`).
+ */
+export function buildMlpForward(g: GraphBuilder, cfg: MlpConfig, x: string, nameHidden = false): MlpTrace {
   const layers = cfg.hidden.length + 1
   const layerInputs: string[] = []
   let h = x
   for (let l = 0; l < layers; l++) {
     layerInputs.push(h)
     const z = g.node('Gemm', [h, `W${l}`, `b${l}`]) // h·W + b (b broadcast over rows)
-    h = l === layers - 1 ? z : g.node('Tanh', [z])
+    h = l === layers - 1 ? z : g.node('Tanh', [z], {}, nameHidden ? hiddenActivationName(l) : undefined)
   }
   return { logits: h, layerInputs }
 }
 
 /**
  * Backward pass from dL/dlogits [rows, out] to dL/dparam for every parameter; returns the value
- * name holding each parameter's gradient.
+ * name holding each parameter's gradient. It reads only the layer inputs (features, then each
+ * tanh output) and W1…WL, so they may come from a forward pass run earlier.
  */
-export function buildMlpBackward(g: GraphBuilder, cfg: MlpConfig, trace: MlpTrace, dLogits: string): Record<string, string> {
+export function buildMlpBackward(g: GraphBuilder, cfg: MlpConfig, trace: Pick<MlpTrace, 'layerInputs'>, dLogits: string): Record<string, string> {
   const grads: Record<string, string> = {}
   const axis0 = g.int64s([0])
   let dz = dLogits

@@ -1,8 +1,13 @@
 /**
- * The policy on onnxruntime-node: three sessions (forward, surrogate gradient, NLL gradient) over
- * one MLP whose parameters are graph inputs owned here as Float32Arrays. Adam updates
- * `policy.params` in place and the next call simply feeds the new values. onnxruntime-node (an
- * optional peer dependency) is loaded by `OnnxPolicy.create`, not on import.
+ * The policy on onnxruntime-node: four sessions (forward, surrogate gradient in its two forms, NLL
+ * gradient) over one MLP whose parameters are graph inputs owned here as Float32Arrays. Adam
+ * updates `policy.params` in place and the next call simply feeds the new values. onnxruntime-node
+ * (an optional peer dependency) is loaded by `OnnxPolicy.create`, not on import.
+ *
+ * An online learner's gradient batch is the rows its actor just ran forward with the same
+ * parameters: `forwardInto` keeps those forward passes' activations, and `surrogateGradients`
+ * given them skips the forward pass (the larger part of the gradient's work) and gets the same
+ * gradient to the bit.
  */
 import { writeFile } from 'node:fs/promises'
 import type ort from 'onnxruntime-node'
@@ -17,7 +22,7 @@ import {
   type ResolvedSurrogateOptions,
   type SurrogateOptions,
 } from './graphs.js'
-import { initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js'
+import { hiddenActivationName, initMlpParams, mlpParamSpecs, validateMlpConfig, type MlpConfig } from './mlp.js'
 import { checkParams, cloneParams, type ParamSpec, type ParamValues } from './params.js'
 
 export interface PolicyOptions {
@@ -36,6 +41,17 @@ export interface PolicyOptions {
   readonly intraOpNumThreads?: number
 }
 
+/**
+ * What a forward pass computed for stacked rows, kept for a gradient over the same rows: log π
+ * [rows, vocab] and each hidden layer's tanh output [rows, hidden[l]], row-major. Make one with
+ * {@link OnnxPolicy.allocateActivations}, fill it with {@link OnnxPolicy.forwardInto}.
+ */
+export interface PolicyActivations {
+  readonly rows: number
+  readonly logProbs: Float32Array
+  readonly hidden: readonly Float32Array[]
+}
+
 /** Rows for the surrogate gradient: every token position of every rollout, stacked. */
 export interface SurrogateBatch {
   readonly rows: number
@@ -52,6 +68,12 @@ export interface SurrogateBatch {
   readonly refLogProbs?: Float32Array
   /** per-row weight of the sum (the caller's normalisation) */
   readonly weights: Float32Array
+  /**
+   * The forward pass of exactly these rows with the current parameters (from `forwardInto`): then
+   * the gradient does not recompute it. Activations of other rows or older parameters give a
+   * wrong gradient; nothing here can tell.
+   */
+  readonly activations?: PolicyActivations
 }
 
 export interface SurrogateResult {
@@ -95,6 +117,7 @@ export class OnnxPolicy {
     private readonly runtime: OnnxRuntime,
     private readonly forwardSession: ort.InferenceSession,
     private readonly surrogateSession: ort.InferenceSession,
+    private readonly surrogateFromActivationsSession: ort.InferenceSession,
     private readonly nllSession: ort.InferenceSession,
   ) {
     this.network = network
@@ -103,7 +126,7 @@ export class OnnxPolicy {
     this.surrogate = surrogate
   }
 
-  /** Builds the three sessions (needs the optional package onnxruntime-node). */
+  /** Builds the four sessions (needs the optional package onnxruntime-node). */
   static async create(options: PolicyOptions): Promise<OnnxPolicy> {
     const network = validateMlpConfig({ inputDim: options.inputDim, hidden: options.hidden ?? [128], outputDim: options.vocab })
     const surrogate = resolveSurrogateOptions(options.surrogate)
@@ -122,12 +145,13 @@ export class OnnxPolicy {
       graphOptimizationLevel: 'all',
     }
     const runtime = await loadOnnxRuntime('OnnxPolicy')
-    const [fwd, sur, nll] = await Promise.all([
-      runtime.InferenceSession.create(buildForwardGraph(network), sessionOptions),
+    const [fwd, sur, surCached, nll] = await Promise.all([
+      runtime.InferenceSession.create(buildForwardGraph(network, undefined, { activations: true }), sessionOptions),
       runtime.InferenceSession.create(buildSurrogateGradientGraph(network, surrogate), sessionOptions),
+      runtime.InferenceSession.create(buildSurrogateGradientGraph(network, surrogate, 'activations'), sessionOptions),
       runtime.InferenceSession.create(buildNllGradientGraph(network), sessionOptions),
     ])
-    return new OnnxPolicy(network, params, surrogate, runtime, fwd, sur, nll)
+    return new OnnxPolicy(network, params, surrogate, runtime, fwd, sur, surCached, nll)
   }
 
   /** Replace the parameters (copied), e.g. after loading a checkpoint. */
@@ -136,14 +160,23 @@ export class OnnxPolicy {
     this.params = cloneParams(values)
   }
 
+  // one tensor per parameter array, made again only when the array is replaced (Adam updates in place)
+  private readonly paramTensors: Record<string, ort.Tensor> = {}
+
   private paramFeeds(): Record<string, ort.Tensor> {
-    const feeds: Record<string, ort.Tensor> = {}
-    for (const s of this.specs) feeds[s.name] = new this.runtime.Tensor('float32', this.params[s.name], s.shape)
-    return feeds
+    for (const s of this.specs) {
+      const values = this.params[s.name]
+      if (this.paramTensors[s.name]?.data !== values) this.paramTensors[s.name] = new this.runtime.Tensor('float32', values, s.shape)
+    }
+    return this.paramTensors
+  }
+
+  private checkRows(rows: number): void {
+    if (!Number.isInteger(rows) || rows < 1) throw new Error(`policy batch: rows must be a positive integer (got ${rows})`)
   }
 
   private rowFeeds(rows: number, features: Float32Array, mask: Float32Array): Record<string, ort.Tensor> {
-    if (!Number.isInteger(rows) || rows < 1) throw new Error(`policy batch: rows must be a positive integer (got ${rows})`)
+    this.checkRows(rows)
     checkLength('features', features, rows * this.network.inputDim)
     checkLength('mask', mask, rows * this.network.outputDim)
     return {
@@ -174,11 +207,61 @@ export class OnnxPolicy {
 
   /** log π over the vocabulary, [rows, vocab] row-major, for feature rows under an additive mask. */
   async logProbs(features: Float32Array, mask: Float32Array, rows: number): Promise<Float32Array> {
-    const out = await this.forwardSession.run(this.rowFeeds(rows, features, mask))
+    const out = await this.forwardSession.run(this.rowFeeds(rows, features, mask), ['logProbs'])
     return out.logProbs.data as Float32Array
   }
 
-  /** Gradient of the clipped surrogate (+ k3 KL when klCoef > 0) and the PPO diagnostics. */
+  /**
+   * Zeroed room for the activations of `rows` stacked rows (see {@link OnnxPolicy.forwardInto}).
+   *
+   * @example
+   * const kept = policy.allocateActivations(steps * rows)
+   */
+  allocateActivations(rows: number): PolicyActivations {
+    this.checkRows(rows)
+    return {
+      rows,
+      logProbs: new Float32Array(rows * this.network.outputDim),
+      hidden: this.network.hidden.map((width) => new Float32Array(rows * width)),
+    }
+  }
+
+  /**
+   * {@link OnnxPolicy.logProbs} that also keeps the forward pass's activations: log π and each
+   * hidden layer's output for these `rows` are copied into `into` from row `offset` on (onnxruntime-node
+   * copies every output into a fresh array, so writing into `into` directly would save nothing).
+   * Returns the log π rows, as `logProbs` does.
+   *
+   * @example
+   * const kept = policy.allocateActivations(2 * rows)
+   * const lp0 = await policy.forwardInto(X0, M0, rows, kept, 0)
+   * const lp1 = await policy.forwardInto(X1, M1, rows, kept, rows)
+   * // a surrogate gradient over the stacked rows [X0; X1] may now pass `activations: kept`
+   */
+  async forwardInto(features: Float32Array, mask: Float32Array, rows: number, into: PolicyActivations, offset: number): Promise<Float32Array> {
+    const feeds = this.rowFeeds(rows, features, mask)
+    if (!Number.isInteger(offset) || offset < 0 || offset + rows > into.rows)
+      throw new Error(`forwardInto: rows ${offset}..${offset + rows - 1} do not fit activations of ${into.rows} rows`)
+    this.checkActivations(into, into.rows)
+    const out = await this.forwardSession.run(feeds)
+    const V = this.network.outputDim
+    into.logProbs.set(out.logProbs.data as Float32Array, offset * V)
+    this.network.hidden.forEach((width, l) => into.hidden[l].set(out[hiddenActivationName(l)].data as Float32Array, offset * width))
+    return out.logProbs.data as Float32Array
+  }
+
+  private checkActivations(a: PolicyActivations, rows: number): void {
+    if (a.rows !== rows) throw new Error(`policy batch: activations hold ${a.rows} rows, expected ${rows}`)
+    checkLength('activations.logProbs', a.logProbs, rows * this.network.outputDim)
+    if (a.hidden.length !== this.network.hidden.length)
+      throw new Error(`policy batch: activations hold ${a.hidden.length} hidden layers, the network has ${this.network.hidden.length}`)
+    this.network.hidden.forEach((width, l) => checkLength(`activations.hidden[${l}]`, a.hidden[l], rows * width))
+  }
+
+  /**
+   * Gradient of the clipped surrogate (+ k3 KL when klCoef > 0) and the PPO diagnostics. With
+   * `batch.activations` the forward pass is taken from them instead of being run again.
+   */
   async surrogateGradients(batch: SurrogateBatch): Promise<SurrogateResult> {
     const { rows } = batch
     const feeds = { ...this.rowFeeds(rows, batch.features, batch.mask), ...this.actionFeeds(rows, batch.actions, batch.weights) }
@@ -190,7 +273,15 @@ export class OnnxPolicy {
       checkLength('refLogProbs (required when klCoef > 0)', batch.refLogProbs, rows)
       feeds.refLogProbs = new this.runtime.Tensor('float32', batch.refLogProbs as Float32Array, [rows])
     }
-    const out = await this.surrogateSession.run(feeds)
+    let session = this.surrogateSession
+    if (batch.activations !== undefined) {
+      session = this.surrogateFromActivationsSession
+      this.activationFeeds(feeds, rows, batch.actions, batch.activations)
+    }
+    // each session gets only the inputs it declares (the activations form takes no mask, actions, W0 or biases)
+    const inputs: Record<string, ort.Tensor> = {}
+    for (const name of session.inputNames) inputs[name] = feeds[name]
+    const out = await session.run(inputs)
     const scalar = (name: string) => (out[name].data as Float32Array)[0]
     return {
       grads: this.grads(out),
@@ -199,6 +290,18 @@ export class OnnxPolicy {
       clipFraction: scalar('clipFraction'),
       ...(this.surrogate.klCoef > 0 ? { meanKL: scalar('meanKL') } : {}),
     }
+  }
+
+  /** Adds the activations form's inputs: the kept forward pass and the actions' one-hot rows (actions already checked). */
+  private activationFeeds(feeds: Record<string, ort.Tensor>, rows: number, actions: ArrayLike<number>, activations: PolicyActivations): void {
+    this.checkActivations(activations, rows)
+    const { Tensor } = this.runtime
+    const V = this.network.outputDim
+    const onehot = new Float32Array(rows * V)
+    for (let i = 0; i < rows; i++) onehot[i * V + actions[i]] = 1
+    feeds.onehot = new Tensor('float32', onehot, [rows, V])
+    feeds.logProbs = new Tensor('float32', activations.logProbs, [rows, V])
+    this.network.hidden.forEach((width, l) => (feeds[hiddenActivationName(l)] = new Tensor('float32', activations.hidden[l], [rows, width])))
   }
 
   /** Gradient of −Σ w·log π(action): the supervised warm start on gold traces. */
@@ -219,6 +322,11 @@ export class OnnxPolicy {
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.forwardSession.release(), this.surrogateSession.release(), this.nllSession.release()])
+    await Promise.all([
+      this.forwardSession.release(),
+      this.surrogateSession.release(),
+      this.surrogateFromActivationsSession.release(),
+      this.nllSession.release(),
+    ])
   }
 }

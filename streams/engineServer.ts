@@ -15,19 +15,22 @@
 import type { Server } from 'node:http'
 import type { SchedulerLike, Subscription } from 'rxjs'
 import type { WebSocket } from 'ws'
-import type { CommittedBatch, DurableEngine } from '../src/state/durableEngine.js'
+import type { CommittedBatch } from '../src/state/durableEngine.js'
+import type { Engine } from '../src/state/engine.js'
 import type { DiskState } from '../src/state/diskGuard.js'
 import type { IngestCounters, PipelineCounters } from '../src/state/engineStore.js'
 import type { RoleTokens } from './auth.js'
-import { HttpHost, sendJson, type Endpoint, type HttpRoute, type ListenResult, type Mountable } from './host/index.js'
+import { HttpHost, sendJson, type Endpoint, type HttpRoute, type ListenResult, type Mountable, type TlsCredentials } from './host/index.js'
 import { ProducerConnection } from './ingestEndpoint.js'
 import { settleWithin } from '../src/core/settleWithin.js'
 import { TrainerRanks } from './trainerRanks.js'
 import { DEFAULT_WIRE_LIMITS, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 export interface EngineServerOptions {
-  engine: DurableEngine
+  engine: Engine
   tokens?: RoleTokens
+  /** Serve HTTPS and `wss://` with this PEM certificate and key (default plain HTTP and `ws://`). */
+  tls?: TlsCredentials
   /** Rollouts a producer may have unanswered while the trainer keeps up. */
   credit?: number
   /** Unacknowledged batches at which producers get no credit at all. */
@@ -99,7 +102,7 @@ export class EngineServer implements Mountable {
   /** The HTTP + WebSocket host the endpoints are served on. */
   readonly host: HttpHost
   readonly http: Server
-  private readonly engine: DurableEngine
+  private readonly engine: Engine
   private readonly settings: typeof SERVER_DEFAULTS
   private readonly limits: WireLimits
   private readonly producers = new Set<ProducerConnection>()
@@ -124,6 +127,7 @@ export class EngineServer implements Mountable {
     this.durable = stats.step
     this.host = new HttpHost({
       tokens: options.tokens,
+      tls: options.tls,
       heartbeatMs: this.settings.heartbeatMs,
       closeTimeoutMs: this.settings.closeTimeoutMs,
       scheduler: options.scheduler,
@@ -150,6 +154,12 @@ export class EngineServer implements Mountable {
       sendJson(response, report.status === 'ok' ? 200 : 503, report)
     })
     this.subscription = this.engine.committed.subscribe((committed) => this.onCommitted(committed))
+    // a cluster node: a trainer on another node acknowledged a batch (and maybe a new policy version)
+    const elsewhere = this.engine.acknowledgedElsewhere?.subscribe(() => {
+      this.outbox--
+      this.flowAll()
+    })
+    if (elsewhere !== undefined) this.subscription.add(elsewhere)
     // the disk crossing its watermarks changes every producer's credit (0 while full)
     const disk = this.engine.disk?.changes.subscribe(() => this.flowAll())
     if (disk !== undefined) this.subscription.add(disk)
@@ -270,8 +280,9 @@ export class EngineServer implements Mountable {
     await Promise.all(this.acks)
   }
 
-  private onCommitted({ delivery }: CommittedBatch): void {
+  private onCommitted({ delivery, acknowledged }: CommittedBatch & { acknowledged?: boolean }): void {
     this.durable = delivery.step
+    if (acknowledged === true) return
     this.outbox++
     this.trainers.enqueue(delivery)
     this.flowAll()

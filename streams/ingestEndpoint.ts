@@ -9,14 +9,15 @@
  * is no longer read until answers free credit.
  */
 import type { WebSocket } from 'ws'
-import { DiskFullError, type DurableEngine, type IngestOutcome } from '../src/state/durableEngine.js'
+import type { IngestOutcome } from '../src/state/durableEngine.js'
+import { IngestRefused, type Engine } from '../src/state/engine.js'
 import { wirePackr } from '../src/state/codec.js'
 import { decodeRolloutsFrame } from '../src/state/rawPayload.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
 
 /** What a producer connection needs from the server around it. */
 export interface IngestContext {
-  engine: DurableEngine
+  engine: Engine
   limits: WireLimits
   maxRolloutsPerFrame: number
   /** Most `rejected` errors reported for one frame (the rest are counted in `truncated`). */
@@ -112,10 +113,10 @@ export class ProducerConnection {
           this.flow()
         },
         (error: unknown) => () => {
-          if (error instanceof DiskFullError) {
+          if (error instanceof IngestRefused) {
             // nothing was logged: the producer sends these rollouts again once it has credit
-            this.context.countError('disk-full')
-            this.send(errorFrame('disk-full', error.message))
+            this.context.countError(error.code)
+            this.send(errorFrame(error.code, error.message))
             this.outstanding -= items.length
             return this.flow()
           }

@@ -55,9 +55,11 @@ export interface TrainerBatch<P = unknown> {
 }
 
 export interface TrainerClientOptions {
-  /** The server (`ws://host:port`) or its `/batches` URL. */
+  /** The server (`ws://host:port`, `wss://host:port` when it serves TLS) or its `/batches` URL. */
   url: string
   token?: string
+  /** For `wss://`: the PEM certificate(s) to trust instead of the system's CAs (a self-signed server certificate, a private CA). */
+  ca?: string | Buffer | (string | Buffer)[]
   /** Where the last applied step (and the trainer's state) is kept. */
   statePath: string
   rank?: number
@@ -163,7 +165,7 @@ export class TrainerClient<P = unknown> implements AsyncIterable<TrainerBatch<P>
   private connect(): Promise<WebSocket> {
     return new Promise((resolve, reject) => {
       const headers = this.options.token === undefined ? undefined : { authorization: `Bearer ${this.options.token}` }
-      const ws = new WebSocket(this.endpoint, { headers })
+      const ws = new WebSocket(this.endpoint, { headers, ca: this.options.ca })
       ws.on('unexpected-response', (request, response) => {
         let body = ''
         response.on('data', (chunk: Buffer) => (body += chunk.toString()))

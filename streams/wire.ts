@@ -15,7 +15,7 @@ export type { WireFormat }
 
 /** Why a frame was refused as a whole (the `code` of an error frame). */
 export type FrameErrorCode =
-  'too-large' | 'decode' | 'bad-frame' | 'unknown-type' | 'too-many-rollouts' | 'bad-ack' | 'engine' | 'disk-full' | 'protocol' | 'bad-rank'
+  'too-large' | 'decode' | 'bad-frame' | 'unknown-type' | 'too-many-rollouts' | 'bad-ack' | 'engine' | 'disk-full' | 'unavailable' | 'protocol' | 'bad-rank'
 
 export interface WireLimits {
   /** Largest frame answered with an error rather than dropped (bytes). */

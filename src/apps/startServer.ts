@@ -22,7 +22,7 @@ export interface ServerOptions extends Omit<ServeOptions, 'host' | 'port' | 'tok
 export interface RunningServer {
   readonly host: string
   readonly port: number
-  /** `http://host:port`: WebSocket `/ingest`, `/batches`, `/telemetry`; GET `/healthz`, `/metrics`; the dashboard at `/`. */
+  /** `http://host:port` (`https://` with `tls`): WebSocket `/ingest`, `/batches`, `/telemetry` (`ws://`, `wss://` with `tls`); GET `/healthz`, `/metrics`; the dashboard at `/`. */
   readonly url: string
   /** The engine behind it (its stats, its committed batches). */
   readonly engine: DurableEngine
@@ -44,11 +44,13 @@ type Listening = Parameters<NonNullable<ServeOptions['onListening']>>[0]
 /**
  * Opens the engine on `dataDir` (recovering from its log) and serves it; resolves once listening.
  * Rejects with a `ServeError` when it cannot serve (a non-loopback host without tokens, a port
- * in use) and with the engine's error when the data folder cannot be opened.
+ * in use, a `tls` certificate or key that is not PEM or not a pair) and with the engine's error
+ * when the data folder cannot be opened. With `tls` (PEM contents) it serves https:// and wss://.
  *
  * @example
  * const server = await serve({ config: loadConfig('fgrpo.json'), dataDir: './state', port: 8787 })
  * console.log(`producers: ${server.url.replace('http', 'ws')}/ingest`)
+ * // over TLS: serve({ …, tls: { cert: readFileSync('cert.pem'), key: readFileSync('key.pem') } }): url https://…, producers wss://…
  * process.once('SIGINT', () => server.close())
  */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
@@ -65,7 +67,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   return {
     host,
     port: bound,
-    url: `http://${host.includes(':') ? `[${host}]` : host}:${bound}`,
+    url: `${rest.tls === undefined ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${bound}`,
     engine,
     stopped,
     close: async () => {

@@ -9,10 +9,11 @@ import { Subject, asyncScheduler, type SchedulerAction, type SchedulerLike, type
 import type { Config } from '../core/config.js'
 import { lambdasOf } from '../math/dual.js'
 import type { DropEvent, Rollout, ScoredBatch } from '../core/types.js'
-import { DEFAULT_LIMITS, validateRollout, type ValidationLimits } from '../core/validate.js'
-import { wireUnpackr, type WireFormat } from './codec.js'
-import { EngineStore, type Delivery, type FrameEntry, type IngestCounters, type LogRecord, type OutboxBatch, type PipelineCounters } from './engineStore.js'
-import type { BatchSummary } from './batchRecord.js'
+import { DEFAULT_LIMITS, type ValidationLimits } from '../core/validate.js'
+import { admitItems } from './admission.js'
+import { IngestRefused, type CommittedBatch, type EngineStats, type IngestOutcome, type RawFrame } from './engine.js'
+import { wireUnpackr } from './codec.js'
+import { EngineStore, type Delivery, type FrameEntry, type IngestCounters, type LogRecord, type OutboxBatch } from './engineStore.js'
 import { consumedSeqsOf, countDrop, planCommit, restoreBookkeeping, type EngineBookkeeping } from './commitPlan.js'
 import { EnginePipeline } from './pipeline.js'
 import { DiskGuard, type StatFs } from './diskGuard.js'
@@ -20,52 +21,8 @@ import { describeStoreFailure } from './storeFailure.js'
 import { RawPayload } from './rawPayload.js'
 import { settleWithin } from '../core/settleWithin.js'
 
-/** One refused item of an ingest frame. */
-export interface RejectedItem {
-  index: number
-  id?: string
-  field: string
-  reason: string
-}
-
-export interface IngestOutcome {
-  /** Ids now durable: newly logged ones and duplicates of logged ones. */
-  acked: string[]
-  rejected: RejectedItem[]
-  duplicates: number
-}
-
-/**
- * What the engine tells its observers after each batch is durable. It holds the batch's
- * summary and bytes, not its rollouts: those are released as soon as the batch is encoded,
- * instead of living (and being copied by the garbage collector) until the disk has it.
- */
-export interface CommittedBatch {
-  /** Counts, λ before/after, constraint measurements, objective means, advantage mean and std. */
-  summary: BatchSummary
-  /** The trainer's view of the batch (decoded from `delivery` on access). */
-  readonly outbox: OutboxBatch
-  /** The outbox batch as MessagePack bytes, as stored and as sent to trainers. */
-  delivery: Delivery
-  /** Milliseconds from the newest rollout's ingest to the batch being durable. */
-  latencyMs: number
-}
-
-/** The bytes of an ingest frame as it arrived, whose `rollouts` are the items: logged as they are. */
-export interface RawFrame {
-  bytes: Uint8Array
-  format: WireFormat
-}
-
-export interface EngineStats {
-  step: number
-  lambda: Record<string, number>
-  ingest: IngestCounters
-  pipeline: PipelineCounters
-  pendingRollouts: number
-  outbox: number
-  nextSeq: number
-}
+export { rejectionReason, type RejectedItem } from './admission.js'
+export type { CommittedBatch, EngineStats, IngestOutcome, RawFrame } from './engine.js'
 
 export interface DurableEngineOptions {
   config: Config
@@ -94,10 +51,9 @@ export interface DurableEngineOptions {
 }
 
 /** A frame refused because the data folder's disk is at its reserve: nothing was logged; send it again later. */
-export class DiskFullError extends Error {
-  readonly code = 'disk-full'
+export class DiskFullError extends IngestRefused {
   constructor(message: string) {
-    super(message)
+    super('disk-full', message)
     this.name = 'DiskFullError'
   }
 }
@@ -273,31 +229,12 @@ export class DurableEngine {
     if (this.failure !== undefined) return Promise.reject(this.failure)
     const bytes = (raw?.bytes.length ?? 64 * items.length) + TRANSACTION_OVERHEAD
     if (this.disk !== undefined && !this.disk.admits(bytes)) return Promise.reject(new DiskFullError(this.disk.refuse(bytes)))
-    const rejected: RejectedItem[] = []
+    const { valid, validIndex, rejected } = admitItems(items, this.config, this.limits, raw !== undefined, this.policyVersion, this.ingestCounters)
     const acked: string[] = []
-    const valid: Rollout[] = []
-    const validIndex: number[] = []
-    const oldest = this.config.maxAsync === undefined || this.policyVersion === undefined ? undefined : this.policyVersion - this.config.maxAsync
-    for (let index = 0; index < items.length; index++) {
-      const result = validateRollout(items[index], this.limits, raw !== undefined)
-      const version = result.ok ? result.rollout.policyVersion : undefined
-      if (version !== undefined && oldest !== undefined && version < oldest) {
-        const reason = `stale: sampled by policy version ${version}, the trainer is at ${this.policyVersion} and maxAsync is ${this.config.maxAsync} (needs >= ${oldest}): sync the weights`
-        rejected.push({ index, id: (result as { rollout: Rollout }).rollout.id, field: 'policyVersion', reason })
-        this.ingestCounters.rejected.stale = (this.ingestCounters.rejected.stale ?? 0) + 1
-        continue
-      }
-      if (result.ok) {
-        // a payload still as bytes is logged as its value when the frame's own bytes are not logged
-        if (raw === undefined && result.rollout.payload instanceof RawPayload) result.rollout.payload = wireUnpackr.unpack(result.rollout.payload.bytes!)
-        acked.push(result.rollout.id)
-        valid.push(result.rollout)
-        validIndex.push(index)
-        continue
-      }
-      for (const error of result.errors) rejected.push({ index, ...error })
-      const reason = rejectionReason(result.errors[0].field)
-      this.ingestCounters.rejected[reason] = (this.ingestCounters.rejected[reason] ?? 0) + 1
+    for (const rollout of valid) {
+      // a payload still as bytes is logged as its value when the frame's own bytes are not logged
+      if (raw === undefined && rollout.payload instanceof RawPayload) rollout.payload = wireUnpackr.unpack(rollout.payload.bytes!)
+      acked.push(rollout.id)
     }
     const ts = valid.length > 0 ? this.stamp() : this.lastTs
     const accepted: Rollout[] = []
@@ -484,8 +421,3 @@ const STRANDED_WRITE_MS = 1000
 
 /** How long closing a failed engine waits for LMDB (ms). */
 const FAILED_CLOSE_MS = 2000
-
-/** The metric label of a rejection: the top-level field at fault (`rewards`, `id`…) or `shape`. */
-export function rejectionReason(field: string): string {
-  return field === '(rollout)' ? 'shape' : field.split('.')[0]
-}

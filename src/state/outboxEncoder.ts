@@ -206,3 +206,13 @@ export function assembleBatch(record: Uint8Array, frame: (entry: number) => Uint
   }
   return out
 }
+
+/** The log entries (frames) whose bytes an outbox record's payloads are in, each once, in the order first referenced. */
+export function referencedEntries(record: Uint8Array): number[] {
+  if (record[0] !== REFERENCES) return []
+  const view = Buffer.from(record.buffer, record.byteOffset, record.byteLength)
+  const count = view.readUInt32BE(1)
+  const entries = new Set<number>()
+  for (let k = 0, at = 5; k < count; k++, at += REFERENCE_BYTES) entries.add(view.readDoubleBE(at + 4))
+  return [...entries]
+}

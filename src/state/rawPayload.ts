@@ -12,6 +12,8 @@
  */
 import { wireUnpackr, type WireFormat } from './codec.js'
 
+const EMPTY = new Uint8Array(0)
+
 /**
  * A rollout's payload as the MessagePack bytes the producer sent (one value), passed on
  * untouched. Once its frame is logged it knows where (`entry`, `offset`) and drops the bytes
@@ -28,9 +30,21 @@ export class RawPayload {
   /** The bytes, until released. */
   bytes: Uint8Array | undefined
 
-  constructor(bytes: Uint8Array) {
+  constructor(bytes: Uint8Array, length = bytes.length) {
     this.bytes = bytes
-    this.length = bytes.length
+    this.length = length
+  }
+
+  /**
+   * A payload known only by where it is logged: `length` bytes at `offset` of the frame logged
+   * at `entry` (a cluster's sequencer builds batches from such references; DESIGN §8).
+   */
+  static at(entry: number, offset: number, length: number): RawPayload {
+    const payload = new RawPayload(EMPTY, length)
+    payload.entry = entry
+    payload.offset = offset
+    payload.bytes = undefined
+    return payload
   }
 
   /** Records where the bytes are logged: in the frame `frame` (which `bytes` is a view of), logged at `entry`. */

@@ -477,6 +477,7 @@ function onHello(hello) {
   state.phase = hello.phase ?? ''
   $('#source').textContent = hello.source === 'train' ? 'built-in training' : 'serve'
   document.body.dataset.source = hello.source
+  if (hello.cluster !== undefined) showCluster(hello.cluster)
   const c = hello.config
   $('#config-line').textContent =
     `${c.batchGroups} groups × ${c.groupSize} per batch · ${c.aggregation}${c.maxStaleness === null ? '' : ` · max staleness ${c.maxStaleness}`}`
@@ -513,8 +514,20 @@ function onFrame(frame) {
     case 'dropped':
       state.lost = frame.frames
       break
+    case 'cluster':
+      showCluster(frame)
+      break
   }
   schedule()
+}
+
+/** A cluster node (serve --nats): the run and this node in the badge, the sequencer and this node's roles beside it. */
+function showCluster(cluster) {
+  $('#source').textContent = `cluster ${cluster.run} · node ${cluster.node}`
+  const mine = cluster.roles.partitions.length === 0 ? 'no partitions' : `partitions ${cluster.roles.partitions.join(', ')} of ${cluster.partitions}`
+  const sequencer = cluster.sequencer === null ? 'no sequencer right now' : `sequencer ${cluster.sequencer}${cluster.roles.sequencer ? ' (this node)' : ''}`
+  state.cluster = `${sequencer} · ${mine} here · ${cluster.nodes} node${cluster.nodes === 1 ? '' : 's'} up`
+  document.body.dataset.cluster = cluster.node
 }
 
 // ---------------------------------------------------------------------------------------
@@ -645,7 +658,7 @@ function draw() {
   $('#step').textContent = count(step)
   $('#step').dataset.step = String(step)
   $('#rate').textContent = fmt(f?.throughput.rolloutsPerSec ?? null, 0)
-  $('#phase').textContent = state.phase
+  $('#phase').textContent = state.cluster ?? state.phase
   for (const tr of document.querySelectorAll('#constraints tbody tr')) {
     const name = tr.dataset.constraint
     const c = f?.constraints[name]

@@ -1,7 +1,8 @@
 /**
  * The one HTTP + WebSocket host under both servers (ARCHITECTURE.md §1, the io layer): the
  * engine's (`/ingest`, `/batches`, telemetry) and the built-in training's telemetry server.
- * It owns the `node:http` server and the `ws` sockets (noServer: upgrades are ours to accept):
+ * It owns the `node:http` server (`node:https` with `tls`) and the `ws` sockets (noServer:
+ * upgrades are ours to accept, over TLS or not):
  *
  * - plain HTTP routes by path: 400 for a URL that does not parse, 426 for a WebSocket path
  *   asked without an upgrade, 404 for anything else, 500 for a route that throws;
@@ -16,6 +17,7 @@
  * from ws to the endpoint directly (the durable bench's path).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createSecureServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs'
@@ -25,8 +27,16 @@ import type { WireFormat } from '../wire.js'
 import { Heartbeat } from './heartbeat.js'
 import { parseUrl, sendJson, type Endpoint, type HttpRoute, type Mountable } from './routes.js'
 
+/** A PEM certificate (its chain may follow it) and its private key: what a TLS server needs. */
+export interface TlsCredentials {
+  cert: string | Buffer
+  key: string | Buffer
+}
+
 export interface HostOptions {
   tokens?: RoleTokens
+  /** Serve HTTPS (and `wss://`) with this certificate and key instead of plain HTTP. */
+  tls?: TlsCredentials
   /** Ping period; a peer that has not answered the previous ping is terminated (0 = no heartbeat). */
   heartbeatMs?: number
   /** Clock of the heartbeat and of the close timeout (default `asyncScheduler`; tests pass a virtual one). */
@@ -67,6 +77,7 @@ interface Mounted {
  * host.addHttpRoute('/healthz', (_request, response) => sendJson(response, 200, { status: 'ok' }))
  * host.addWebSocketEndpoint('/feed', { role: 'viewer', connect: (ws) => ws.send('hello') })
  * const { port } = await host.listen(8787, '127.0.0.1', true)
+ * // over TLS: new HttpHost({ tls: { cert: readFileSync('cert.pem'), key: readFileSync('key.pem') } })
  * // … later
  * await host.close()
  */
@@ -85,7 +96,9 @@ export class HttpHost implements Mountable {
     this.settings = { ...HOST_DEFAULTS, ...defined }
     this.scheduler = options.scheduler ?? asyncScheduler
     this.heartbeat = new Heartbeat(this.sockets, this.settings.heartbeatMs, this.scheduler)
-    this.http = createServer((request, response) => this.onRequest(request, response))
+    const onRequest = (request: IncomingMessage, response: ServerResponse) => this.onRequest(request, response)
+    // an https server is an http server over TLS: requests and upgrades arrive the same way
+    this.http = options.tls === undefined ? createServer(onRequest) : createSecureServer({ cert: options.tls.cert, key: options.tls.key }, onRequest)
     this.http.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(request, socket, head))
   }
 

@@ -4,6 +4,7 @@
  * training's step reports (`train`). Numbers that carry no data (NaN, ±Infinity) are `null`,
  * so the JSON and MessagePack forms say the same thing.
  */
+import type { NodePicture } from '../../src/state/cluster/clusterRoles.js'
 import type { Config } from '../../src/core/config.js'
 import type { EngineStats } from '../../src/state/durableEngine.js'
 import { batchSummary, finiteOrNull, type BatchSummary } from '../../src/state/batchRecord.js'
@@ -173,6 +174,8 @@ export interface HelloFrame {
   sample: SamplePicture | null
   /** What the training is doing (`warm start`, `RL`, `done`); undefined for serve. */
   phase?: string
+  /** A cluster node (`serve --nats`): the run, this node, its roles and the sequencer's node. */
+  cluster?: ClusterPicture
   limits: { queue: number; history: number }
 }
 
@@ -184,13 +187,19 @@ export interface StatusFrame {
   total?: number
 }
 
+/** A cluster node as its dashboard shows it (in the hello, and a `cluster` frame when it changes): the run, the node, its roles, the sequencer's node, the nodes up. */
+export type ClusterPicture = NodePicture
+
+/** A cluster node's roles or the sequencer changed. */
+export type ClusterFrame = { type: 'cluster' } & ClusterPicture
+
 /** Sent to one client after its queue drained, when it lost frames: how many so far. */
 export interface DroppedFrame {
   type: 'dropped'
   frames: number
 }
 
-export type TelemetryFrame = HelloFrame | BatchFrame | StatusFrame | DroppedFrame
+export type TelemetryFrame = HelloFrame | BatchFrame | StatusFrame | ClusterFrame | DroppedFrame
 
 const nullable = (x: number | undefined): number | null => (x === undefined ? null : finiteOrNull(x))
 

@@ -9,7 +9,7 @@
  */
 import type { WebSocket } from 'ws'
 import { encodeFrame, type WireFormat } from '../wire.js'
-import type { BatchFrame, DroppedFrame, HelloFrame, StatusFrame } from './frames.js'
+import type { BatchFrame, ClusterFrame, DroppedFrame, HelloFrame, StatusFrame } from './frames.js'
 
 /** A fixed-capacity FIFO: pushing onto a full queue evicts (and returns) the oldest item. */
 export class RingQueue<T> {
@@ -185,7 +185,7 @@ export class TelemetryHub {
   }
 
   /** Sends a frame to every client (and keeps batch frames for the hello). Never waits. */
-  publish(frame: BatchFrame | StatusFrame): void {
+  publish(frame: BatchFrame | StatusFrame | ClusterFrame): void {
     if (frame.type === 'batch') {
       if (frame.sample !== undefined) {
         this.latestSample = frame.sample

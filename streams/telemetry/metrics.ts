@@ -257,6 +257,35 @@ export class TelemetryMetrics {
     })
   }
 
+  /** A cluster node's roles and the nodes of its run. */
+  watchCluster(read: () => { roles: { sequencer: boolean; partitions: number[] }; nodes: number }): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'dualstream_cluster_sequencer',
+      help: "1 while this cluster node holds the sequencer's lease, else 0.",
+      registers,
+      collect() {
+        this.set(read().roles.sequencer ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'dualstream_cluster_partitions_owned',
+      help: 'Partitions whose lease this cluster node holds (it forms their groups).',
+      registers,
+      collect() {
+        this.set(read().roles.partitions.length)
+      },
+    })
+    new Gauge({
+      name: 'dualstream_cluster_nodes',
+      help: "Nodes of this node's cluster run that reported in the last two lease times.",
+      registers,
+      collect() {
+        this.set(read().nodes)
+      },
+    })
+  }
+
   watchDisk(read: () => { free: number; reserve: number; full: boolean }): void {
     const registers = [this.registry]
     new Gauge({

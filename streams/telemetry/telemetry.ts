@@ -8,7 +8,8 @@
  */
 import type { Subscription } from 'rxjs'
 import type { Config } from '../../src/core/config.js'
-import type { CommittedBatch, DurableEngine } from '../../src/state/durableEngine.js'
+import type { CommittedBatch } from '../../src/state/durableEngine.js'
+import type { Engine } from '../../src/state/engine.js'
 import type { BatchSummary } from '../../src/state/batchRecord.js'
 import type { RoleTokens } from '../auth.js'
 import {
@@ -21,6 +22,8 @@ import {
   type BatchFrame,
   type SamplePicture,
   type StatusFrame,
+  type ClusterFrame,
+  type ClusterPicture,
   type StepFigures,
   type TelemetryCounts,
   type TelemetrySource,
@@ -77,6 +80,7 @@ export class Telemetry {
   latest: BatchFrame | undefined
   /** The whole run's series, downsampled (the hello's `overview`, `/history`). */
   history: RunHistory
+  private cluster: (() => ClusterPicture) | undefined
 
   constructor(
     readonly source: TelemetrySource,
@@ -95,7 +99,17 @@ export class Telemetry {
       hello: () => {
         const { step, lambda, counts, phase } = state()
         const overview = this.history.query({ points: HELLO_OVERVIEW_POINTS })
-        return { source, config: viewerConfig, step, lambda, counts, overview, ...(phase === undefined ? {} : { phase }) }
+        const cluster = this.cluster?.()
+        return {
+          source,
+          config: viewerConfig,
+          step,
+          lambda,
+          counts,
+          overview,
+          ...(phase === undefined ? {} : { phase }),
+          ...(cluster === undefined ? {} : { cluster }),
+        }
       },
       onDropped: () => this.metrics.countDropped(),
     })
@@ -109,8 +123,22 @@ export class Telemetry {
     })
   }
 
+  /**
+   * A cluster node: `read` tells the node, its roles and the sequencer's node; the hello carries
+   * it, `/metrics` has it, and `clusterChanged()` sends it to every viewer.
+   */
+  showCluster(read: () => ClusterPicture): void {
+    this.cluster = read
+    this.metrics.watchCluster(read)
+  }
+
+  /** Sends the cluster picture to every viewer (its roles or the sequencer changed). */
+  clusterChanged(): void {
+    if (this.cluster !== undefined) this.publish({ type: 'cluster', ...this.cluster() })
+  }
+
   /** Sends a frame to every viewer and updates the metrics. */
-  publish(frame: BatchFrame | StatusFrame): void {
+  publish(frame: BatchFrame | StatusFrame | ClusterFrame): void {
     this.hub.publish(frame)
     if (frame.type === 'batch') {
       this.latest = frame
@@ -179,7 +207,7 @@ export class EngineTelemetry extends Telemetry {
   private readonly historySaveEvery: number
 
   constructor(
-    private readonly engine: DurableEngine,
+    private readonly engine: Engine,
     options: TelemetryOptions = {},
   ) {
     super(
@@ -221,7 +249,7 @@ export class EngineTelemetry extends Telemetry {
     return Promise.resolve(stored)
   }
 
-  private onCommitted(engine: DurableEngine, { summary, latencyMs }: CommittedBatch): void {
+  private onCommitted(engine: Engine, { summary, latencyMs }: CommittedBatch): void {
     const counts = engineCounts(engine.stats())
     const now = this.now()
     const rates = this.rates.update(now, { rollouts: counts.rolloutsInBatches, ingested: counts.ingested, batches: counts.batches })

@@ -8,13 +8,12 @@
  * identical, every hostile frame was answered, and λ at every step equals
  * `dualstream replay --log` over the same data folder.
  */
-import { spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { mulberry32 } from '../../examples/support/random.js'
 import { tempDir } from '../serve/support.js'
-import { compiledMain, DroppingTrainer, FaultProducer, health, HostileClient, requireBuild, startServe, until, type Item } from './support.js'
+import { replayLines, DroppingTrainer, FaultProducer, health, HostileClient, requireBuild, startServe, until, type Item } from './support.js'
 
 const SEED = Number(process.env.DUALSTREAM_FAULT_SEED ?? Math.floor(Math.random() * 2 ** 31))
 const KILLS = Number(process.env.DUALSTREAM_FAULT_KILLS ?? 12)
@@ -161,12 +160,9 @@ t.test('SIGKILL storm: FIFO answers, exactly once, λ equal to replay --log', { 
   )
   t.ok(trainer.drops >= 1, `the trainer dropped ${trainer.drops} connections between a batch and its ack`)
 
-  const replay = spawnSync(process.execPath, [compiledMain, 'replay', '-c', configPath, '--log', dataDir], { encoding: 'utf8' })
+  const replay = replayLines(['-c', configPath, '--log', dataDir])
   t.equal(replay.status, 0, replay.stderr)
-  const records = replay.stdout
-    .trim()
-    .split('\n')
-    .map((line) => JSON.parse(line) as { step: number; lambda: unknown; advantages: Record<string, number> })
+  const records = replay.lines
   t.same(
     records.map((r) => r.step),
     steps,

@@ -5,6 +5,7 @@
  * acknowledged after a reconnect, and a trainer that sometimes drops its connection between a
  * batch and its ack. Every wait is for an event, with a deadline that fails the test.
  */
+import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import WebSocket from 'ws'
 import { Client, pack, type Received } from '../serve/support.js'
@@ -255,4 +256,22 @@ export class HostileClient {
 export async function health(port: number): Promise<{ status: number; body: Record<string, unknown> }> {
   const response = await fetch(`http://127.0.0.1:${port}/healthz`)
   return { status: response.status, body: (await response.json()) as Record<string, unknown> }
+}
+
+/** A batch line of `dualstream replay` (what the fault tests compare with what was delivered). */
+export interface ReplayLine {
+  step: number
+  lambda: unknown
+  advantages: Record<string, number>
+}
+
+/** Runs the compiled `dualstream replay ARGS` (`--log DIR` or `--nats URL --run NAME`): its exit status, stderr and batch lines. */
+export function replayLines(args: string[]): { status: number | null; stderr: string; lines: ReplayLine[] } {
+  const replay = spawnSync(process.execPath, [compiledMain, 'replay', ...args], { encoding: 'utf8' })
+  const lines = replay.stdout
+    .trim()
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => JSON.parse(line) as ReplayLine)
+  return { status: replay.status, stderr: replay.stderr, lines }
 }

@@ -1,38 +1,13 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { PassThrough, Readable } from 'node:stream'
+import { PassThrough } from 'node:stream'
 import t from 'tap'
-import { run } from '../../src/apps/cli.js'
 import { parseConfig } from '../../src/core/config.js'
 import { listeningLine, serve, ServeError } from '../../src/apps/serve.js'
 import { runCli } from '../support/cli.js'
-import { baseConfig, Client, prompts, tempDir } from './support.js'
+import { baseConfig, Client, configFile, prompts, startServeCli, tempDir } from './support.js'
 
-const configFile = () => {
-  const path = join(tempDir(), 'config.json')
-  writeFileSync(path, JSON.stringify(baseConfig))
-  return path
-}
-
-/** Starts `dualstream serve` in-process; resolves once it prints where it listens. */
-async function startCli(argv: string[]) {
-  const stdout = new PassThrough()
-  const stderr = new PassThrough()
-  let out = ''
-  let err = ''
-  stdout.on('data', (c: Buffer) => (out += c.toString()))
-  stderr.on('data', (c: Buffer) => (err += c.toString()))
-  const exit = run(['serve', ...argv], { stdin: Readable.from([]), stdout, stderr })
-  const port = await new Promise<number>((resolve, reject) => {
-    const check = () => {
-      const match = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(out)
-      if (match !== null) resolve(Number(match[1]))
-    }
-    stdout.on('data', check)
-    exit.then(() => reject(new Error(`serve exited: ${out}${err}`)), reject)
-  })
-  return { port, exit, output: () => out, errors: () => err }
-}
+const startCli = startServeCli
 
 t.test('dualstream serve: prints where it listens, serves, stops on SIGINT and restores on restart', async (t) => {
   const config = configFile()
@@ -94,7 +69,7 @@ t.test('dualstream serve refuses what it cannot do', async (t) => {
   t.match(credit.stderr, 'must be an integer >= 1.')
   const missing = await runCli(['serve', '-c', config])
   t.equal(missing.code, 2)
-  t.match(missing.stderr, "required option '-d, --data <dir>' not specified")
+  t.match(missing.stderr, 'dualstream serve: --data <dir> (or --nats <urls> --run <name> for a cluster node) is required')
 
   const notAFolder = join(tempDir(), 'file')
   writeFileSync(notAFolder, 'not a folder')

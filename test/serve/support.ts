@@ -1,9 +1,11 @@
 /** Helpers for the serve tests: an engine server on a free port, and WebSocket clients that record frames. */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { PassThrough, Readable } from 'node:stream'
 import { Packr, Unpackr } from 'msgpackr'
 import WebSocket from 'ws'
+import { run } from '../../src/apps/cli.js'
 import { parseConfig, type ConfigInput } from '../../src/core/config.js'
 import { DurableEngine } from '../../src/state/durableEngine.js'
 import { EngineServer, type EngineServerOptions } from '../../streams/engineServer.js'
@@ -225,4 +227,34 @@ export async function produce(client: Client, rollouts: readonly object[], frame
   }
   await client.until(() => client.closed !== undefined || client.count('ack') - acksBefore === sizes.length, timeoutMs, 'the last ack')
   if (client.count('ack') - acksBefore < sizes.length) throw new Error(`connection closed (${client.closed!.code})`)
+}
+
+/** A config file of `config` (default `baseConfig`) in a temporary folder. */
+export function configFile(config: ConfigInput = baseConfig): string {
+  const path = join(tempDir(), 'config.json')
+  writeFileSync(path, JSON.stringify(config))
+  return path
+}
+
+/**
+ * `dualstream serve ARGV` in this process: resolves once it prints where it listens (http or
+ * https, any host), with its output so far and a way to stop it (SIGTERM, as the CLI handles it).
+ */
+export async function startServeCli(argv: string[]) {
+  const stdout = new PassThrough()
+  const stderr = new PassThrough()
+  let out = ''
+  let err = ''
+  stdout.on('data', (c: Buffer) => (out += c.toString()))
+  stderr.on('data', (c: Buffer) => (err += c.toString()))
+  const exit = run(['serve', ...argv], { stdin: Readable.from([]), stdout, stderr })
+  const listening = await new Promise<{ scheme: string; port: number }>((resolve, reject) => {
+    const check = () => {
+      const match = /listening on (https?):\/\/[^ ]+:(\d+) /.exec(out)
+      if (match !== null) resolve({ scheme: match[1], port: Number(match[2]) })
+    }
+    stdout.on('data', check)
+    exit.then(() => reject(new Error(`serve exited: ${out}${err}`)), reject)
+  })
+  return { ...listening, exit, output: () => out, errors: () => err, stop: () => process.emit('SIGTERM') }
 }

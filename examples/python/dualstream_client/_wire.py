@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import ssl
 from typing import Any, Mapping, Optional, Union
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
@@ -117,14 +118,20 @@ async def open_connection(
     max_size: Optional[int] = DEFAULT_MAX_SIZE,
     open_timeout: Optional[float] = 10,
     ping_interval: Optional[float] = 20,
+    ssl_context: Optional[ssl.SSLContext] = None,
 ) -> Connection:
     """Opens a WebSocket with ``Authorization: Bearer <token>``.
 
-    Raises `Unauthorized` on a 401 (with the server's reason), `ServerRefused` on other HTTP
+    For a ``wss://`` URL, ``ssl_context`` says which certificates to trust (e.g.
+    ``ssl.create_default_context(cafile="cert.pem")`` for a self-signed server); None = the
+    system's CAs. Raises `Unauthorized` on a 401 (with the server's reason), `ServerRefused` on other HTTP
     errors; network errors propagate as `OSError` / websockets exceptions.
     """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     options: dict[str, Any] = {"max_size": max_size, "open_timeout": open_timeout, "ping_interval": ping_interval}
+    if ssl_context is not None:
+        # only when given: websockets picks the default context for wss:// and refuses one for ws://
+        options["ssl"] = ssl_context
     try:
         if WS_MAJOR >= 14:
             return await websockets.connect(url, additional_headers=headers, **options)
@@ -152,6 +159,8 @@ def is_fatal(error: BaseException) -> bool:
         return error.status < 500
     if isinstance(error, websockets.exceptions.InvalidURI):
         return True
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return True  # a server certificate the context does not trust stays untrusted
     return not isinstance(error, TRANSIENT)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 from typing import Any, Callable, Deque, Iterable, Mapping, Optional
 
 import msgpack
@@ -88,6 +89,9 @@ class Producer:
     without logging it twice. ``max_retries`` consecutive failed attempts (None = no limit)
     end in `Disconnected`; a refused token raises `Unauthorized` at once.
 
+    For a ``wss://`` URL (``serve --tls-cert``), ``ssl_context`` says which certificates to trust,
+    e.g. ``ssl.create_default_context(cafile="cert.pem")``; None = the system's CAs.
+
     The token defaults to ``$DUALSTREAM_PRODUCER_TOKEN``. `credit`, `trainer_version` and
     `min_policy_version` follow the engine's `credit` frames: with ``maxAsync`` in the run's
     config, a rollout sampled by a policy version below `min_policy_version` is refused as
@@ -107,6 +111,7 @@ class Producer:
         backoff_max: float = 5.0,
         open_timeout: float = 10.0,
         max_size: Optional[int] = DEFAULT_MAX_SIZE,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         if not 1 <= max_frame <= 10_000:
             raise ValueError(f"max_frame must be in 1..10000 (the engine takes at most 10,000 rollouts per frame), got {max_frame}")
@@ -118,6 +123,7 @@ class Producer:
         self._backoff = Backoff(backoff_initial, backoff_max, max_retries)
         self._open_timeout = open_timeout
         self._max_size = max_size
+        self._ssl_context = ssl_context
         self._credit: Optional[int] = None
         self._trainer_version: Optional[int] = None
         self._min_policy_version: Optional[int] = None
@@ -271,6 +277,7 @@ class Producer:
                     max_size=self._max_size,
                     open_timeout=self._open_timeout,
                     ping_interval=20 if self.credit_aware else None,
+                    ssl_context=self._ssl_context,
                 )
                 self.connections += 1
                 return ws

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 from typing import Any, AsyncIterator, Mapping, Optional, Union
 
 import websockets.exceptions
@@ -151,7 +152,8 @@ class Trainer:
     batch (`batch.shard`, `batch.batch_size`); give each rank its own `state_path`. A rank the
     server refuses raises `RankError`, another connection taking this rank `Replaced`; other
     drops reconnect with backoff (``max_retries`` consecutive failures end in `Disconnected`).
-    The token defaults to ``$DUALSTREAM_TRAINER_TOKEN``.
+    The token defaults to ``$DUALSTREAM_TRAINER_TOKEN``. For a ``wss://`` URL, ``ssl_context``
+    says which certificates to trust (e.g. ``ssl.create_default_context(cafile="cert.pem")``).
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Trainer:
         backoff_max: float = 5.0,
         open_timeout: float = 10.0,
         max_size: Optional[int] = DEFAULT_MAX_SIZE,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise RankError(rank, world_size, "the rank must be an integer in 0 .. world_size - 1, world_size >= 1")
@@ -180,6 +183,7 @@ class Trainer:
         self._backoff = Backoff(backoff_initial, backoff_max, max_retries)
         self._open_timeout = open_timeout
         self._max_size = max_size
+        self._ssl_context = ssl_context
         saved = read_state(state_path)
         self.last_step: int = saved["lastStep"]
         """The last step applied and acknowledged (0 before any)."""
@@ -293,7 +297,9 @@ class Trainer:
             if self._drop is not None:
                 await self._backoff.wait(self._drop, f"trainer {self.url}")
             try:
-                self._ws = await open_connection(self.url, self._token, max_size=self._max_size, open_timeout=self._open_timeout)
+                self._ws = await open_connection(
+                    self.url, self._token, max_size=self._max_size, open_timeout=self._open_timeout, ssl_context=self._ssl_context
+                )
                 self.connections += 1
                 self._drop = None
                 return True

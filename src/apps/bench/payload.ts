@@ -26,6 +26,7 @@ import { tmpdir } from 'node:os'
 import { dirname, extname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { DurableEngine } from '../../state/durableEngine.js'
+import type { Engine } from '../../state/engine.js'
 import { EngineServer, SERVER_DEFAULTS } from '../../../streams/engineServer.js'
 import { DEFAULT_WIRE_LIMITS } from '../../../streams/wire.js'
 import { collector } from './collect.js'
@@ -120,7 +121,7 @@ const FLOOR_KINDS = Object.keys(FLOORS) as FloorKind[]
 const BATCH_SIZE = benchConfig.groupSize * benchConfig.batchGroups
 const MB = 1e6
 
-function spread(values: readonly number[]): Spread {
+export function spread(values: readonly number[]): Spread {
   return { median: median(values), min: Math.min(...values), max: Math.max(...values) }
 }
 
@@ -133,7 +134,7 @@ const clientScript = join(dirname(here), `payloadClient${extname(here)}`)
  * packed, credit received; a trainer: connected) calls `starting` and signals them to start.
  * Resolves with their reports; rejects when one exits without a report (the others are killed).
  */
-async function runClients(tasks: readonly ClientTask[], starting: () => void): Promise<unknown[]> {
+export async function runClients(tasks: readonly ClientTask[], starting: () => void): Promise<unknown[]> {
   let waiting = tasks.length
   // typed arrays cross IPC as they are with the advanced serialization
   const children = tasks.map(() =>
@@ -163,11 +164,35 @@ async function runClients(tasks: readonly ClientTask[], starting: () => void): P
   }
 }
 
-/** One run of the durable path: a fresh engine and server here, a producer and a trainer process. */
-async function durableRun(rollouts: number, payloadBytes: number, frame: number, maxFrameBytes: number): Promise<DurablePayloadRun> {
-  const gc = collector()
+/** An engine for one run of the bench, and how to close it (and whatever it stands on). */
+export interface BenchEngine {
+  engine: Engine
+  close(): Promise<void>
+}
+
+/** A fresh durable engine (LMDB in a temporary folder, removed at close). */
+export async function openDurableBenchEngine(): Promise<BenchEngine> {
   const dataDir = mkdtempSync(join(tmpdir(), 'dualstream-bench-payload-'))
   const engine = await DurableEngine.open({ config: benchConfig, dataDir, watermarkIntervalMs: 0 })
+  return {
+    engine,
+    close: async () => {
+      await engine.close()
+      rmSync(dataDir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** One run of the durable path: a fresh engine (`open`) and server here, a producer and a trainer process. */
+export async function durableRun(
+  rollouts: number,
+  payloadBytes: number,
+  frame: number,
+  maxFrameBytes: number,
+  open: () => Promise<BenchEngine> = openDurableBenchEngine,
+): Promise<DurablePayloadRun> {
+  const gc = collector()
+  const { engine, close } = await open()
   // the server's defaults (credit, outbox bound) as `dualstream serve` runs, a frame limit that fits the frames
   const server = new EngineServer({ engine, heartbeatMs: 0, limits: { maxFrameBytes } })
   let sampler: NodeJS.Timeout | undefined
@@ -232,8 +257,7 @@ async function durableRun(rollouts: number, payloadBytes: number, frame: number,
   } finally {
     clearInterval(sampler)
     await server.close()
-    await engine.close()
-    rmSync(dataDir, { recursive: true, force: true })
+    await close()
   }
 }
 

@@ -6,6 +6,7 @@
  *   npm run bench -- --history-steps 1000000        # the whole-run history's memory for a long run
  *   npm run bench -- --pending-rollouts 1000000      # serve's memory with the trainer stopped
  *   npm run bench -- --payload-bytes 128,16384,65536 --frame 64,1000   # LLM-sized payloads beside the disk's floors
+ *   npm run bench -- --cluster --rollouts 200000        # one node vs a cluster node on 1 and 3 NATS servers, the sequencer alone
  */
 import { writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
@@ -16,6 +17,7 @@ import { formatTable, type Throughput } from './measure.js'
 import { benchHistoryIfAsked, type HistoryBenchReport } from './history.js'
 import type { PendingMemoryReport } from './pendingMemory.js'
 import { benchPayload, type PayloadCell } from './payload.js'
+import type { ClusterBenchReport } from './cluster.js'
 import { benchTelemetryIfAsked, type TelemetryBenchRequest, type TelemetryRunReport } from './telemetry.js'
 
 export interface BenchOptions extends Omit<TelemetryBenchRequest, 'frame'> {
@@ -36,6 +38,8 @@ export interface BenchOptions extends Omit<TelemetryBenchRequest, 'frame'> {
   /** Rollouts streamed to a `serve` whose trainer never connects, and their payload bytes (pendingMemory.ts; 0 = skip). */
   pendingRollouts?: number
   pendingPayloadBytes?: number
+  /** Runs only the cluster bench (cluster.ts) with `rollouts`, `runs`, `warmup`, the first frame and payload size. */
+  cluster?: boolean
   /** Where the table goes (the command passes console.log). */
   log: (line: string) => void
 }
@@ -53,12 +57,29 @@ export interface BenchReport {
   payload?: PayloadCell[]
   /** serve's memory with the trainer stopped, when it ran. */
   pending?: PendingMemoryReport
+  /** The cluster bench, when it ran (`--cluster`). */
+  cluster?: ClusterBenchReport
 }
 
 /** Runs every benchmark and returns the report (also printed through `log`, and written to `json`). */
 export async function runBenchmarks(options: BenchOptions): Promise<BenchReport> {
   const { log, payloadBytes } = options
   const frames = options.frame ?? [1000]
+  /* c8 ignore start -- starts nats-server processes: `npm run bench -- --cluster` (its figures are in the README) */
+  if (options.cluster === true) {
+    const { benchCluster } = await import('./cluster.js')
+    const cluster = await benchCluster({ ...options, frame: frames[0], payloadBytes: payloadBytes?.[0], log })
+    const report: BenchReport = {
+      date: new Date().toISOString(),
+      node: process.version,
+      cpus: `${availableParallelism()} × ${cpus()[0]?.model}`,
+      results: [],
+      cluster,
+    }
+    if (options.json !== undefined) writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`)
+    return report
+  }
+  /* c8 ignore stop */
   const results = await benchCore(options)
   // the payload-less durable row for each frame, unless the payload matrix replaces it
   for (const frame of payloadBytes === undefined ? frames : []) results.push(...(await benchDurable({ ...options, frame })))
@@ -130,6 +151,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       100_000,
     )
     .option('--pending-rollouts <n>', 'rollouts streamed to a serve whose trainer never connects, for its memory (0 = skip)', (v) => Number.parseInt(v, 10), 0)
+    .option('--cluster', 'only the cluster bench: one node with LMDB vs a cluster node on a 1- and a 3-server NATS (nats-server), the sequencer alone')
     .option('--pending-payload-bytes <n>', 'payload bytes per rollout of that run', (v) => Number.parseInt(v, 10), 1024)
     .parse()
   await runBenchmarks({ ...program.opts<Omit<BenchOptions, 'log'>>(), log: console.log })

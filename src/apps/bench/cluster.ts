@@ -1,0 +1,172 @@
+/**
+ * The cluster bench (issue 11: `npm run bench -- --cluster`): the same producer and trainer
+ * processes as the payload bench (payload.ts) against one node with LMDB, then against a
+ * cluster node on a 1-server and on a 3-server NATS (nats-server started here, on loopback),
+ * each run on a fresh run of its own; then the sequencer alone over a prepared GROUPS stream
+ * (the cluster's ceiling: partitions scale out over nodes, the sequencer does not); then the
+ * failover time (failover.ts). Rollouts/s end to end, ack latency p50/p99 and ack → batch
+ * p50/p99, medians of the runs with their ranges.
+ */
+import { jetstream } from '@nats-io/jetstream'
+import { ClusterEngine } from '../../state/cluster/clusterEngine.js'
+import { ClusterRoles } from '../../state/cluster/clusterRoles.js'
+import { openRun } from '../../state/cluster/clusterRun.js'
+import { connectNats } from '../../state/cluster/natsConnect.js'
+import { createRunStreams } from '../../state/cluster/runStreams.js'
+import { runLayout } from '../../state/cluster/runLayout.js'
+import { startNats, type NatsServers } from '../natsServers.js'
+import { benchConfig } from './core.js'
+import { formatRate, textTable } from './measure.js'
+import { durableRun, openDurableBenchEngine, spread, type BenchEngine, type DurablePayloadRun, type Spread } from './payload.js'
+import { benchSequencer, type SequencerBenchReport } from './sequencerBench.js'
+import { DEFAULT_WIRE_LIMITS } from '../../../streams/wire.js'
+
+export interface ClusterBenchOptions {
+  rollouts: number
+  runs: number
+  warmup: number
+  /** Rollouts per frame (default 1000). */
+  frame?: number
+  /** Payload bytes per rollout (default 128). */
+  payloadBytes?: number
+  /** Partitions of the cluster runs (default 8). */
+  partitions?: number
+  /** Groups the sequencer-alone bench sequences (default 100,000: 800,000 rollouts). */
+  sequencerGroups?: number
+  log: (line: string) => void
+}
+
+export interface ClusterSetupRow {
+  setup: string
+  rate: Spread
+  ackP50: Spread
+  ackP99: Spread
+  ackToBatchP50: Spread
+  ackToBatchP99: Spread
+  delivered: number
+  duplicates: number
+  runs: DurablePayloadRun[]
+}
+
+export interface ClusterBenchReport {
+  frame: number
+  payloadBytes: number
+  rollouts: number
+  setups: ClusterSetupRow[]
+  /** The cluster node on a 1-server NATS as % of one node with LMDB (medians). */
+  percentOfSingleNode: number
+  sequencer: SequencerBenchReport[]
+}
+
+let runCounter = 0
+
+/** A cluster node in this process on `nats`: a fresh run, its engine and its roles (it holds every role). */
+async function openClusterBenchEngine(nats: NatsServers, partitions: number): Promise<BenchEngine> {
+  const nc = await connectNats({ servers: nats.url, name: 'dualstream bench' })
+  const run = `bench${process.pid}_${++runCounter}`
+  const { layout, record } = await openRun({ nc, run, config: benchConfig, partitions })
+  const engine = await ClusterEngine.open({ nc, layout, config: record.config, partitions: record.partitions, node: 'bench' })
+  const roles = await ClusterRoles.start({ js: engine.js, jsm: engine.jsm, layout, record, node: 'bench', engine })
+  return {
+    engine,
+    close: async () => {
+      await roles.stop()
+      await engine.close()
+      await nc.close()
+    },
+  }
+}
+
+function row(setup: string, runs: DurablePayloadRun[]): ClusterSetupRow {
+  return {
+    setup,
+    rate: spread(runs.map((r) => r.rate)),
+    ackP50: spread(runs.map((r) => r.ackP50)),
+    ackP99: spread(runs.map((r) => r.ackP99)),
+    ackToBatchP50: spread(runs.map((r) => r.ackToBatchP50)),
+    ackToBatchP99: spread(runs.map((r) => r.ackToBatchP99)),
+    delivered: Math.min(...runs.map((r) => r.delivered)),
+    duplicates: Math.max(...runs.map((r) => r.duplicates)),
+    runs,
+  }
+}
+
+/** Runs the cluster bench and prints its tables through `log`. */
+export async function benchCluster(options: ClusterBenchOptions): Promise<ClusterBenchReport> {
+  const { rollouts, runs, warmup, log } = options
+  const frame = options.frame ?? 1000
+  const payloadBytes = options.payloadBytes ?? 128
+  const partitions = options.partitions ?? 8
+  const maxFrameBytes = Math.max(DEFAULT_WIRE_LIMITS.maxFrameBytes, frame * (payloadBytes + 1024))
+  const measure = async (open: () => Promise<BenchEngine>): Promise<DurablePayloadRun[]> => {
+    const all: DurablePayloadRun[] = []
+    for (let i = 0; i < warmup + runs; i++) all.push(await durableRun(rollouts, payloadBytes, frame, maxFrameBytes, open))
+    return all.slice(warmup)
+  }
+  const setups: ClusterSetupRow[] = [row('one node, LMDB', await measure(openDurableBenchEngine))]
+  const sequencer: SequencerBenchReport[] = []
+  for (const servers of [1, 3] as const) {
+    const nats = await startNats({ servers })
+    try {
+      setups.push(row(`cluster node, ${servers}-server NATS (R=${servers === 3 ? 3 : 1})`, await measure(() => openClusterBenchEngine(nats, partitions))))
+      if (servers === 1) {
+        // the sequencer alone, over prepared GROUPS entries as large and as small as owners publish them
+        const nc = await connectNats({ servers: nats.url, name: 'dualstream bench sequencer' })
+        try {
+          for (const groupsPerEntry of [64, 1]) {
+            const layout = runLayout(`seq${process.pid}_${++runCounter}`)
+            await createRunStreams(await jetstream(nc).jetstreamManager(), layout, 1)
+            sequencer.push(await benchSequencer({ nc, layout, config: benchConfig, groups: options.sequencerGroups ?? 100_000, groupsPerEntry }))
+          }
+        } finally {
+          await nc.close()
+        }
+      }
+    } finally {
+      await nats.stop()
+    }
+  }
+  const report: ClusterBenchReport = {
+    frame,
+    payloadBytes,
+    rollouts,
+    setups,
+    percentOfSingleNode: (100 * setups[1].rate.median) / setups[0].rate.median,
+    sequencer,
+  }
+  log(formatClusterTables(report))
+  return report
+}
+
+const ms = (s: Spread) => `${s.median.toFixed(1)} (${s.min.toFixed(1)}–${s.max.toFixed(1)})`
+
+/** The report as plain-text tables. */
+export function formatClusterTables(report: ClusterBenchReport): string {
+  return [
+    `cluster bench: ${report.rollouts.toLocaleString('en-US')} rollouts of ${report.payloadBytes} B in frames of ${report.frame}, one producer and one trainer process; median (min–max)`,
+    textTable(
+      ['setup', 'rollouts/s', 'ack p50 / p99 ms', 'ack→batch p50 / p99 ms', 'delivered (dup)'],
+      report.setups.map((s) => [
+        s.setup,
+        `${formatRate(s.rate.median)} (${formatRate(s.rate.min)} – ${formatRate(s.rate.max)})`,
+        `${ms(s.ackP50)} / ${ms(s.ackP99)}`,
+        `${ms(s.ackToBatchP50)} / ${ms(s.ackToBatchP99)}`,
+        `${s.delivered} (${s.duplicates})`,
+      ]),
+    ),
+    `cluster node on a 1-server NATS: ${report.percentOfSingleNode.toFixed(0)}% of one node with LMDB`,
+    '',
+    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check',
+    textTable(
+      ['groups per entry', 'entries', 'batches', 'rollouts', 'rollouts/s', 'pure steps: decode / feed / encode s'],
+      report.sequencer.map((s) => [
+        String(s.groupsPerEntry),
+        String(s.entries),
+        String(s.batches),
+        s.rollouts.toLocaleString('en-US'),
+        formatRate(s.rolloutsPerSecond),
+        `${s.phases.decode.toFixed(2)} / ${s.phases.feed.toFixed(2)} / ${s.phases.encode.toFixed(2)}`,
+      ]),
+    ),
+  ].join('\n')
+}

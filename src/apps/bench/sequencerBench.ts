@@ -1,0 +1,153 @@
+/**
+ * The cluster sequencer alone (`npm run bench -- --cluster`, DESIGN §8 and §9): a GROUPS
+ * stream is prepared first (not timed), then a `Sequencer` is timed from its start to the
+ * last batch of that stream published on BATCHES — reading, decoding, scoring, encoding and
+ * publishing every batch with its expected-sequence check, against a real nats-server.
+ * The same messages are also put through each pure step on their own (decode, feed = window
+ * + score + the trainer's record, encode the BatchEntry), so the report says where the time
+ * goes; what the sequencer's time exceeds their sum by is NATS (consume and publish).
+ */
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../core/config.js'
+import { decodeMessage, emptyDropCounts, encodeMessage, type BatchEntry, type GroupMessage, type GroupsEntry } from '../../state/cluster/messages.js'
+import type { RunLayout } from '../../state/cluster/runLayout.js'
+import { Sequencer } from '../../state/cluster/sequencer.js'
+import { SequencerState } from '../../state/cluster/sequencerState.js'
+
+export interface SequencerBenchOptions {
+  nc: NatsConnection
+  /** A run whose streams exist (`createRunStreams`) and are empty. */
+  layout: RunLayout
+  /** Its config: groups of `groupSize` rollouts, batches of `batchGroups` groups (no `batchMaxWaitMs`). */
+  config: Config
+  /** Groups to sequence; the bench times the full batches they make. */
+  groups: number
+  /** Groups per GroupsEntry (a partition owner coalesces what it formed while its previous publish was in flight: many groups under load). Default 64. */
+  groupsPerEntry?: number
+  /** Partitions the entries come from, in turn. Default 8. */
+  partitions?: number
+  /** The sequencer's publishes in flight (its default when not given; 1 = one at a time). */
+  publishWindow?: number
+}
+
+export interface SequencerBenchReport {
+  groupsPerEntry: number
+  entries: number
+  batches: number
+  /** Rollouts in the batches published. */
+  rollouts: number
+  seconds: number
+  rolloutsPerSecond: number
+  /** Seconds the pure steps take over the same messages, one after the other, without NATS. */
+  phases: { decode: number; feed: number; encode: number }
+}
+
+/** Synthetic reward values, deterministic (the core bench's distribution: binary accuracy and consistency, real grounding). */
+function random(seed: number): () => number {
+  let state = seed
+  return () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 4294967296
+}
+
+/**
+ * The GroupsEntries of `groups` complete groups of `config.groupSize` rollouts, each rollout
+ * with its payload by reference (64 bytes of a logged frame), as partition owners publish them.
+ */
+export function syntheticGroupsEntries(config: Config, groups: number, groupsPerEntry: number, partitions: number): GroupsEntry[] {
+  const next = random(12345)
+  const size = config.groupSize
+  const entries: GroupsEntry[] = []
+  const n = new Array<number>(partitions).fill(0)
+  for (let g = 0; g < groups; g += groupsPerEntry) {
+    const p = entries.length % partitions
+    const formed: GroupMessage[] = []
+    for (let k = g; k < Math.min(groups, g + groupsPerEntry); k++) {
+      const frame = k + 1
+      formed.push({
+        promptId: `p${k}`,
+        partial: false,
+        ts: k,
+        rollouts: Array.from({ length: size }, (_, i) => ({
+          id: `r${k * size + i}`,
+          promptId: `p${k}`,
+          policyVersion: 0,
+          rewards: { accuracy: next() < 0.5 ? 1 : 0, consistency: next() < 0.8 ? 1 : 0, grounding: next() < 0.02 ? null : next() },
+          ts: k,
+          seq: frame * 16384 + i,
+          ref: [frame, 16 + 64 * i, 64] as [number, number, number],
+        })),
+      })
+    }
+    n[p]++
+    entries.push({ p, n: n[p], through: n[p], groups: formed, drops: emptyDropCounts() })
+  }
+  return entries
+}
+
+/**
+ * Publishes the GROUPS stream (not timed), then times a sequencer over it; see the top of
+ * this file.
+ *
+ * @example
+ * const layout = runLayout('bench')
+ * await createRunStreams(await jetstreamManager(nc), layout, 1)
+ * const report = await benchSequencer({ nc, layout, config: benchConfig, groups: 125_000 })
+ * console.log(`${(report.rolloutsPerSecond / 1e6).toFixed(2)} M rollouts/s`)
+ */
+export async function benchSequencer(options: SequencerBenchOptions): Promise<SequencerBenchReport> {
+  const { nc, layout, config, groups } = options
+  const groupsPerEntry = options.groupsPerEntry ?? 64
+  if (config.batchMaxWaitMs !== undefined) throw new Error('benchSequencer: the config must not set batchMaxWaitMs (the bench counts full batches)')
+  const js = jetstream(nc)
+  const jsm = await jetstreamManager(nc)
+  const entries = syntheticGroupsEntries(config, groups, groupsPerEntry, options.partitions ?? 8)
+  const encoded = entries.map((e) => encodeMessage(e))
+  // published in order, a window of them in flight at a time
+  const WINDOW = 256
+  for (let i = 0; i < encoded.length; i += WINDOW)
+    await Promise.all(encoded.slice(i, i + WINDOW).map((bytes, k) => js.publish(layout.subjects.groups(entries[i + k].p), bytes)))
+
+  const batches = Math.floor(groups / config.batchGroups)
+  const start = performance.now()
+  let done!: () => void
+  const finished = new Promise<void>((resolve) => (done = resolve))
+  // why the sequencer stopped before the last batch (a deposition's reason or an error)
+  let failure: unknown
+  const fail = (why: unknown) => {
+    failure = why
+    done()
+  }
+  const sequencer = await Sequencer.start({
+    js,
+    jsm,
+    layout,
+    config,
+    isHeld: () => true,
+    publishWindow: options.publishWindow,
+    onBatch: (entry) => entry.step === batches && done(),
+    onDeposed: fail,
+    onError: fail,
+  })
+  await finished
+  const seconds = (performance.now() - start) / 1000
+  await sequencer.stop()
+  if (failure !== undefined) throw new Error(`benchSequencer: the sequencer stopped before its last batch: ${String(failure)}`, { cause: failure })
+  const rollouts = batches * config.batchGroups * config.groupSize
+  return { groupsPerEntry, entries: entries.length, batches, rollouts, seconds, rolloutsPerSecond: rollouts / seconds, phases: phasesOf(config, encoded) }
+}
+
+/** Seconds each pure step of the sequencer takes over the messages: decode them, feed them, encode the batch entries. */
+function phasesOf(config: Config, encoded: readonly Uint8Array[]): SequencerBenchReport['phases'] {
+  let start = performance.now()
+  const decoded = encoded.map((bytes) => decodeMessage<GroupsEntry>(bytes))
+  const decode = (performance.now() - start) / 1000
+  start = performance.now()
+  const state = new SequencerState(config)
+  const out: BatchEntry[] = []
+  decoded.forEach((entry, i) => out.push(...state.feed(i + 1, entry)))
+  const feed = (performance.now() - start) / 1000
+  start = performance.now()
+  for (const entry of out) encodeMessage(entry)
+  const encode = (performance.now() - start) / 1000
+  return { decode, feed, encode }
+}

@@ -1,0 +1,301 @@
+/**
+ * A node of a cluster run (DESIGN §8): the `Engine` the endpoints of streams/ serve, with the
+ * state in NATS JetStream instead of an LMDB folder. What it does itself:
+ * - ingest: a producer's frame is validated as on one node (admission.ts), its bytes
+ *   published once to the run's frames subject and its accepted items indexed in each
+ *   partition they belong to; the producer is acknowledged after every PubAck (replicated).
+ *   Duplicate ids are caught by the partitions' owners (and quick resends by JetStream's
+ *   message-id window), so a node acknowledges a resent rollout like a new one.
+ * - the outbox and telemetry: it reads the BATCHES stream (every step, from whichever node
+ *   is the sequencer) and the ACKS stream (every trainer acknowledgement, on any node), so its
+ *   step, λ, counters and unacknowledged batches are the cluster's, not its own.
+ * - deliveries: an unacknowledged batch's payloads are fetched from the logged frames and the
+ *   bytes assembled before it is announced (the trainer's connection sends them as they are).
+ * The roles (partition owners, the sequencer) run beside it, by lease (clusterRoles.ts).
+ */
+import { createHash } from 'node:crypto'
+import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { Subject } from 'rxjs'
+import type { Config } from '../../core/config.js'
+import { DEFAULT_LIMITS, type ValidationLimits } from '../../core/validate.js'
+import { initialDualState, lambdasOf } from '../../math/dual.js'
+import { admitItems } from '../admission.js'
+import type { BatchSummary } from '../batchRecord.js'
+import { wirePackr, wireUnpackr } from '../codec.js'
+import { emptyPipelineCounters } from '../commitPlan.js'
+import { IngestRefused, type CommittedBatch, type Engine, type EngineStats, type IngestOutcome, type RawFrame, type SummaryStore } from '../engine.js'
+import { emptyIngestCounters, type Delivery, type IngestCounters, type OutboxBatch } from '../engineStore.js'
+import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
+import { FrameCache } from './frameCache.js'
+import { decodeMessage, encodeMessage, ITEMS_PER_FRAME, type AckEntry, type BatchEntry, type PartitionEntry } from './messages.js'
+import { partitionOf, type RunLayout, CONSUME_EXPIRES_MS } from './runLayout.js'
+
+export interface ClusterEngineOptions {
+  nc: NatsConnection
+  layout: RunLayout
+  config: Config
+  /** The run's partition count (fixed when it was created). */
+  partitions: number
+  /** This node's name (recorded with the acknowledgements it publishes). */
+  node: string
+  /** Wall clock (ms) for event times (default `Date.now`). */
+  now?: () => number
+  limits?: ValidationLimits
+  /** Bytes of logged frames kept for assembling batches (default 64 MiB). */
+  frameCacheBytes?: number
+  /** How long a publish may wait for its PubAck before the frame is answered `unavailable` (ms, default 10 s). */
+  publishTimeoutMs?: number
+}
+
+/** Summaries kept for `/history` (a longer range is answered from the telemetry's whole-run history). */
+const SUMMARIES_KEPT = 50_000
+
+/** A committed step as a cluster node sees it: acknowledged already when a trainer on another node was quicker than this node's reader. */
+export interface ClusterCommittedBatch extends CommittedBatch {
+  acknowledged: boolean
+}
+
+export class ClusterEngine implements Engine {
+  readonly committed = new Subject<ClusterCommittedBatch>()
+  /** Steps a trainer acknowledged through another node (this node's outbox shrinks too). */
+  readonly acknowledgedElsewhere = new Subject<number>()
+  /** The trainer's policy version each time it grows (the partition owners log it). */
+  readonly policyVersions = new Subject<number>()
+  /** A cluster node does not stop on a NATS outage: it answers `unavailable` until NATS is back. */
+  readonly failed: Promise<unknown> = new Promise<never>(() => {})
+  readonly error: unknown = undefined
+  policyVersion: number | undefined
+  readonly store: SummaryStore
+  readonly frames: FrameCache
+  readonly js: JetStreamClient
+  readonly jsm: JetStreamManager
+  private readonly now: () => number
+  private readonly limits: ValidationLimits
+  private readonly ingestCounters: IngestCounters = emptyIngestCounters()
+  private readonly summaries = new Map<number, BatchSummary>()
+  // unacknowledged steps, assembled, in step order
+  private readonly pending = new Map<number, Delivery>()
+  // acknowledged steps above `ackedThrough` (an ack may be read before its batch)
+  private readonly acked = new Set<number>()
+  private ackedThrough = 0
+  private last: BatchEntry | undefined
+  private lastTs = 0
+  private readonly consumers: ConsumerMessages[] = []
+  private assembling: Promise<void> = Promise.resolve()
+  private closed = false
+
+  private constructor(
+    private readonly options: ClusterEngineOptions,
+    jsm: JetStreamManager,
+  ) {
+    this.js = jetstream(options.nc, { timeout: options.publishTimeoutMs ?? 10_000 })
+    this.jsm = jsm
+    this.now = options.now ?? Date.now
+    this.limits = options.limits ?? DEFAULT_LIMITS
+    this.frames = new FrameCache({ jsm, stream: options.layout.streams.rollouts, maxBytes: options.frameCacheBytes })
+    const summaries = this.summaries
+    this.store = {
+      *summaries(from = 1, to = Number.MAX_SAFE_INTEGER) {
+        for (const [step, summary] of summaries) if (step >= from && step <= to) yield { step, summary }
+      },
+      // the whole-run history is rebuilt from the BATCHES stream at start, not saved
+      auxiliary: () => undefined,
+      saveAuxiliary: () => Promise.resolve(),
+    }
+  }
+
+  get config(): Config {
+    return this.options.config
+  }
+
+  /**
+   * Opens a node's view of the run: reads every acknowledgement and every step committed so
+   * far (the unacknowledged ones assembled for delivery), then follows both streams live.
+   */
+  static async open(options: ClusterEngineOptions): Promise<ClusterEngine> {
+    const jsm = await jetstreamManager(options.nc)
+    const engine = new ClusterEngine(options, jsm)
+    await engine.follow(options.layout.streams.acks, (seq, data, live) => engine.onAck(decodeMessage<AckEntry>(data), live))
+    await engine.follow(options.layout.streams.batches, (seq, data, live) => engine.onBatch(decodeMessage<BatchEntry>(data), live))
+    await engine.assembling
+    return engine
+  }
+
+  /**
+   * Reads `stream` from its first message: resolves once every message there at the call has
+   * been handled (`live` false for those), then goes on handling new ones (`live` true).
+   */
+  private async follow(stream: string, handle: (seq: number, data: Uint8Array, live: boolean) => void): Promise<void> {
+    const info = await this.jsm.streams.info(stream)
+    const caughtUpAt = info.state.last_seq
+    const consumer = await this.js.consumers.get(stream, { deliver_policy: DeliverPolicy.All })
+    const messages = await consumer.consume({ expires: CONSUME_EXPIRES_MS })
+    this.consumers.push(messages)
+    let caughtUp!: () => void
+    const ready = new Promise<void>((resolve) => (caughtUp = resolve))
+    if (caughtUpAt === 0) caughtUp()
+    void (async () => {
+      for await (const message of messages) {
+        const seq = message.info.streamSequence
+        handle(seq, message.data, seq > caughtUpAt)
+        if (seq >= caughtUpAt) caughtUp()
+      }
+    })()
+    await ready
+  }
+
+  private onAck(entry: AckEntry, live: boolean): void {
+    if (entry.policyVersion !== undefined && (this.policyVersion === undefined || entry.policyVersion > this.policyVersion)) {
+      this.policyVersion = entry.policyVersion
+      this.policyVersions.next(entry.policyVersion)
+    }
+    if (this.isAcked(entry.step)) return
+    this.markAcked(entry.step)
+    if (this.pending.delete(entry.step) && live) this.acknowledgedElsewhere.next(entry.step)
+  }
+
+  private isAcked(step: number): boolean {
+    return step <= this.ackedThrough || this.acked.has(step)
+  }
+
+  private markAcked(step: number): void {
+    this.acked.add(step)
+    while (this.acked.delete(this.ackedThrough + 1)) this.ackedThrough++
+  }
+
+  private onBatch(entry: BatchEntry, live: boolean): void {
+    this.last = entry
+    this.summaries.set(entry.step, entry.summary)
+    /* c8 ignore next -- more than SUMMARIES_KEPT steps in one test run; a close while a batch is being assembled (a race the fault suite hits) */
+    if (this.summaries.size > SUMMARIES_KEPT) this.summaries.delete(this.summaries.keys().next().value!)
+    const acknowledged = this.isAcked(entry.step)
+    // assembled in step order: a batch's frames are fetched while the previous one is announced
+    const fetched = acknowledged ? Promise.resolve() : Promise.all(referencedEntries(entry.record).map((seq) => this.frames.get(seq)))
+    this.assembling = this.assembling.then(async () => {
+      await fetched
+      /* c8 ignore next -- more than SUMMARIES_KEPT steps in one test run; a close while a batch is being assembled (a race the fault suite hits) */
+      if (this.closed) return
+      let delivery: Delivery
+      if (acknowledged || this.isAcked(entry.step)) delivery = { step: entry.step, bytes: new Uint8Array(0) }
+      else {
+        const bytes = assembleBatch(entry.record, (seq) => this.frames.peek(seq)!)
+        delivery = { step: entry.step, bytes }
+        this.pending.set(entry.step, delivery)
+      }
+      if (!live) return
+      const done = this.isAcked(entry.step)
+      this.committed.next({
+        summary: entry.summary,
+        delivery,
+        latencyMs: this.now() - entry.newestTs,
+        acknowledged: done,
+        get outbox() {
+          return wireUnpackr.unpack(delivery.bytes) as OutboxBatch
+        },
+      })
+    })
+    this.assembling.catch(() => {})
+  }
+
+  /**
+   * Validates a frame and makes its accepted rollouts durable in the run: the frame's bytes
+   * once, then each partition's index entry; resolves after every PubAck. A publish that
+   * fails (NATS unreachable, no answer in time) rejects with `IngestRefused('unavailable')`:
+   * the producer sends the frame again, and JetStream's message ids make the resend of what
+   * did get stored a no-op.
+   */
+  async ingest(items: readonly unknown[], raw?: RawFrame): Promise<IngestOutcome> {
+    if (this.closed) throw new Error('the engine is closed')
+    if (items.length > ITEMS_PER_FRAME) throw new Error(`a frame of ${items.length} rollouts: a cluster node takes at most ${ITEMS_PER_FRAME}`)
+    const { valid, validIndex, rejected } = admitItems(items, this.config, this.limits, raw !== undefined, this.policyVersion, this.ingestCounters)
+    const acked = valid.map((rollout) => rollout.id)
+    if (valid.length === 0) return { acked, rejected, duplicates: 0 }
+    // the frame as MessagePack with the items where the owners will look for them
+    const bytes = raw?.format === 'msgpack' ? raw.bytes : wirePackr.pack({ type: 'rollouts', rollouts: items })
+    this.lastTs = Math.max(this.now(), this.lastTs)
+    const ts = this.lastTs
+    const { layout, partitions } = this.options
+    const byPartition = new Map<number, number[]>()
+    for (let k = 0; k < valid.length; k++) {
+      const p = partitionOf(valid[k].promptId, partitions)
+      const list = byPartition.get(p)
+      if (list === undefined) byPartition.set(p, [validIndex[k]])
+      else list.push(validIndex[k])
+    }
+    try {
+      const frameId = createHash('sha256').update(bytes).digest('base64url')
+      const stored = await this.js.publish(layout.subjects.frames, bytes, { msgID: frameId })
+      // the partitions' owners on this node read it from memory
+      this.frames.put(stored.seq, bytes)
+      await Promise.all(
+        [...byPartition].map(([p, indices]) => {
+          const entry: PartitionEntry = { k: 'rollouts', frame: stored.seq, items: indices, ts }
+          return this.js.publish(layout.subjects.partition(p), encodeMessage(entry), { msgID: `${stored.seq}.${p}` })
+        }),
+      )
+    } catch (error) {
+      throw new IngestRefused('unavailable', `the cluster could not store this frame (${(error as Error).message}); nothing was acknowledged: send it again`)
+    }
+    this.ingestCounters.ingested += valid.length
+    return { acked, rejected, duplicates: 0 }
+  }
+
+  stats(): EngineStats {
+    const pipeline = this.last?.pipeline ?? emptyPipelineCounters()
+    let duplicate = 0
+    for (const drops of Object.values(this.last?.partitionDrops ?? {})) duplicate += drops.duplicate
+    return {
+      step: this.last?.step ?? 0,
+      lambda: lambdasOf(this.last?.state ?? initialDualState(this.config.constraints)),
+      ingest: { ...structuredClone(this.ingestCounters), duplicate },
+      pipeline: { ...pipeline },
+      pendingRollouts: 0,
+      outbox: this.pending.size,
+      nextSeq: 0,
+    }
+  }
+
+  /** The last step committed in the run (as this node has read it). */
+  get lastBatch(): BatchEntry | undefined {
+    return this.last
+  }
+
+  pendingDeliveries(): Delivery[] {
+    return [...this.pending.values()].sort((a, b) => a.step - b.step)
+  }
+
+  /**
+   * A trainer acknowledged `step` here: recorded in the ACKS stream (with the policy version)
+   * so every node and `replay --nats` see it; resolves once stored, to whether it was pending.
+   */
+  async acknowledge(step: number, policyVersion?: number): Promise<boolean> {
+    if (this.closed) throw new Error('the engine is closed')
+    const known = this.pending.delete(step)
+    if (known) this.markAcked(step)
+    if (policyVersion !== undefined && (this.policyVersion === undefined || policyVersion > this.policyVersion)) {
+      this.policyVersion = policyVersion
+      this.policyVersions.next(policyVersion)
+    }
+    if (known || policyVersion !== undefined) {
+      const entry: AckEntry = { step, node: this.options.node }
+      if (policyVersion !== undefined) entry.policyVersion = policyVersion
+      await this.js.publish(this.options.layout.subjects.acks, encodeMessage(entry))
+    }
+    return known
+  }
+
+  failureCause(): Promise<string | undefined> {
+    return Promise.resolve(undefined)
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    for (const messages of this.consumers) await messages.close()
+    await this.assembling.catch(() => {})
+    this.committed.complete()
+    this.acknowledgedElsewhere.complete()
+    this.policyVersions.complete()
+  }
+}

@@ -1,0 +1,179 @@
+/**
+ * `dualstream replay --nats URL --run NAME` (DESIGN §8): a cluster run's streams through a
+ * fresh pipeline, as `replay --log` does for a data folder. Each partition's index is read
+ * again through a fresh owner's state (`PartitionState`: what each entry outputs) and the
+ * GROUPS stream through a fresh sequencer's (`SequencerState`), in the GROUPS stream's own
+ * order. Two things the partitions' input does not decide are taken from the stored GROUPS
+ * stream: the interleaving of the partitions, and where each owner cut its messages (it
+ * coalesces what waits while a publish is in flight). So a stored message of partition p
+ * through entry T is recomputed as the outputs of p's entries in (T of p's previous message,
+ * T], with p's drops after T, numbered 1, 2, … per partition (`groupsEntryOf`), and that is
+ * what the sequencer is fed. Under the run's own config every recomputed group message and
+ * batch must equal the stored one, byte for byte: a difference is reported with where it is.
+ * Under another config it is a counterfactual (the same cuts, other groups). Only committed
+ * steps are replayed (no flush of a last partial batch, unlike `--log`).
+ */
+import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { Kvm } from '@nats-io/kv'
+import type { Config } from '../../core/config.js'
+import type { BatchRecord } from '../batchRecord.js'
+import { wireUnpackr } from '../codec.js'
+import type { OutboxBatch } from '../engineStore.js'
+import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
+import type { RunRecord } from './clusterRun.js'
+import { FrameCache } from './frameCache.js'
+import { decodeMessage, emptyDropCounts, encodeMessage, type BatchEntry, type DropCounts, type GroupsEntry, type GroupsWatermark } from './messages.js'
+import { groupsEntryOf, partitionEntryOf, PartitionState, type PartitionOutput } from './partitionState.js'
+import { runLayout, type RunLayout, CONSUME_EXPIRES_MS } from './runLayout.js'
+import { SequencerState } from './sequencerState.js'
+
+/** Every message of `stream` (of `subject` only, when given) stored when the call starts, in order. */
+export async function* readStream(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  stream: string,
+  subject?: string,
+): AsyncGenerator<{ seq: number; subject: string; data: Uint8Array }> {
+  const info = await jsm.streams.info(stream, subject === undefined ? undefined : { subjects_filter: subject })
+  const last = info.state.last_seq
+  const count = subject === undefined ? info.state.messages : (info.state.subjects?.[subject] ?? 0)
+  if (count === 0) return
+  const consumer = await js.consumers.get(stream, { deliver_policy: DeliverPolicy.All, ...(subject === undefined ? {} : { filter_subjects: subject }) })
+  const messages = await consumer.consume({ expires: CONSUME_EXPIRES_MS })
+  let seen = 0
+  try {
+    for await (const message of messages) {
+      const seq = message.info.streamSequence
+      /* c8 ignore next -- a message stored after the stream info was read (a live run; the fault suite replays a stopped one) */
+      if (seq > last) break
+      yield { seq, subject: message.subject, data: message.data }
+      if (++seen >= count || seq >= last) break
+    }
+  } finally {
+    await messages.close()
+  }
+}
+
+export interface ReplayRunOptions {
+  nc: NatsConnection
+  run: string
+  /** The config to replay under (default the run's own). */
+  config?: Config
+}
+
+export interface ReplayRunResult {
+  /** The run's own record (its config, partitions, replicas). */
+  record: RunRecord
+  partitionEntries: number
+  groupMessages: number
+  batches: number
+  /** Under the run's config: where a recomputed message differs from the stored one (empty when the run replays exactly). */
+  differences: string[]
+}
+
+/** The batch line `replay` prints for a committed step (the fields of `replay --log`'s, from the stored entry). */
+export function batchLineOf(entry: BatchEntry, bytes: Uint8Array): BatchRecord {
+  const { advantageMean: _mean, advantageStd: _std, ...summary } = entry.summary
+  const batch = wireUnpackr.unpack(bytes) as OutboxBatch
+  return { ...summary, advantages: Object.fromEntries(batch.rollouts.map((r) => [r.id, r.advantage])) }
+}
+
+const same = (a: unknown, b: unknown): boolean => Buffer.from(encodeMessage(a as never)).equals(Buffer.from(encodeMessage(b as never)))
+
+/**
+ * Replays run `run`; calls `onBatch` with each step's line, in step order.
+ *
+ * @example
+ * const result = await replayRun({ nc, run: 'exp7' }, (line) => console.log(JSON.stringify(line)))
+ * if (result.differences.length > 0) console.error(result.differences.join('\n'))
+ */
+export async function replayRun(options: ReplayRunOptions, onBatch: (line: BatchRecord) => void): Promise<ReplayRunResult> {
+  const { nc, run } = options
+  const layout: RunLayout = runLayout(run)
+  const js = jetstream(nc)
+  const jsm = await jetstreamManager(nc)
+  const bucket = await new Kvm(js).open(layout.buckets.run)
+  const stored = await bucket.get('run').catch(() => null)
+  if (stored === null || stored.length === 0)
+    throw new Error(`no cluster run ${JSON.stringify(run)} on these NATS servers (no record in bucket ${layout.buckets.run})`)
+  const record = stored.json<RunRecord>()
+  const config = options.config ?? record.config
+  const exact = JSON.stringify(config) === JSON.stringify(record.config)
+  const differences: string[] = []
+  const frames = new FrameCache({ jsm, stream: layout.streams.rollouts })
+  // each partition's outputs, recomputed from its index, in entry order
+  const recomputed = new Map<number, PartitionOutput[]>()
+  let partitionEntries = 0
+  for (let p = 0; p < record.partitions; p++) {
+    const state = new PartitionState(config, p)
+    const outputs: PartitionOutput[] = []
+    try {
+      for await (const message of readStream(js, jsm, layout.streams.rollouts, layout.subjects.partition(p))) {
+        partitionEntries++
+        const entry = partitionEntryOf(decodeMessage(message.data), `partition ${p}, stream seq ${message.seq}`)
+        const output = state.feed(message.seq, entry, entry.k === 'rollouts' ? await frames.decoded(entry.frame) : undefined)
+        if (output !== undefined) outputs.push(output)
+      }
+    } finally {
+      state.close()
+    }
+    recomputed.set(p, outputs)
+  }
+  // where each partition's stored messages have got to: the next output, the message count, the drops so far
+  const cursors = new Map<number, { next: number; n: number; drops: DropCounts }>()
+  // the sequencer over the GROUPS stream's order, with the recomputed messages in the stored ones' places
+  const sequencer = new SequencerState(config)
+  const storedBatches = readStream(js, jsm, layout.streams.batches)
+  let groupMessages = 0
+  let batches = 0
+  try {
+    for await (const message of readStream(js, jsm, layout.streams.groups)) {
+      groupMessages++
+      const storedMessage = decodeMessage<GroupsEntry | GroupsWatermark>(message.data)
+      let fed: GroupsEntry | GroupsWatermark = storedMessage
+      if ('p' in storedMessage) {
+        const { p, n, through } = storedMessage
+        const outputs = recomputed.get(p)
+        if (outputs === undefined) {
+          if (exact) differences.push(`GROUPS seq ${message.seq}: a message of partition ${p}, which the run does not have (${record.partitions} partitions)`)
+          continue
+        }
+        let cursor = cursors.get(p)
+        if (cursor === undefined) cursors.set(p, (cursor = { next: 0, n: 0, drops: emptyDropCounts() }))
+        const from = cursor.next
+        while (cursor.next < outputs.length && outputs[cursor.next].seq <= through) cursor.next++
+        if (cursor.next > from) cursor.drops = outputs[cursor.next - 1].drops
+        const mine = groupsEntryOf(p, ++cursor.n, outputs.slice(from, cursor.next), through, cursor.drops)
+        if (exact && !same(mine, storedMessage))
+          differences.push(`GROUPS seq ${message.seq}: partition ${p} message ${n} (through partition seq ${through}) differs from what its index produces`)
+        fed = mine
+      }
+      for (const entry of sequencer.feed(message.seq, fed)) {
+        batches++
+        const assembled = await assemble(entry, frames)
+        onBatch(batchLineOf(entry, assembled))
+        if (!exact) continue
+        const next = await storedBatches.next()
+        if (next.done === true) differences.push(`step ${entry.step}: replayed, but the BATCHES stream ends before it`)
+        else if (!Buffer.from(next.value.data).equals(Buffer.from(encodeMessage(entry))))
+          differences.push(`step ${entry.step}: the replayed batch differs from the stored one (BATCHES seq ${next.value.seq})`)
+      }
+    }
+    if (exact) {
+      const extra = await storedBatches.next()
+      if (extra.done !== true) differences.push(`BATCHES seq ${extra.value.seq}: stored, but the replay of GROUPS does not reach it`)
+    }
+  } finally {
+    sequencer.close()
+    await storedBatches.return(undefined)
+  }
+  return { record, partitionEntries, groupMessages, batches, differences }
+}
+
+async function assemble(entry: BatchEntry, frames: FrameCache): Promise<Uint8Array> {
+  const needed = new Map<number, Uint8Array>()
+  const record = entry.record
+  for (const seq of referencedEntries(record)) needed.set(seq, await frames.get(seq))
+  return assembleBatch(record, (seq) => needed.get(seq)!)
+}

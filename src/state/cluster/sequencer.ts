@@ -1,0 +1,248 @@
+/**
+ * The sequencer role of a cluster run (DESIGN §8, cluster spec §3): the NATS shell around
+ * `SequencerState`. It resumes from the last message of the BATCHES stream (the engine's
+ * state), reads the GROUPS stream in order from there with an ordered consumer, and publishes
+ * each batch entry the state completes to `ds.R.batches`, in step order, each expecting the
+ * stream's last sequence to be the one its previous publish gets (and, while that one is in
+ * flight, the last message to be it): a deposed sequencer (another one published meanwhile)
+ * is refused and stops, so the history never forks. While a batch
+ * waits on `batchMaxWaitMs`, it appends the time to `ds.R.groups.wm`, so that the wait ends
+ * in event time, in the stream, the same for everyone who reads it.
+ *
+ * Whoever holds the sequencer's lease starts one, and stops it when the lease is lost;
+ * `isHeld()` is asked before every publish as well.
+ */
+import { CONSUME_EXPIRES_MS } from './runLayout.js'
+import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
+import {
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type StreamExpectations,
+} from '@nats-io/jetstream'
+import type { Config } from '../../core/config.js'
+import { decodeMessage, encodeMessage, type BatchEntry, type GroupsEntry, type GroupsWatermark } from './messages.js'
+import type { RunLayout } from './runLayout.js'
+import { SequencerState } from './sequencerState.js'
+
+export interface SequencerOptions {
+  js: JetStreamClient
+  jsm: JetStreamManager
+  layout: RunLayout
+  config: Config
+  /** Whether this node still holds the sequencer's lease: asked before every publish. */
+  isHeld: () => boolean
+  /** Clock of the watermark timer (default: rxjs's asyncScheduler). */
+  scheduler?: SchedulerLike
+  /** Event time now, for the watermarks (default: the scheduler's clock). */
+  now?: () => number
+  /** Told of each batch entry once BATCHES holds it. */
+  onBatch?: (entry: BatchEntry) => void
+  /** Told when this sequencer stopped because it may no longer act: its lease is gone, or BATCHES moved on without it. */
+  onDeposed?: (reason: string) => void
+  /** Told of an error that stopped this sequencer (or, for a watermark's publish, that it shrugged off). */
+  onError?: (error: unknown) => void
+  /** Batch entries in flight to BATCHES at most (default 32; 1 waits for each acknowledgement before the next publish). */
+  publishWindow?: number
+}
+
+/** Bytes of GROUPS messages the ordered consumer asks for at a time (the messages of an owner that batches groups are large). */
+const PULL_BYTES = 8 * 1024 * 1024
+/** GROUPS messages fed between two turns of the event loop. */
+const YIELD_EVERY = 16
+/** nats-server's error code for a publish whose expected last message id is not the stream's (JSStreamWrongLastMsgIDErrF; the client names only the sequence's). */
+const WRONG_LAST_MSG_ID = 10070
+/** Publishes in flight by default: enough to hide the round trip of a publish behind the scoring of the next batches. */
+const PUBLISH_WINDOW = 32
+
+/**
+ * A running sequencer.
+ *
+ * @example
+ * const sequencer = await Sequencer.start({ js, jsm, layout, config, isHeld: () => lease.held, onDeposed: (why) => log(why) })
+ * lease.lost.then(() => sequencer.stop())
+ */
+export class Sequencer {
+  private stopped = false
+  // stopped because of a refusal or an error (reported once)
+  private failed = false
+  private step: number
+  private readonly loop: Promise<void>
+  private readonly timer: Subscription | undefined
+  private watermarkInFlight = false
+  private readonly window: number
+  // the publishes whose outcome is not taken yet, oldest first, and the newest
+  private readonly inFlight: Promise<void>[] = []
+  private settled: Promise<void> = Promise.resolve()
+  private previousMsgID = ''
+
+  private constructor(
+    private readonly options: SequencerOptions,
+    private readonly state: SequencerState,
+    // the BATCHES stream's last sequence once every publish sent is stored: the next publish expects it
+    private expected: number,
+    step: number,
+    private readonly messages: ConsumerMessages,
+  ) {
+    this.step = step
+    this.window = options.publishWindow ?? PUBLISH_WINDOW
+    this.loop = this.run()
+    const wait = options.config.batchMaxWaitMs
+    if (wait !== undefined) {
+      const scheduler = options.scheduler ?? asyncScheduler
+      const now = options.now ?? (() => scheduler.now())
+      const period = Math.max(1, wait / 4)
+      const tick = () => this.tick(now())
+      this.timer = scheduler.schedule(function (this: SchedulerAction<unknown>) {
+        tick()
+        this.schedule(undefined, period)
+      }, period)
+    }
+  }
+
+  /**
+   * Resumes after the last batch entry on BATCHES (or starts the run's first batch) and
+   * consumes GROUPS from there. Rejects when the streams cannot be read.
+   */
+  static async start(options: SequencerOptions): Promise<Sequencer> {
+    const { js, jsm, layout, config } = options
+    const info = await jsm.streams.info(layout.streams.batches)
+    const lastSequence = info.state.last_seq
+    let last: BatchEntry | undefined
+    if (lastSequence > 0) {
+      const stored = await jsm.streams.getMessage(layout.streams.batches, { seq: lastSequence })
+      if (stored === null) throw new Error(`sequencer: ${layout.streams.batches} has no message at its last sequence ${lastSequence}`)
+      last = decodeMessage<BatchEntry>(stored.data)
+    }
+    const state = new SequencerState(config, last)
+    const consumer = await js.consumers.get(layout.streams.groups, { opt_start_seq: state.resumeFrom })
+    const messages = await consumer.consume({ max_bytes: PULL_BYTES, expires: CONSUME_EXPIRES_MS })
+    return new Sequencer(options, state, lastSequence, last?.step ?? 0, messages)
+  }
+
+  /** The last step published, the next GROUPS seq to feed, and the groups waiting in the batch being filled. */
+  stats(): { step: number; resumeFrom: number; pendingGroups: number } {
+    return { step: this.step, resumeFrom: this.state.resumeFrom, pendingGroups: this.state.pendingGroups }
+  }
+
+  /** Stops consuming and publishing; resolves once the publishes in flight have returned. */
+  async stop(): Promise<void> {
+    this.halt()
+    await this.loop
+    await this.settled
+  }
+
+  private halt(): void {
+    if (this.stopped) return
+    this.stopped = true
+    this.timer?.unsubscribe()
+    this.messages.stop()
+    this.state.close()
+  }
+
+  private async run(): Promise<void> {
+    try {
+      let fed = 0
+      // once stopped, a message the consumer still yields goes to the closed state, which makes nothing of it
+      for await (const message of this.messages) {
+        const entries = this.state.feed(message.seq, decodeMessage<GroupsEntry | GroupsWatermark>(message.data))
+        for (const entry of entries) if (!(await this.publish(entry))) return
+        // the buffered messages come one microtask after another: let the socket be read now and
+        // then, or acknowledgements wait behind them until their publishes time out
+        if (++fed % YIELD_EVERY === 0) await new Promise(setImmediate)
+      }
+      // the consumer ended without being stopped (its connection closed)
+      if (!this.stopped) throw new Error(`sequencer: the consumer of ${this.options.layout.streams.groups} ended`)
+    } catch (error) {
+      this.fail(error)
+    }
+  }
+
+  /**
+   * Publishes one batch entry after those already sent, expecting the last sequence the one
+   * before it will get: publishes on one connection are stored in the order sent, so up to
+   * `publishWindow` may be in flight without losing the guarantee (if one is refused, each one
+   * after it expects the refused one to be the stream's last message, and is refused too).
+   * Waits while the window is full; false when this sequencer stopped (or must).
+   */
+  private async publish(entry: BatchEntry): Promise<boolean> {
+    const { js, layout, isHeld } = this.options
+    while (this.inFlight.length >= this.window && !this.stopped) await this.inFlight[0]
+    if (this.stopped) return false
+    if (!isHeld()) {
+      this.depose(`the ${layout.sequencerLease} lease of run ${layout.run} is not held: step ${entry.step} not published`)
+      return false
+    }
+    const msgID = `${layout.run}.b.${entry.step}`
+    // while the previous entry is in flight, the stream's last message must also be that entry
+    // (its sequence alone could be taken by another publisher's message should it be refused)
+    const expect: Partial<StreamExpectations> = { lastSequence: this.expected }
+    if (this.inFlight.length > 0) expect.lastMsgID = this.previousMsgID
+    const expected = this.expected++
+    this.previousMsgID = msgID
+    const outcome = js.publish(layout.subjects.batches, encodeMessage(entry), { msgID, expect }).then(
+      () => undefined,
+      (error: unknown) => ({ error }),
+    )
+    // outcomes are taken in step order, each after the one before it
+    const settled = this.settled.then(async () => {
+      const refusal = await outcome
+      if (refusal === undefined) this.published(entry)
+      else this.refused(entry, expected, refusal.error)
+    })
+    this.settled = settled
+    this.inFlight.push(settled)
+    void settled.then(() => this.inFlight.shift())
+    return true
+  }
+
+  /**
+   * BATCHES holds the entry. (Should it be a duplicate, another sequencer of the run having
+   * published the same step first — the same bytes, the stream deciding them — at a sequence
+   * other than expected, the next publish is refused and this sequencer deposed.)
+   */
+  private published(entry: BatchEntry): void {
+    this.step = entry.step
+    this.options.onBatch?.(entry)
+  }
+
+  private refused(entry: BatchEntry, expected: number, error: unknown): void {
+    const { layout } = this.options
+    if (error instanceof JetStreamApiError && (error.code === JetStreamApiCodes.StreamWrongLastSequence || error.code === WRONG_LAST_MSG_ID))
+      this.depose(`${layout.streams.batches} moved on without this sequencer (step ${entry.step} expected last sequence ${expected}): ${error.message}`)
+    else this.fail(error)
+  }
+
+  private fail(error: unknown): void {
+    this.stopFor(() => this.options.onError?.(error))
+  }
+
+  private depose(reason: string): void {
+    this.stopFor(() => this.options.onDeposed?.(reason))
+  }
+
+  /** Stops for good and reports why: the first failure only (the refusals of the publishes in flight after it are its consequences). */
+  private stopFor(report: () => void): void {
+    if (this.failed) return
+    this.failed = true
+    this.halt()
+    report()
+  }
+
+  /** While a batch waits and event time has moved, appends the time to GROUPS (the wait ends when it comes back). Not called once stopped: the timer is cancelled. */
+  private tick(now: number): void {
+    const { js, layout, isHeld, onError } = this.options
+    if (this.watermarkInFlight || this.state.pendingGroups === 0 || !(now > this.state.watermark) || !isHeld()) return
+    this.watermarkInFlight = true
+    const wm: GroupsWatermark = { wm: now }
+    js.publish(layout.subjects.groupsWatermark, encodeMessage(wm)).then(
+      () => (this.watermarkInFlight = false),
+      (error: unknown) => {
+        this.watermarkInFlight = false
+        onError?.(error)
+      },
+    )
+  }
+}

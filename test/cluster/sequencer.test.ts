@@ -1,0 +1,414 @@
+/**
+ * The sequencer against a real nats-server: it turns a GROUPS stream into the BATCHES stream
+ * the pure SequencerState makes of it, byte for byte; one stopped in the middle and another
+ * started after it leave the same BATCHES as an uninterrupted run; a deposed one and one
+ * without its lease publish nothing; the watermark timer ends a batch's wait through the
+ * stream; errors stop it and are reported.
+ */
+import t, { type Test } from 'tap'
+import { DiscardPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
+import { connect, type NatsConnection } from '@nats-io/transport-node'
+import { benchSequencer, syntheticGroupsEntries } from '../../src/apps/bench/sequencerBench.js'
+import { benchConfig } from '../../src/apps/bench/core.js'
+import { parseConfig, type Config, type ConfigInput } from '../../src/core/config.js'
+import {
+  decodeMessage,
+  emptyDropCounts,
+  encodeMessage,
+  type BatchEntry,
+  type GroupMessage,
+  type GroupsEntry,
+  type GroupsWatermark,
+} from '../../src/state/cluster/messages.js'
+import { runLayout, type RunLayout } from '../../src/state/cluster/runLayout.js'
+import { createRunStreams } from '../../src/state/cluster/runStreams.js'
+import { Sequencer, type SequencerOptions } from '../../src/state/cluster/sequencer.js'
+import { SequencerState } from '../../src/state/cluster/sequencerState.js'
+import { natsMissing, startNats, waitFor, type NatsServers } from '../support/natsServers.js'
+import { VirtualClock } from '../support/virtualTime.js'
+
+type GroupsMessage = GroupsEntry | GroupsWatermark
+
+function configOf(overrides: Partial<ConfigInput> = {}): Config {
+  return parseConfig({
+    groupSize: 2,
+    batchGroups: 3,
+    objectives: [{ channel: 'acc' }],
+    constraints: [{ channel: 'consistency', sense: '>=', threshold: 0.8, sampleThreshold: 0.5, window: 2, dual: { rule: 'sgd', lr: 0.1 } }],
+    ...overrides,
+  })
+}
+
+/** A group of two rollouts at event time `ts`, the first with a payload by reference. */
+function groupOf(name: string, ts: number, k: number): GroupMessage {
+  return {
+    promptId: name,
+    partial: false,
+    ts,
+    rollouts: [
+      { id: `${name}-a`, promptId: name, rewards: { acc: k % 2, consistency: 1 }, ts: ts - 1, seq: 2 * k, ref: [k + 1, 0, 1] },
+      { id: `${name}-b`, promptId: name, rewards: { acc: (k >> 1) % 2, consistency: k % 3 === 0 ? 0 : 1 }, ts, seq: 2 * k + 1 },
+    ],
+  }
+}
+
+/** A GROUPS stream of three partitions: entries of 0 to 7 groups (so batches of 3 close inside entries), drops growing. */
+function groupsStream(entries: number): GroupsMessage[] {
+  const out: GroupsMessage[] = []
+  const n = [0, 0, 0]
+  let k = 0
+  for (let i = 0; i < entries; i++) {
+    const p = (i * 5) % 3
+    const groups = Array.from({ length: (i * 7 + p) % 8 }, () => groupOf(`g${k}`, 10 * k, k++))
+    n[p]++
+    out.push({ p, n: n[p], through: 2 * n[p], groups, drops: { ...emptyDropCounts(), stale: i, incompleteGroups: n[p] } })
+  }
+  return out
+}
+
+/** What the pure state makes of the whole stream: the BATCHES an uninterrupted run must hold (and the groups left waiting). */
+function expectedBatches(config: Config, messages: readonly GroupsMessage[]): string[] & { pendingGroups: number } {
+  const state = new SequencerState(config)
+  const bytes = messages.flatMap((m, i) => state.feed(i + 1, m)).map((e) => Buffer.from(encodeMessage(e)).toString('base64'))
+  return Object.assign(bytes, { pendingGroups: state.pendingGroups })
+}
+
+interface Run {
+  layout: RunLayout
+  js: JetStreamClient
+  jsm: JetStreamManager
+  publishGroups(messages: readonly GroupsMessage[]): Promise<void>
+  /** Every message of BATCHES, base64. */
+  batches(): Promise<string[]>
+  start(options?: Partial<SequencerOptions>): Promise<Sequencer>
+}
+
+let nats: NatsServers
+let nc: NatsConnection
+let runs = 0
+
+t.before(async () => {
+  if (natsMissing) return
+  nats = await startNats()
+  nc = await connect({ servers: nats.urls })
+})
+t.teardown(async () => {
+  await nc?.close()
+  await nats?.stop()
+})
+
+/** A fresh run with its streams; its sequencers are stopped at the end of the test. */
+async function freshRun(t: Test, config: Config): Promise<Run> {
+  const js = jetstream(nc)
+  const jsm = await jetstreamManager(nc)
+  const layout = runLayout(`seq${++runs}`)
+  await createRunStreams(jsm, layout, 1)
+  const started: Sequencer[] = []
+  t.teardown(async () => {
+    for (const s of started) await s.stop()
+  })
+  return {
+    layout,
+    js,
+    jsm,
+    async publishGroups(messages) {
+      for (const m of messages) await js.publish('wm' in m ? layout.subjects.groupsWatermark : layout.subjects.groups(m.p), encodeMessage(m))
+    },
+    async batches() {
+      const info = await jsm.streams.info(layout.streams.batches)
+      const out: string[] = []
+      for (let seq = 1; seq <= info.state.last_seq; seq++)
+        out.push(Buffer.from((await jsm.streams.getMessage(layout.streams.batches, { seq }))!.data).toString('base64'))
+      return out
+    },
+    async start(options = {}) {
+      const sequencer = await Sequencer.start({
+        js,
+        jsm,
+        layout,
+        config,
+        isHeld: () => true,
+        onError: (e) => t.fail(`unexpected error: ${(e as Error).message}`),
+        ...options,
+      })
+      started.push(sequencer)
+      return sequencer
+    },
+  }
+}
+
+const steps = (batches: string[]) => batches.map((b) => decodeMessage<BatchEntry>(Buffer.from(b, 'base64')).step)
+
+t.test('an uninterrupted run: BATCHES holds what the pure state makes of GROUPS, byte for byte', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const messages = groupsStream(40)
+  const expected = expectedBatches(config, messages)
+  t.ok(expected.length > 10)
+  const run = await freshRun(t, config)
+  await run.publishGroups(messages)
+  const seen: number[] = []
+  const sequencer = await run.start({ onBatch: (entry) => seen.push(entry.step) })
+  await waitFor('every batch published', () => sequencer.stats().step === expected.length)
+  t.same(await run.batches(), expected)
+  t.same(
+    seen,
+    expected.map((_, i) => i + 1),
+  )
+  t.ok(expected.pendingGroups > 0)
+  t.same(sequencer.stats(), { step: expected.length, resumeFrom: messages.length + 1, pendingGroups: expected.pendingGroups })
+})
+
+t.test('stopped mid-run, another takes over: the same BATCHES as an uninterrupted run, no step twice', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const messages = groupsStream(40)
+  const expected = expectedBatches(config, messages)
+  const entries = expected.map((b) => decodeMessage<BatchEntry>(Buffer.from(b, 'base64')))
+  // stop after a step whose successor comes out of the same GROUPS message (a batch closed inside an entry)
+  const inside = entries.findIndex((e, i) => i + 1 < entries.length && entries[i + 1].resumeFrom === e.resumeFrom && 'groups' in messages[e.resumeFrom - 1])
+  t.ok(inside >= 0, 'a batch closes inside an entry')
+  const cases = [
+    { stopAfter: inside + 1, publishWindow: 1 },
+    { stopAfter: Math.floor(expected.length / 2), publishWindow: 1 },
+    { stopAfter: 2, publishWindow: undefined },
+    { stopAfter: expected.length - 5, publishWindow: undefined },
+  ]
+  for (const { stopAfter, publishWindow } of cases) {
+    const run = await freshRun(t, config)
+    await run.publishGroups(messages)
+    let first: Sequencer | undefined
+    const stopped = new Promise<void>((resolve) => {
+      void run
+        .start({
+          publishWindow,
+          onBatch: (entry) => {
+            if (entry.step === stopAfter) void first!.stop().then(resolve)
+          },
+        })
+        .then((s) => (first = s))
+    })
+    await stopped
+    const reached = first!.stats().step
+    // one at a time it stops right there; with publishes in flight, those land too
+    if (publishWindow === 1) t.equal(reached, stopAfter, `the first sequencer stopped after step ${stopAfter}`)
+    else t.ok(reached >= stopAfter, `the first sequencer stopped after step ${reached}`)
+    t.same(await run.batches(), expected.slice(0, reached))
+    const second = await run.start({ publishWindow })
+    t.equal(second.stats().step, reached, 'the second resumes after the last step on BATCHES')
+    await waitFor('the rest published', () => second.stats().step === expected.length)
+    const batches = await run.batches()
+    t.same(batches, expected, `taken over after step ${reached}`)
+    t.same(
+      steps(batches),
+      expected.map((_, i) => i + 1),
+      'each step once',
+    )
+  }
+})
+
+t.test('GROUPS published while the sequencer runs: it follows, and a watermark entry closes nothing without maxWait', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const messages = [...groupsStream(12), { wm: 1e9 }]
+  const expected = expectedBatches(config, messages)
+  const run = await freshRun(t, config)
+  const sequencer = await run.start()
+  await run.publishGroups(messages.slice(0, 5))
+  await run.publishGroups(messages.slice(5))
+  await waitFor('caught up', () => sequencer.stats().resumeFrom === messages.length + 1 && sequencer.stats().step === expected.length)
+  t.same(await run.batches(), expected)
+})
+
+t.test('a deposed sequencer (BATCHES moved on without it) is told so and publishes nothing more', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const messages = groupsStream(30)
+  const expected = expectedBatches(config, messages)
+  const prefix = expectedBatches(config, messages.slice(0, 15))
+  const run = await freshRun(t, config)
+  await run.publishGroups(messages.slice(0, 15))
+  let deposed: string | undefined
+  const published: number[] = []
+  const sequencer = await run.start({ onDeposed: (reason) => (deposed = reason), onBatch: (e) => published.push(e.step) })
+  await waitFor('the first half published', () => sequencer.stats().step === prefix.length && sequencer.stats().resumeFrom === 16)
+  // another sequencer (that this one does not know of) publishes; then GROUPS grows by a burst,
+  // so that the next entries are published together: the one after the refused one expects the
+  // foreign message's sequence, and is refused because that is not the refused one
+  await run.js.publish(run.layout.subjects.batches, new TextEncoder().encode('foreign'))
+  await Promise.all(messages.slice(15).map((m) => run.js.publish(run.layout.subjects.groups((m as GroupsEntry).p), encodeMessage(m))))
+  await waitFor('deposed', () => deposed)
+  t.match(
+    deposed,
+    new RegExp(`${run.layout.streams.batches} moved on without this sequencer \\(step ${prefix.length + 1} expected last sequence ${prefix.length}\\)`),
+  )
+  t.ok(expected.length > prefix.length)
+  const batches = await run.batches()
+  t.same(batches.slice(0, -1), prefix)
+  t.equal(Buffer.from(batches.at(-1)!, 'base64').toString(), 'foreign', 'nothing after the foreign message')
+  t.equal(sequencer.stats().step, prefix.length)
+  t.same(
+    published,
+    prefix.map((_, i) => i + 1),
+  )
+})
+
+t.test('without its lease a sequencer publishes nothing and says why', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const messages = groupsStream(10)
+  const run = await freshRun(t, config)
+  await run.publishGroups(messages)
+  let deposed: string | undefined
+  await run.start({ isHeld: () => false, onDeposed: (reason) => (deposed = reason) })
+  await waitFor('deposed', () => deposed)
+  t.equal(deposed, `the sequencer lease of run ${run.layout.run} is not held: step 1 not published`)
+  t.same(await run.batches(), [])
+})
+
+t.test('the watermark timer: a waiting batch closes when the time it appends to GROUPS comes back', { skip: natsMissing }, async (t) => {
+  const config = configOf({ batchGroups: 10, batchMaxWaitMs: 100 })
+  const run = await freshRun(t, config)
+  const clock = new VirtualClock(0)
+  let held = true
+  const batches: BatchEntry[] = []
+  const sequencer = await run.start({ scheduler: clock, isHeld: () => held, onBatch: (e) => batches.push(e) })
+  clock.advance(25) // nothing waits: no watermark
+  await run.publishGroups([{ p: 0, n: 1, through: 1, groups: [groupOf('a', 50, 0), groupOf('b', 50, 1)], drops: emptyDropCounts() }])
+  await waitFor('the groups wait', () => sequencer.stats().pendingGroups === 2)
+  clock.advance(25) // at 50: event time has not moved past the groups
+  held = false
+  clock.advance(25) // at 75: moved, but the lease is not held
+  held = true
+  clock.advance(50) // at 100: appended (the tick at 125 finds it still in flight)
+  await waitFor('the watermark fed', () => sequencer.stats().resumeFrom === 3)
+  const wm = await run.jsm.streams.getMessage(run.layout.streams.groups, { seq: 2 })
+  t.same(decodeMessage(wm!.data), { wm: 100 })
+  t.same(batches, [], '100 is before the batch’s deadline (150)')
+  await waitFor('the batch closed by a later watermark', () => {
+    clock.advance(25)
+    return batches.length === 1
+  })
+  t.match(batches[0], { step: 1, summary: { groups: 2 } })
+  t.ok(batches[0].watermark >= 150)
+  t.same(await run.batches(), [Buffer.from(encodeMessage(batches[0])).toString('base64')])
+  t.same(sequencer.stats(), { step: 1, resumeFrom: batches[0].resumeFrom, pendingGroups: 0 })
+})
+
+t.test('a watermark that cannot be appended is reported; the sequencer goes on', { skip: natsMissing }, async (t) => {
+  const config = configOf({ batchGroups: 10, batchMaxWaitMs: 100 })
+  const run = await freshRun(t, config)
+  await run.publishGroups([{ p: 0, n: 1, through: 1, groups: [groupOf('a', 50, 0)], drops: emptyDropCounts() }])
+  // GROUPS full: the watermark is refused
+  const info = await run.jsm.streams.info(run.layout.streams.groups)
+  await run.jsm.streams.update(run.layout.streams.groups, { ...info.config, max_msgs: 1, discard: DiscardPolicy.New })
+  const clock = new VirtualClock(0)
+  const errors: unknown[] = []
+  const sequencer = await run.start({ scheduler: clock, now: () => 1000 + clock.now(), onError: (e) => errors.push(e) })
+  await waitFor('the group waits', () => sequencer.stats().pendingGroups === 1)
+  await waitFor('the refusal reported', () => {
+    clock.advance(25)
+    return errors.length > 0
+  })
+  t.match((errors[0] as Error).message, /maximum messages/)
+  t.same(sequencer.stats(), { step: 0, resumeFrom: 2, pendingGroups: 1 })
+})
+
+t.test('a GROUPS message that cannot be scored stops the sequencer with the error', { skip: natsMissing }, async (t) => {
+  const config = configOf({ batchGroups: 1 })
+  const run = await freshRun(t, config)
+  const bad = groupOf('bad', 1, 0)
+  bad.rollouts[0].rewards = { acc: 'high' as never, consistency: 1 }
+  await run.publishGroups([
+    { p: 0, n: 1, through: 1, groups: [groupOf('fine', 1, 1)], drops: emptyDropCounts() },
+    { p: 0, n: 2, through: 2, groups: [bad], drops: emptyDropCounts() },
+  ])
+  let error: Error | undefined
+  const sequencer = await run.start({ onError: (e) => (error = e as Error) })
+  await waitFor('the error', () => error)
+  t.match(error!.message, /acc/)
+  t.equal(sequencer.stats().step, 1, 'the batch before it was published')
+  t.equal((await run.batches()).length, 1)
+})
+
+t.test('a publish refused for another reason than the sequence is an error, not a deposition', { skip: natsMissing }, async (t) => {
+  const config = configOf({ batchGroups: 1 })
+  const run = await freshRun(t, config)
+  const info = await run.jsm.streams.info(run.layout.streams.batches)
+  await run.jsm.streams.update(run.layout.streams.batches, { ...info.config, max_msg_size: 64 })
+  await run.publishGroups(groupsStream(4))
+  let error: Error | undefined
+  let deposed: string | undefined
+  await run.start({ onError: (e) => (error = e as Error), onDeposed: (r) => (deposed = r) })
+  await waitFor('the error', () => error)
+  t.match(error!.message, /message size exceeds maximum/)
+  t.equal(deposed, undefined)
+  t.same(await run.batches(), [])
+})
+
+t.test('start refuses a BATCHES stream whose last message is gone', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const run = await freshRun(t, config)
+  await run.js.publish(run.layout.subjects.batches, encodeMessage({ step: 1, node: 'x' }))
+  await run.jsm.streams.deleteMessage(run.layout.streams.batches, 1)
+  await t.rejects(run.start(), new RegExp(`${run.layout.streams.batches} has no message at its last sequence 1`))
+})
+
+t.test('by default the watermarks come from the wall clock: a batch waiting on maxWait closes in real time', { skip: natsMissing }, async (t) => {
+  const config = configOf({ batchGroups: 10, batchMaxWaitMs: 40 })
+  const run = await freshRun(t, config)
+  const ts = Date.now()
+  await run.publishGroups([{ p: 0, n: 1, through: 1, groups: [groupOf('a', ts, 0)], drops: emptyDropCounts() }])
+  const batches: BatchEntry[] = []
+  await run.start({ onBatch: (e) => batches.push(e) })
+  await waitFor('the batch closed by the wall clock', () => batches.length === 1)
+  t.match(batches[0], { step: 1, summary: { groups: 1 } })
+  t.ok(batches[0].watermark >= ts + 40)
+})
+
+t.test('the sequencer bench: a prepared GROUPS stream, the full batches it makes, and the pure steps timed apart', { skip: natsMissing }, async (t) => {
+  const config = benchConfig
+  const run = await freshRun(t, config)
+  const report = await benchSequencer({ nc, layout: run.layout, config, groups: 330, groupsPerEntry: 16, partitions: 3 })
+  t.match(report, { groupsPerEntry: 16, entries: 21, batches: 20, rollouts: 20 * 16 * 8 })
+  t.ok(report.seconds > 0 && report.rolloutsPerSecond > 0)
+  t.ok(report.phases.decode >= 0 && report.phases.feed > 0 && report.phases.encode >= 0)
+  const batches = await run.batches()
+  t.equal(batches.length, 20)
+  const entries = syntheticGroupsEntries(config, 330, 16, 3)
+  t.same(entries.map((e) => [e.p, e.n, e.groups.length]).slice(0, 4), [
+    [0, 1, 16],
+    [1, 1, 16],
+    [2, 1, 16],
+    [0, 2, 16],
+  ])
+  t.same(batches, expectedBatches(config, entries))
+  t.equal(syntheticGroupsEntries(config, 330, 64, 8).at(-1)!.groups.length, 10, 'the last entry takes what is left')
+})
+
+t.test('the sequencer bench refuses a maxWait config and reports a sequencer that stopped', { skip: natsMissing }, async (t) => {
+  const run = await freshRun(t, benchConfig)
+  await t.rejects(benchSequencer({ nc, layout: run.layout, config: { ...benchConfig, batchMaxWaitMs: 10 }, groups: 16 }), /must not set batchMaxWaitMs/)
+  const info = await run.jsm.streams.info(run.layout.streams.batches)
+  await run.jsm.streams.update(run.layout.streams.batches, { ...info.config, max_msg_size: 64 })
+  await t.rejects(
+    benchSequencer({ nc, layout: run.layout, config: benchConfig, groups: 32 }),
+    /the sequencer stopped before its last batch: .*message size exceeds maximum/,
+  )
+})
+
+t.test('a sequencer whose connection closes stops and says so', { skip: natsMissing }, async (t) => {
+  const config = configOf()
+  const run = await freshRun(t, config)
+  await run.publishGroups(groupsStream(6))
+  const own = await connect({ servers: nats.urls })
+  let error: Error | undefined
+  const sequencer = await Sequencer.start({
+    js: jetstream(own),
+    jsm: await jetstreamManager(own),
+    layout: run.layout,
+    config,
+    isHeld: () => true,
+    onError: (e) => (error = e as Error),
+  })
+  await waitFor('the stream read', () => sequencer.stats().resumeFrom === 7)
+  await own.close()
+  await waitFor('the error', () => error)
+  t.equal(error!.message, `sequencer: the consumer of ${run.layout.streams.groups} ended`)
+  await sequencer.stop()
+})

@@ -43,6 +43,8 @@ export interface ClusterReport {
   replicas: number
   roles: { sequencer: boolean; partitions: number[] }
   step: number
+  /** How far this node's roles have got (the sequencer's step, each owner's entries fed and published). */
+  progress: ReturnType<ClusterRoles['progress']>
 }
 
 /**
@@ -68,7 +70,8 @@ export async function serveCluster(options: ClusterServeOptions, io: ServeIO, si
       },
     )
     const { layout, record } = opened
-    const engine = await ClusterEngine.open({ nc, layout, config: record.config, partitions: record.partitions, node, now: options.now })
+    const log = (line: string) => io.stdout.write(`dualstream serve: ${line}\n`)
+    const engine = await ClusterEngine.open({ nc, layout, config: record.config, partitions: record.partitions, node, now: options.now, log })
     const roles = await ClusterRoles.start({
       js: engine.js,
       jsm: engine.jsm,
@@ -77,7 +80,7 @@ export async function serveCluster(options: ClusterServeOptions, io: ServeIO, si
       node,
       engine,
       leaseMs: options.leaseMs,
-      log: (line) => io.stdout.write(`dualstream serve: ${line}\n`),
+      log,
     })
     const report = (): ClusterReport => ({
       run: options.run,
@@ -86,6 +89,7 @@ export async function serveCluster(options: ClusterServeOptions, io: ServeIO, si
       replicas: record.replicas,
       roles: roles.roles(),
       step: engine.stats().step,
+      progress: roles.progress(),
     })
     return await serveOn(engine, options, io, signal, {
       started: (stats) => {

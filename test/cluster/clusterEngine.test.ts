@@ -7,9 +7,11 @@
  */
 import { request } from 'node:http'
 import t from 'tap'
+import { jetstreamManager } from '@nats-io/jetstream'
 import { parseConfig } from '../../src/core/config.js'
 import { ClusterEngine, type ClusterCommittedBatch } from '../../src/state/cluster/clusterEngine.js'
 import { ClusterRoles } from '../../src/state/cluster/clusterRoles.js'
+import { decodeMessage, type AckEntry } from '../../src/state/cluster/messages.js'
 import { openRun } from '../../src/state/cluster/clusterRun.js'
 import { connectNats } from '../../src/state/cluster/natsConnect.js'
 import { IngestRefused } from '../../src/state/engine.js'
@@ -152,4 +154,51 @@ t.test('a frame a node cannot store is answered unavailable, and nothing is ackn
   t.equal(producer.count('ack'), 0)
   await t.rejects(engine.ingest(prompts('j', 1)), IngestRefused)
   t.equal(engine.stats().ingest.ingested, 0)
+})
+
+t.test('an acknowledgement NATS does not take is tried again, and given up in time without failing the node', { skip: natsMissing }, async (t) => {
+  const nats = await startNats({ servers: 1 })
+  t.teardown(() => nats.stop())
+  const nc = await connectNats({ servers: nats.url, name: 'test' })
+  t.teardown(() => nc.close())
+  const { layout, record } = await openRun({ nc, run: 'acks', config, partitions: 1 })
+  // the acknowledgements' lines (the followers log their consumers' trouble while NATS is paused too)
+  const lines: string[] = []
+  const log = (line: string) => void (line.startsWith('the acknowledgement') && lines.push(line))
+  const engine = await ClusterEngine.open({ nc, layout, config, partitions: record.partitions, node: 'a', publishTimeoutMs: 300, log })
+  const impatient = await ClusterEngine.open({ nc, layout, config, partitions: record.partitions, node: 'b', publishTimeoutMs: 300, ackRetryMs: 0, log })
+  const acks = async () => {
+    const jsm = await jetstreamManager(nc)
+    const entries: AckEntry[] = []
+    const info = await jsm.streams.info(layout.streams.acks)
+    for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++)
+      entries.push(decodeMessage<AckEntry>((await jsm.streams.getMessage(layout.streams.acks, { seq }))!.data))
+    return entries
+  }
+
+  nats.pause(0)
+  const stored = engine.acknowledge(1, 7)
+  await waitFor('a first attempt refused', () => lines.length === 1)
+  t.match(lines[0], /^the acknowledgement of step 1 was not stored \(.+\); trying again$/)
+  await impatient.acknowledge(2, 8)
+  t.match(lines[1], /^the acknowledgement of step 2 was not stored \(.+\): the step may be delivered again$/, 'no time to try again: given up')
+  nats.resume(0)
+  t.equal(await stored, false, 'step 1 was not pending here (only its policy version was news)')
+  t.match(lines[2], /^the acknowledgement of step 1 is stored \(attempt \d+\)$/)
+  // (step 2's attempt, given up, may have been stored after all: it was sent before the pause ended)
+  t.same(
+    (await acks()).filter((entry) => entry.step === 1),
+    [{ step: 1, node: 'a', policyVersion: 7 }],
+    'stored once NATS answered, once (an attempt that timed out and its retry share a message id)',
+  )
+  t.equal((await engine.ingest(prompts('q', 1))).acked.length, 2, 'a frame given as items (no raw bytes): stored as bytes')
+
+  nats.pause(0)
+  const closing = engine.acknowledge(3, 9)
+  await waitFor('a first attempt refused', () => lines.length === 4)
+  await engine.close()
+  await closing
+  t.match(lines[4], /^the acknowledgement of step 3 was not stored \(.+\): the step may be delivered again$/, 'the engine closed meanwhile: given up')
+  nats.resume(0)
+  await impatient.close()
 })

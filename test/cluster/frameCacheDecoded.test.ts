@@ -11,6 +11,7 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { wirePackr } from '../../src/state/codec.js'
 import { FrameCache } from '../../src/state/cluster/frameCache.js'
+import { decodePartitionFrame } from '../../src/state/cluster/partitionState.js'
 import { runLayout } from '../../src/state/cluster/runLayout.js'
 import { createRunStreams } from '../../src/state/cluster/runStreams.js'
 import { RawPayload } from '../../src/state/rawPayload.js'
@@ -80,6 +81,16 @@ t.test('decoded frames: once for every reader, bounded by rollouts', { skip: nat
       ['m0', 'm1', 'm2'],
     )
     t.equal(cache.fetched, 0)
+  })
+
+  t.test('a frame this node put decoded (its ingest) is neither fetched nor decoded again', async (t) => {
+    const cache = new FrameCache({ jsm, stream: layout.streams.rollouts })
+    const mine = decodePartitionFrame(frameOf('n', 2), 'mine')
+    cache.putDecoded(3, mine)
+    cache.putDecoded(3, decodePartitionFrame(frameOf('x', 2), 'again'))
+    t.equal(await cache.decoded(3), mine, 'the frame as put (a second put of the seq changes nothing)')
+    t.equal(await cache.get(3), mine.bytes, 'and its bytes')
+    t.same([cache.fetched, cache.decodes], [0, 0])
   })
 
   t.test('no message, or not a rollouts frame: an error naming the frame, and a later read tries again', async (t) => {

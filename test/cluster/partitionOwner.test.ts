@@ -917,14 +917,17 @@ t.test('a publish refused after the owner was stopped is not reported (the parti
   t.equal((await groupsOn(layout, 0)).length, 1, 'only the other owner’s message')
 })
 
-t.test('an owner whose connection closes stops, saying its consumer ended', { skip: natsMissing }, async (t) => {
+t.test('an owner whose connection closes stops, saying its consumer cannot be opened again', { skip: natsMissing }, async (t) => {
   const layout = await newRun()
   const own = await connect({ servers: nats.urls })
   const owner = await PartitionOwner.start({ js: jetstream(own), jsm: await jetstreamManager(own), layout, config: config(), partition: 0, isHeld: () => true })
   await own.close()
   const end = await owner.ended
   t.equal(end.reason, 'failed')
-  t.equal((end as { error: Error }).error.message, `partition 0: the consumer of ${layout.subjects.partition(0)} ended (connection closed?)`)
+  t.equal(
+    (end as { error: Error }).error.message,
+    `partition 0: the consumer of ${layout.subjects.partition(0)} (stream ${layout.streams.rollouts}) cannot be opened again: closed connection`,
+  )
   await owner.stop()
 })
 

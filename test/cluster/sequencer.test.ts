@@ -409,6 +409,6 @@ t.test('a sequencer whose connection closes stops and says so', { skip: natsMiss
   await waitFor('the stream read', () => sequencer.stats().resumeFrom === 7)
   await own.close()
   await waitFor('the error', () => error)
-  t.equal(error!.message, `sequencer: the consumer of ${run.layout.streams.groups} ended`)
+  t.equal(error!.message, `sequencer: the consumer of stream ${run.layout.streams.groups} cannot be opened again: closed connection`)
   await sequencer.stop()
 })

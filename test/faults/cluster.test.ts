@@ -34,6 +34,19 @@ interface ClusterView {
   step: number
 }
 
+/** The step of the last entry in the chaos run's BATCHES stream. */
+async function lastStoredStep(nats: NatsServers): Promise<number> {
+  const nc = await connect({ servers: nats.urls })
+  try {
+    const jsm = await jetstreamManager(nc)
+    const stream = runLayout('chaos').streams.batches
+    const last = (await jsm.streams.info(stream)).state.last_seq
+    return last === 0 ? 0 : decodeMessage<BatchEntry>((await jsm.streams.getMessage(stream, { seq: last }))!.data).step
+  } finally {
+    await nc.close()
+  }
+}
+
 /** `/cluster` of a node, or undefined when it does not answer within a second (killed, paused). */
 async function clusterOf(child: ServeChild | undefined): Promise<ClusterView | undefined> {
   if (child === undefined) return undefined
@@ -171,248 +184,245 @@ const itemsOf = (prefix: string, from: number, count: number): Item[] =>
     .slice(2 * from)
     .map((body) => ({ id: body.id, body }))
 
-// TODO (issue 11, open): passes in some seeded runs (1907664515, 322497749) and fails in others. In CI
-// (seed 14330810) the owners of three partitions stopped advancing, with no error, after another
-// node was SIGKILLed: their GROUPS stayed at the partition entries of that moment while the index
-// went on. Until that is found this test runs and reports, but does not fail the suite.
-t.test(
-  'chaos: sequencer, partition owner and NATS server killed; exactly once, λ equal to replay --nats',
-  { skip, timeout: 240_000, todo: 'issue 11: partition owners can stall after a node kill (see above)' },
-  async (t) => {
-    t.comment(`seed ${SEED} (DUALSTREAM_FAULT_SEED=${SEED} repeats this run)`)
-    const random = mulberry32(SEED)
-    const nats = await startNats({ servers: 3 })
-    t.teardown(() => nats.stop())
-    const dir = tempDir('dualstream-cluster-chaos-')
-    const configPath = join(dir, 'config.json')
-    writeFileSync(configPath, JSON.stringify(baseConfig))
-    const nodes = new Nodes(clusterArgs(configPath, nats, 'chaos'))
-    t.teardown(() => nodes.stopAll())
-    for (const name of ['a', 'b', 'c']) await nodes.start(name)
+// Every consumer of the nodes is a StreamFollower: with a NATS server killed, nats.js's ordered
+// consumers could sit silent for good (owners of three partitions stalled at once in a CI run,
+// seed 14330810); a follower replaces a consumer that keeps it waiting while its stream holds more.
+t.test('chaos: sequencer, partition owner and NATS server killed; exactly once, λ equal to replay --nats', { skip, timeout: 240_000 }, async (t) => {
+  t.comment(`seed ${SEED} (DUALSTREAM_FAULT_SEED=${SEED} repeats this run)`)
+  const random = mulberry32(SEED)
+  const nats = await startNats({ servers: 3 })
+  t.teardown(() => nats.stop())
+  const dir = tempDir('dualstream-cluster-chaos-')
+  const configPath = join(dir, 'config.json')
+  writeFileSync(configPath, JSON.stringify(baseConfig))
+  const nodes = new Nodes(clusterArgs(configPath, nats, 'chaos'))
+  t.teardown(() => nodes.stopAll())
+  for (const name of ['a', 'b', 'c']) await nodes.start(name)
 
-    // two producers, each a sequence of waves (4 prompts: 2 batches) paced a little apart so that
-    // the faults fall while rollouts flow; a wave resends what was not acknowledged on another node
-    // waves go on until the faults are over, then three more each: the faults fall while rollouts flow
-    const PROMPTS_PER_WAVE = 4
-    let faultsDone = false
-    const waves: FaultProducer[][] = [[], []]
-    const homes = ['a', 'b']
-    let producing = true
-    const produceAll = async (k: number) => {
-      let after = 3
-      for (let w = 0; producing && (!faultsDone || after-- > 0); w++) {
-        const producer = new FaultProducer(`producer ${k} wave ${w}`, itemsOf(`p${k}w${w}-`, 0, PROMPTS_PER_WAVE), { frameSize: 3 })
-        waves[k].push(producer)
-        while (!producer.done && producing) {
-          const alive = nodes.alive()
-          const home = alive.find(([name]) => name === homes[k]) ?? alive[Math.floor(random() * alive.length)]
-          if (home === undefined) {
-            await new Promise((resolve) => setTimeout(resolve, 100))
-            continue
-          }
-          homes[k] = home[0]
-          // a node cut off from NATS keeps the connection but answers nothing: give up on it after a while
-          const life = await producer.life(home[1].url('/ingest'), 8000).catch(() => 'stuck' as const)
-          producer.client?.ws.terminate()
-          if (life !== 'done') homes[k] = alive[(alive.findIndex(([name]) => name === home[0]) + 1) % alive.length][0]
-        }
-        await new Promise((resolve) => setTimeout(resolve, 500 + random() * 400))
-      }
-    }
-    const producersDone = Promise.all([produceAll(0), produceAll(1)])
-
-    const trainer = new MovingTrainer()
-    let trainerMoves = 0
-    /** Keeps the trainer connected: to `prefer` when given, else to any live node. */
-    const keepTrainer = async (prefer?: string) => {
-      while (watching) {
-        const alive = nodes.alive().filter(([name]) => prefer === undefined || name === prefer)
-        if (alive.length === 0) {
+  // two producers, each a sequence of waves (4 prompts: 2 batches) paced a little apart so that
+  // the faults fall while rollouts flow; a wave resends what was not acknowledged on another node
+  // waves go on until the faults are over, then three more each: the faults fall while rollouts flow
+  const PROMPTS_PER_WAVE = 4
+  let faultsDone = false
+  const waves: FaultProducer[][] = [[], []]
+  const homes = ['a', 'b']
+  let producing = true
+  const produceAll = async (k: number) => {
+    let after = 3
+    for (let w = 0; producing && (!faultsDone || after-- > 0); w++) {
+      const producer = new FaultProducer(`producer ${k} wave ${w}`, itemsOf(`p${k}w${w}-`, 0, PROMPTS_PER_WAVE), { frameSize: 3 })
+      waves[k].push(producer)
+      while (!producer.done && producing) {
+        const alive = nodes.alive()
+        const home = alive.find(([name]) => name === homes[k]) ?? alive[Math.floor(random() * alive.length)]
+        if (home === undefined) {
           await new Promise((resolve) => setTimeout(resolve, 100))
           continue
         }
-        const [name, child] = alive[Math.floor(random() * alive.length)]
-        const before = trainer.node
-        if (await trainer.connect(name, child)) {
-          if (before !== undefined && before !== name) trainerMoves++
-          return
-        }
+        homes[k] = home[0]
+        // a node cut off from NATS keeps the connection but answers nothing: give up on it after a while
+        const life = await producer.life(home[1].url('/ingest'), 8000).catch(() => 'stuck' as const)
+        producer.client?.ws.terminate()
+        if (life !== 'done') homes[k] = alive[(alive.findIndex(([name]) => name === home[0]) + 1) % alive.length][0]
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500 + random() * 400))
+    }
+  }
+  const producersDone = Promise.all([produceAll(0), produceAll(1)])
+
+  const trainer = new MovingTrainer()
+  let trainerMoves = 0
+  /** Keeps the trainer connected: to `prefer` when given, else to any live node. */
+  const keepTrainer = async (prefer?: string) => {
+    while (watching) {
+      const alive = nodes.alive().filter(([name]) => prefer === undefined || name === prefer)
+      if (alive.length === 0) {
         await new Promise((resolve) => setTimeout(resolve, 100))
+        continue
       }
+      const [name, child] = alive[Math.floor(random() * alive.length)]
+      const before = trainer.node
+      if (await trainer.connect(name, child)) {
+        if (before !== undefined && before !== name) trainerMoves++
+        return
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100))
     }
-    let watching = true
-    // a failing check ends the test: the loops stop with it
-    t.teardown(() => {
-      watching = false
-      producing = false
-    })
-    await keepTrainer('c')
-    const watcher = (async () => {
-      while (watching) {
-        if (!trainer.connected) await keepTrainer()
-        await new Promise((resolve) => setTimeout(resolve, 50))
-      }
-    })()
-
-    /** What each node says and where each partition's rollouts stopped, for a failure's message. */
-    const diagnose = async (): Promise<string> => {
-      // what each node says, for the failure message
-      const views = await Promise.all(
-        nodes.alive().map(async ([name, child]) => {
-          const health = await fetch(`http://127.0.0.1:${child.port}/healthz`, { signal: AbortSignal.timeout(1000) }).then(
-            (r) => r.text(),
-            (e: Error) => e.message,
-          )
-          return `${name}: /cluster ${JSON.stringify(await clusterOf(child))} /healthz ${health.slice(0, 400)}\n${child.output().slice(-1500)}`
-        }),
-      )
-      // where the rollouts stopped: each partition's index against what its owner has published
-      const nc = await connect({ servers: nats.urls })
-      const jsm = await jetstreamManager(nc)
-      const layout = runLayout('chaos')
-      const streams: string[] = []
-      for (let p = 0; p < PARTITIONS; p++) {
-        const index = await jsm.streams.getMessage(layout.streams.rollouts, { last_by_subj: layout.subjects.partition(p) }).catch(() => null)
-        const groups = await jsm.streams.getMessage(layout.streams.groups, { last_by_subj: layout.subjects.groups(p) }).catch(() => null)
-        const last = groups === null ? undefined : decodeMessage<{ n: number; through: number }>(groups.data)
-        streams.push(`partition ${p}: index last seq ${index?.seq}, groups last n ${last?.n} through ${last?.through}`)
-      }
-      await nc.close()
-      return `trainer on ${trainer.node} (connected ${trainer.connected})\n${streams.join('\n')}\n${views.join('\n')}`
+  }
+  let watching = true
+  // a failing check ends the test: the loops stop with it
+  t.teardown(() => {
+    watching = false
+    producing = false
+  })
+  await keepTrainer('c')
+  const watcher = (async () => {
+    while (watching) {
+      if (!trainer.connected) await keepTrainer()
+      await new Promise((resolve) => setTimeout(resolve, 50))
     }
-    const untilStep = (step: number, what: string, timeoutMs = 30_000) =>
-      waitFor(`${what} (step ${step}; the trainer has ${trainer.maxStep})`, () => trainer.maxStep >= step, timeoutMs).catch(async (error: Error) => {
-        throw new Error(`${error.message}; ${await diagnose()}`)
-      })
+  })()
 
-    // 1. the sequencer's node
-    const killSequencerAt = 4 + Math.floor(random() * 8)
-    await untilStep(killSequencerAt, 'steps before the sequencer kill')
-    const sequencer = await nodes.sequencer()
-    // the newest step committed before the kill (the trainer may not have had it yet)
-    const stepAtKill = Math.max(trainer.maxStep, ...(await Promise.all(nodes.alive().map(([, child]) => clusterOf(child)))).map((v) => v?.step ?? 0))
-    const killedAt = performance.now()
-    await nodes.kill(sequencer)
-    t.comment(`step ${stepAtKill}: SIGKILLed node ${sequencer}, the sequencer`)
-    await untilStep(stepAtKill + 1, 'a new step after the sequencer kill')
-    const failoverMs = trainer.deliveredAt.get(stepAtKill + 1)! - killedAt
-    t.comment(`failover: sequencer SIGKILL → next new step at the trainer in ${failoverMs.toFixed(0)} ms (issue 11 wants ≤ 10 s; lease ${LEASE_MS} ms)`)
-    t.ok(failoverMs <= 10_000, `failover within 10 s (${failoverMs.toFixed(0)} ms)`)
-    await nodes.start(sequencer)
-
-    // the trainer moves to another node at least once
-    await untilStep(stepAtKill + 2, 'steps before the trainer moves')
-    await keepTrainer(nodes.alive().find(([name]) => name !== trainer.node)![0])
-
-    // 2. a partition owner's node (not the sequencer's, which was killed already)
-    const killOwnerAt = trainer.maxStep + 3 + Math.floor(random() * 6)
-    await untilStep(killOwnerAt, 'steps before the partition owner kill')
-    const owners = await waitFor(
-      'partition owners',
-      async () => {
-        const views = await Promise.all(nodes.alive().map(([, child]) => clusterOf(child)))
-        const owning = views.filter((v): v is ClusterView => v !== undefined && v.roles.partitions.length > 0 && !v.roles.sequencer)
-        return owning.length > 0 ? owning : undefined
-      },
-      15_000,
-      100,
-    ).catch(async () =>
-      (await Promise.all(nodes.alive().map(([, child]) => clusterOf(child)))).filter((v): v is ClusterView => v !== undefined && v.roles.partitions.length > 0),
+  /** What each node says and where each partition's rollouts stopped, for a failure's message. */
+  const diagnose = async (): Promise<string> => {
+    // what each node says, for the failure message
+    const views = await Promise.all(
+      nodes.alive().map(async ([name, child]) => {
+        const health = await fetch(`http://127.0.0.1:${child.port}/healthz`, { signal: AbortSignal.timeout(1000) }).then(
+          (r) => r.text(),
+          (e: Error) => e.message,
+        )
+        return `${name}: /cluster ${JSON.stringify(await clusterOf(child))} /healthz ${health.slice(0, 400)}\n${child.output().slice(-1500)}`
+      }),
     )
-    const owner = owners[Math.floor(random() * owners.length)]
-    t.comment(`step ${trainer.maxStep}: SIGKILLed node ${owner.node}, owner of partitions ${owner.roles.partitions.join(',')}`)
-    await nodes.kill(owner.node)
-    await untilStep(trainer.maxStep + 1, 'a new step after the partition owner kill')
-    await nodes.start(owner.node)
+    // where the rollouts stopped: each partition's index against what its owner has published
+    const nc = await connect({ servers: nats.urls })
+    const jsm = await jetstreamManager(nc)
+    const layout = runLayout('chaos')
+    const streams: string[] = []
+    for (let p = 0; p < PARTITIONS; p++) {
+      const index = await jsm.streams.getMessage(layout.streams.rollouts, { last_by_subj: layout.subjects.partition(p) }).catch(() => null)
+      const groups = await jsm.streams.getMessage(layout.streams.groups, { last_by_subj: layout.subjects.groups(p) }).catch(() => null)
+      const last = groups === null ? undefined : decodeMessage<{ n: number; through: number }>(groups.data)
+      streams.push(`partition ${p}: index last seq ${index?.seq}, groups last n ${last?.n} through ${last?.through}`)
+    }
+    await nc.close()
+    return `trainer on ${trainer.node} (connected ${trainer.connected})\n${streams.join('\n')}\n${views.join('\n')}`
+  }
+  const untilStep = (step: number, what: string, timeoutMs = 30_000) =>
+    waitFor(`${what} (step ${step}; the trainer has ${trainer.maxStep})`, () => trainer.maxStep >= step, timeoutMs).catch(async (error: Error) => {
+      throw new Error(`${error.message}; ${await diagnose()}`)
+    })
 
-    // 3. one NATS server
-    const server = Math.floor(random() * 3)
-    const killNatsAt = trainer.maxStep + 2 + Math.floor(random() * 6)
-    await untilStep(killNatsAt, 'steps before the NATS server kill')
-    t.comment(`step ${trainer.maxStep}: SIGKILLed NATS server ${server}`)
-    await nats.kill(server)
-    await untilStep(trainer.maxStep + 1, 'a new step with a NATS server down')
-    await nats.restart(server)
-    t.comment(`step ${trainer.maxStep}: NATS server ${server} restarted`)
+  // 1. the sequencer's node
+  const killSequencerAt = 4 + Math.floor(random() * 8)
+  await untilStep(killSequencerAt, 'steps before the sequencer kill')
+  const sequencer = await nodes.sequencer()
+  const killedAt = performance.now()
+  await nodes.kill(sequencer)
+  // the newest step the dead sequencer published (the trainer may not have it yet): what BATCHES holds once
+  // the bytes it sent before dying are processed (no other sequencer can publish before its lease expires)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const stepAtKill = await lastStoredStep(nats)
+  t.comment(`step ${stepAtKill}: SIGKILLed node ${sequencer}, the sequencer`)
+  await untilStep(stepAtKill + 1, 'a new step after the sequencer kill')
+  const failoverMs = trainer.deliveredAt.get(stepAtKill + 1)! - killedAt
+  t.comment(`failover: sequencer SIGKILL → next new step at the trainer in ${failoverMs.toFixed(0)} ms (issue 11 wants ≤ 10 s; lease ${LEASE_MS} ms)`)
+  t.ok(failoverMs <= 10_000, `failover within 10 s (${failoverMs.toFixed(0)} ms)`)
+  await nodes.start(sequencer)
 
-    faultsDone = true
-    await Promise.race([
-      producersDone,
-      new Promise((_, reject) =>
-        setTimeout(
-          () =>
-            void diagnose().then((d) =>
-              reject(
-                new Error(
-                  `producers not done within 120 s; ${waves
-                    .flat()
-                    .filter((p) => !p.done)
-                    .map((p) => p.name)
-                    .join(', ')} not done; ${d}`,
-                ),
+  // the trainer moves to another node at least once
+  await untilStep(stepAtKill + 2, 'steps before the trainer moves')
+  await keepTrainer(nodes.alive().find(([name]) => name !== trainer.node)![0])
+
+  // 2. a partition owner's node (not the sequencer's, which was killed already)
+  const killOwnerAt = trainer.maxStep + 3 + Math.floor(random() * 6)
+  await untilStep(killOwnerAt, 'steps before the partition owner kill')
+  const owners = await waitFor(
+    'partition owners',
+    async () => {
+      const views = await Promise.all(nodes.alive().map(([, child]) => clusterOf(child)))
+      const owning = views.filter((v): v is ClusterView => v !== undefined && v.roles.partitions.length > 0 && !v.roles.sequencer)
+      return owning.length > 0 ? owning : undefined
+    },
+    15_000,
+    100,
+  ).catch(async () =>
+    (await Promise.all(nodes.alive().map(([, child]) => clusterOf(child)))).filter((v): v is ClusterView => v !== undefined && v.roles.partitions.length > 0),
+  )
+  const owner = owners[Math.floor(random() * owners.length)]
+  t.comment(`step ${trainer.maxStep}: SIGKILLed node ${owner.node}, owner of partitions ${owner.roles.partitions.join(',')}`)
+  await nodes.kill(owner.node)
+  await untilStep(trainer.maxStep + 1, 'a new step after the partition owner kill')
+  await nodes.start(owner.node)
+
+  // 3. one NATS server
+  const server = Math.floor(random() * 3)
+  const killNatsAt = trainer.maxStep + 2 + Math.floor(random() * 6)
+  await untilStep(killNatsAt, 'steps before the NATS server kill')
+  t.comment(`step ${trainer.maxStep}: SIGKILLed NATS server ${server}`)
+  await nats.kill(server)
+  await untilStep(trainer.maxStep + 1, 'a new step with a NATS server down')
+  await nats.restart(server)
+  t.comment(`step ${trainer.maxStep}: NATS server ${server} restarted`)
+
+  faultsDone = true
+  await Promise.race([
+    producersDone,
+    new Promise((_, reject) =>
+      setTimeout(
+        () =>
+          void diagnose().then((d) =>
+            reject(
+              new Error(
+                `producers not done within 120 s; ${waves
+                  .flat()
+                  .filter((p) => !p.done)
+                  .map((p) => p.name)
+                  .join(', ')} not done; ${d}`,
               ),
             ),
-          120_000,
-        ).unref(),
-      ),
-    ])
-    const STEPS = waves.flat().length * (PROMPTS_PER_WAVE / 2)
-    await untilStep(STEPS, 'every step delivered', 60_000)
-    watching = false
-    await watcher
-    producing = false
-    trainer.client?.ws.terminate()
+          ),
+        120_000,
+      ).unref(),
+    ),
+  ])
+  const STEPS = waves.flat().length * (PROMPTS_PER_WAVE / 2)
+  await untilStep(STEPS, 'every step delivered', 60_000)
+  watching = false
+  await watcher
+  producing = false
+  trainer.client?.ws.terminate()
 
-    for (const producer of waves.flat()) {
-      t.same(producer.violations, [], `${producer.name}: every answer was for its oldest unanswered frame`)
-    }
-    t.ok(
-      waves.flat().every((p) => p.done),
-      'every rollout acknowledged to its producer',
-    )
-    t.ok(trainerMoves >= 1, `the trainer moved between nodes ${trainerMoves} times`)
-    const steps = [...trainer.deliveries.keys()].sort((a, b) => a - b)
-    t.same(
-      steps,
-      Array.from({ length: STEPS }, (_, i) => i + 1),
-      'every step delivered',
-    )
-    t.same(
-      steps.filter((s) => new Set(trainer.deliveries.get(s)).size > 1),
-      [],
-      'a step delivered more than once always with identical contents',
-    )
-    const count = new Map<string, number>()
-    for (const s of steps) for (const r of trainer.firstDelivery.get(s)!.rollouts as { id: string }[]) count.set(r.id, (count.get(r.id) ?? 0) + 1)
-    const sent = waves.flat().flatMap((p) => p.items.map((i) => i.id))
-    t.same([...count.keys()].sort(), [...sent].sort(), 'every rollout id in a delivered step')
-    t.same(
-      [...count].filter(([, n]) => n !== 1),
-      [],
-      'each in exactly one',
-    )
+  for (const producer of waves.flat()) {
+    t.same(producer.violations, [], `${producer.name}: every answer was for its oldest unanswered frame`)
+  }
+  t.ok(
+    waves.flat().every((p) => p.done),
+    'every rollout acknowledged to its producer',
+  )
+  t.ok(trainerMoves >= 1, `the trainer moved between nodes ${trainerMoves} times`)
+  const steps = [...trainer.deliveries.keys()].sort((a, b) => a - b)
+  t.same(
+    steps,
+    Array.from({ length: STEPS }, (_, i) => i + 1),
+    'every step delivered',
+  )
+  t.same(
+    steps.filter((s) => new Set(trainer.deliveries.get(s)).size > 1),
+    [],
+    'a step delivered more than once always with identical contents',
+  )
+  const count = new Map<string, number>()
+  for (const s of steps) for (const r of trainer.firstDelivery.get(s)!.rollouts as { id: string }[]) count.set(r.id, (count.get(r.id) ?? 0) + 1)
+  const sent = waves.flat().flatMap((p) => p.items.map((i) => i.id))
+  t.same([...count.keys()].sort(), [...sent].sort(), 'every rollout id in a delivered step')
+  t.same(
+    [...count].filter(([, n]) => n !== 1),
+    [],
+    'each in exactly one',
+  )
 
-    const replay = replayLines(['--config', configPath, '--nats', nats.url, '--run', 'chaos'])
-    t.equal(replay.status, 0, `replay --nats finds no difference: ${replay.stderr.slice(0, 2000)}`)
-    const records = replay.lines
-    t.same(
-      records.map((r) => r.step),
-      steps,
-      'replay --nats gives the same steps',
-    )
-    t.same(
-      records.map((r) => r.lambda),
-      steps.map((s) => trainer.firstDelivery.get(s)!.lambda),
-      'λ at every delivered step equals replay --nats',
-    )
-    t.same(
-      records.map((r) => r.advantages),
-      steps.map((s) => Object.fromEntries((trainer.firstDelivery.get(s)!.rollouts as { id: string; advantage: number }[]).map((r) => [r.id, r.advantage]))),
-      'and so does every advantage',
-    )
-    t.comment(`node restart → listening max ${Math.max(...nodes.restarts).toFixed(0)} ms; trainer moves ${trainerMoves}`)
-  },
-)
+  const replay = replayLines(['--config', configPath, '--nats', nats.url, '--run', 'chaos'])
+  t.equal(replay.status, 0, `replay --nats finds no difference: ${replay.stderr.slice(0, 2000)}`)
+  const records = replay.lines
+  t.same(
+    records.map((r) => r.step),
+    steps,
+    'replay --nats gives the same steps',
+  )
+  t.same(
+    records.map((r) => r.lambda),
+    steps.map((s) => trainer.firstDelivery.get(s)!.lambda),
+    'λ at every delivered step equals replay --nats',
+  )
+  t.same(
+    records.map((r) => r.advantages),
+    steps.map((s) => Object.fromEntries((trainer.firstDelivery.get(s)!.rollouts as { id: string; advantage: number }[]).map((r) => [r.id, r.advantage]))),
+    'and so does every advantage',
+  )
+  t.comment(`node restart → listening max ${Math.max(...nodes.restarts).toFixed(0)} ms; trainer moves ${trainerMoves}`)
+})
 
 t.test('lease fencing: a sequencer paused past its lease publishes nothing when it wakes', { skip, timeout: 120_000 }, async (t) => {
   const nats = await startNats({ servers: 1 })

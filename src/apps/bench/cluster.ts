@@ -4,7 +4,7 @@
  * cluster node on a 1-server and on a 3-server NATS (nats-server started here, on loopback),
  * each run on a fresh run of its own; then the sequencer alone over a prepared GROUPS stream
  * (the cluster's ceiling: partitions scale out over nodes, the sequencer does not); then the
- * failover time (failover.ts). Rollouts/s end to end, ack latency p50/p99 and ack → batch
+ * failover time over `kills` SIGKILLs of the sequencer's node (failover.ts). Rollouts/s end to end, ack latency p50/p99 and ack → batch
  * p50/p99, medians of the runs with their ranges.
  */
 import { jetstream } from '@nats-io/jetstream'
@@ -19,6 +19,7 @@ import { benchConfig } from './core.js'
 import { formatRate, textTable } from './measure.js'
 import { durableRun, openDurableBenchEngine, spread, type BenchEngine, type DurablePayloadRun, type Spread } from './payload.js'
 import { benchSequencer, type SequencerBenchReport } from './sequencerBench.js'
+import { benchFailover, type FailoverReport } from './failover.js'
 import { DEFAULT_WIRE_LIMITS } from '../../../streams/wire.js'
 
 export interface ClusterBenchOptions {
@@ -33,6 +34,8 @@ export interface ClusterBenchOptions {
   partitions?: number
   /** Groups the sequencer-alone bench sequences (default 100,000: 800,000 rollouts). */
   sequencerGroups?: number
+  /** Sequencer kills the failover bench times (default 10; 0 = none). */
+  kills?: number
   log: (line: string) => void
 }
 
@@ -56,6 +59,7 @@ export interface ClusterBenchReport {
   /** The cluster node on a 1-server NATS as % of one node with LMDB (medians). */
   percentOfSingleNode: number
   sequencer: SequencerBenchReport[]
+  failover?: FailoverReport
 }
 
 let runCounter = 0
@@ -105,6 +109,7 @@ export async function benchCluster(options: ClusterBenchOptions): Promise<Cluste
   }
   const setups: ClusterSetupRow[] = [row('one node, LMDB', await measure(openDurableBenchEngine))]
   const sequencer: SequencerBenchReport[] = []
+  let failover: FailoverReport | undefined
   for (const servers of [1, 3] as const) {
     const nats = await startNats({ servers })
     try {
@@ -121,6 +126,7 @@ export async function benchCluster(options: ClusterBenchOptions): Promise<Cluste
         } finally {
           await nc.close()
         }
+        if ((options.kills ?? 10) > 0) failover = await benchFailover({ kills: options.kills ?? 10, nats, log })
       }
     } finally {
       await nats.stop()
@@ -133,6 +139,7 @@ export async function benchCluster(options: ClusterBenchOptions): Promise<Cluste
     setups,
     percentOfSingleNode: (100 * setups[1].rate.median) / setups[0].rate.median,
     sequencer,
+    failover,
   }
   log(formatClusterTables(report))
   return report
@@ -168,5 +175,15 @@ export function formatClusterTables(report: ClusterBenchReport): string {
         `${s.phases.decode.toFixed(2)} / ${s.phases.feed.toFixed(2)} / ${s.phases.encode.toFixed(2)}`,
       ]),
     ),
+    ...(report.failover === undefined ? [] : ['', formatFailover(report.failover)]),
+  ].join('\n')
+}
+
+/** The failover bench's line: p50 / max over the kills, each kill, the restarts. */
+export function formatFailover(report: FailoverReport): string {
+  const lease = report.leaseMs === undefined ? 'the default lease (3000 ms)' : `a lease of ${report.leaseMs} ms`
+  return [
+    `failover: SIGKILL of the sequencer's node → the next new step at the trainer, ${report.kills} kills, 3 nodes on a 1-server NATS, ${lease}:`,
+    `  p50 ${report.p50.toFixed(0)} ms, max ${report.max.toFixed(0)} ms (each: ${report.failoverMs.map((ms) => ms.toFixed(0)).join(', ')}); a killed node restarts and listens in ${Math.min(...report.restartMs).toFixed(0)}–${Math.max(...report.restartMs).toFixed(0)} ms`,
   ].join('\n')
 }

@@ -6,7 +6,7 @@
  *   npm run bench -- --history-steps 1000000        # the whole-run history's memory for a long run
  *   npm run bench -- --pending-rollouts 1000000      # serve's memory with the trainer stopped
  *   npm run bench -- --payload-bytes 128,16384,65536 --frame 64,1000   # LLM-sized payloads beside the disk's floors
- *   npm run bench -- --cluster --rollouts 200000        # one node vs a cluster node on 1 and 3 NATS servers, the sequencer alone
+ *   npm run bench -- --cluster --rollouts 200000        # one node vs a cluster node on 1 and 3 NATS servers, the sequencer alone, 10 failovers
  */
 import { writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
@@ -40,6 +40,8 @@ export interface BenchOptions extends Omit<TelemetryBenchRequest, 'frame'> {
   pendingPayloadBytes?: number
   /** Runs only the cluster bench (cluster.ts) with `rollouts`, `runs`, `warmup`, the first frame and payload size. */
   cluster?: boolean
+  /** SIGKILLs of the sequencer's node the cluster bench times failover over (default 10). */
+  kills?: number
   /** Where the table goes (the command passes console.log). */
   log: (line: string) => void
 }
@@ -151,7 +153,11 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       100_000,
     )
     .option('--pending-rollouts <n>', 'rollouts streamed to a serve whose trainer never connects, for its memory (0 = skip)', (v) => Number.parseInt(v, 10), 0)
-    .option('--cluster', 'only the cluster bench: one node with LMDB vs a cluster node on a 1- and a 3-server NATS (nats-server), the sequencer alone')
+    .option(
+      '--cluster',
+      'only the cluster bench: one node with LMDB vs a cluster node on a 1- and a 3-server NATS (nats-server), the sequencer alone, failover over --kills',
+    )
+    .option('--kills <n>', "SIGKILLs of the sequencer's node the cluster bench times failover over (0 = skip)", (v) => Number.parseInt(v, 10), 10)
     .option('--pending-payload-bytes <n>', 'payload bytes per rollout of that run', (v) => Number.parseInt(v, 10), 1024)
     .parse()
   await runBenchmarks({ ...program.opts<Omit<BenchOptions, 'log'>>(), log: console.log })

@@ -14,7 +14,7 @@
  * The roles (partition owners, the sequencer) run beside it, by lease (clusterRoles.ts).
  */
 import { createHash } from 'node:crypto'
-import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { Subject } from 'rxjs'
 import type { Config } from '../../core/config.js'
@@ -29,7 +29,8 @@ import { emptyIngestCounters, type Delivery, type IngestCounters, type OutboxBat
 import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
 import { FrameCache } from './frameCache.js'
 import { decodeMessage, encodeMessage, ITEMS_PER_FRAME, type AckEntry, type BatchEntry, type PartitionEntry } from './messages.js'
-import { partitionOf, type RunLayout, CONSUME_EXPIRES_MS } from './runLayout.js'
+import { partitionOf, type RunLayout } from './runLayout.js'
+import { StreamFollower } from './streamFollower.js'
 
 export interface ClusterEngineOptions {
   nc: NatsConnection
@@ -46,7 +47,14 @@ export interface ClusterEngineOptions {
   frameCacheBytes?: number
   /** How long a publish may wait for its PubAck before the frame is answered `unavailable` (ms, default 10 s). */
   publishTimeoutMs?: number
+  /** A line for the node's log (a consumer of the run's streams replaced, an acknowledgement stored late). */
+  log?: (line: string) => void
+  /** How long an acknowledgement NATS does not take is tried again (ms, default 30 s). */
+  ackRetryMs?: number
 }
+
+/** How long an acknowledgement is tried again by default (ms). */
+export const DEFAULT_ACK_RETRY_MS = 30_000
 
 /** Summaries kept for `/history` (a longer range is answered from the telemetry's whole-run history). */
 const SUMMARIES_KEPT = 50_000
@@ -81,7 +89,7 @@ export class ClusterEngine implements Engine {
   private ackedThrough = 0
   private last: BatchEntry | undefined
   private lastTs = 0
-  private readonly consumers: ConsumerMessages[] = []
+  private readonly consumers: StreamFollower[] = []
   private assembling: Promise<void> = Promise.resolve()
   private closed = false
 
@@ -129,8 +137,15 @@ export class ClusterEngine implements Engine {
   private async follow(stream: string, handle: (seq: number, data: Uint8Array, live: boolean) => void): Promise<void> {
     const info = await this.jsm.streams.info(stream)
     const caughtUpAt = info.state.last_seq
-    const consumer = await this.js.consumers.get(stream, { deliver_policy: DeliverPolicy.All })
-    const messages = await consumer.consume({ expires: CONSUME_EXPIRES_MS })
+    // a follower: a consumer that stalls (a NATS server killed) is replaced, and no message is handled twice
+    const messages = new StreamFollower({
+      js: this.js,
+      jsm: this.jsm,
+      stream,
+      from: 1,
+      /* c8 ignore next -- a consumer replaced: the fault suite's NATS server kills (run without coverage) */
+      onReplaced: (why) => this.options.log?.(why),
+    })
     this.consumers.push(messages)
     let caughtUp!: () => void
     const ready = new Promise<void>((resolve) => (caughtUp = resolve))
@@ -141,7 +156,10 @@ export class ClusterEngine implements Engine {
         handle(seq, message.data, seq > caughtUpAt)
         if (seq >= caughtUpAt) caughtUp()
       }
-    })()
+    })().catch(
+      /* c8 ignore next -- the connection closed under a node that was not closed first */
+      (error: unknown) => this.options.log?.(`following ${stream} ended: ${(error as Error).message}`),
+    )
     await ready
   }
 
@@ -212,7 +230,9 @@ export class ClusterEngine implements Engine {
     const acked = valid.map((rollout) => rollout.id)
     if (valid.length === 0) return { acked, rejected, duplicates: 0 }
     // the frame as MessagePack with the items where the owners will look for them
-    const bytes = raw?.format === 'msgpack' ? raw.bytes : wirePackr.pack({ type: 'rollouts', rollouts: items })
+    // the ingest endpoint's frames come as MessagePack bytes, their items decoded from them
+    const asReceived = raw?.format === 'msgpack'
+    const bytes = asReceived ? raw.bytes : wirePackr.pack({ type: 'rollouts', rollouts: items })
     this.lastTs = Math.max(this.now(), this.lastTs)
     const ts = this.lastTs
     const { layout, partitions } = this.options
@@ -226,8 +246,10 @@ export class ClusterEngine implements Engine {
     try {
       const frameId = createHash('sha256').update(bytes).digest('base64url')
       const stored = await this.js.publish(layout.subjects.frames, bytes, { msgID: frameId })
-      // the partitions' owners on this node read it from memory
-      this.frames.put(stored.seq, bytes)
+      // the partitions' owners on this node read it from memory: a frame from the ingest endpoint
+      // as it decoded it (its items are what decoding its bytes gives), another as bytes
+      if (asReceived) this.frames.putDecoded(stored.seq, { items: items as unknown[], bytes })
+      else this.frames.put(stored.seq, bytes)
       await Promise.all(
         [...byPartition].map(([p, indices]) => {
           const entry: PartitionEntry = { k: 'rollouts', frame: stored.seq, items: indices, ts }
@@ -280,9 +302,37 @@ export class ClusterEngine implements Engine {
     if (known || policyVersion !== undefined) {
       const entry: AckEntry = { step, node: this.options.node }
       if (policyVersion !== undefined) entry.policyVersion = policyVersion
-      await this.js.publish(this.options.layout.subjects.acks, encodeMessage(entry))
+      await this.storeAck(entry)
     }
     return known
+  }
+
+  /**
+   * Stores an acknowledgement in ACKS, trying again while NATS does not take it (a leader
+   * election, a server down) for up to `ackRetryMs`. An outage is not a failure of the node: an
+   * acknowledgement never stored only means that the step may be delivered again (by another
+   * node, or this one after a restart), which the protocol's trainer skips.
+   */
+  private async storeAck(entry: AckEntry): Promise<void> {
+    const giveUpAt = this.now() + (this.options.ackRetryMs ?? DEFAULT_ACK_RETRY_MS)
+    for (let attempt = 0; ; attempt++) {
+      try {
+        // an attempt that timed out may be stored after all: the message id makes its retry a no-op
+        await this.js.publish(this.options.layout.subjects.acks, encodeMessage(entry), {
+          msgID: `${this.options.layout.run}.a.${entry.node}.${entry.step}.${entry.policyVersion ?? ''}`,
+        })
+        if (attempt > 0) this.options.log?.(`the acknowledgement of step ${entry.step} is stored (attempt ${attempt + 1})`)
+        return
+      } catch (error) {
+        const why = (error as Error).message
+        if (this.closed || this.now() >= giveUpAt) {
+          this.options.log?.(`the acknowledgement of step ${entry.step} was not stored (${why}): the step may be delivered again`)
+          return
+        }
+        if (attempt === 0) this.options.log?.(`the acknowledgement of step ${entry.step} was not stored (${why}); trying again`)
+        await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** attempt)))
+      }
+    }
   }
 
   failureCause(): Promise<string | undefined> {

@@ -14,7 +14,7 @@ import { asyncScheduler, Subject, type SchedulerLike, type Subscription } from '
 import type { ClusterEngine } from './clusterEngine.js'
 import type { RunRecord } from './clusterRun.js'
 import { ensureLeaseBucket, Lease } from './lease.js'
-import { PartitionOwner } from './partitionOwner.js'
+import { PartitionOwner, type PartitionOwnerStats } from './partitionOwner.js'
 import type { RunLayout } from './runLayout.js'
 import { Sequencer } from './sequencer.js'
 
@@ -45,6 +45,25 @@ export interface NodeRecord {
 }
 
 export const DEFAULT_LEASE_MS = 3000
+
+/**
+ * The records in a run's node bucket, read without a consumer: the keys from the bucket's
+ * stream info, each value by a direct get. (`kv.keys()` iterates an ordered consumer, and a
+ * consumer can stall for good when a NATS server dies: a roles round waiting on it would never end.)
+ */
+export async function readNodeRecords(jsm: JetStreamManager, nodes: KV, bucket: string): Promise<NodeRecord[]> {
+  const prefix = `$KV.${bucket}.`
+  const info = await jsm.streams.info(`KV_${bucket}`, { subjects_filter: `${prefix}node.*` })
+  const records: NodeRecord[] = []
+  for (const subject of Object.keys(info.state.subjects ?? {})) {
+    const entry = await nodes.get(subject.slice(prefix.length))
+    if (entry?.operation === 'PUT') records.push(entry.json<NodeRecord>())
+  }
+  return records
+}
+
+/** One owner's position (`ClusterRoles.progress`): see `PartitionOwnerStats`. */
+export type PartitionProgress = Pick<PartitionOwnerStats, 'through' | 'published' | 'publishedThrough' | 'unpublished' | 'pendingRollouts' | 'running'>
 
 /** A node's view of the run for its dashboard and metrics: its roles, the sequencer's node, the nodes up. */
 export interface NodePicture {
@@ -113,6 +132,19 @@ export class ClusterRoles {
       sequencer: this.sequencer !== undefined && this.sequencerLease?.held === true,
       partitions: [...this.owners.keys()].filter((p) => this.partitionLeases.get(p)?.held === true).sort((a, b) => a - b),
     }
+  }
+
+  /**
+   * How far each role of this node has got: per partition owned, the last entry fed and the
+   * last message published (`/cluster` shows it; an owner that stopped advancing shows here).
+   */
+  progress(): { sequencer?: ReturnType<Sequencer['stats']>; partitions: Record<number, PartitionProgress> } {
+    const partitions: Record<number, PartitionProgress> = {}
+    for (const [p, owner] of this.owners) {
+      const { through, published, publishedThrough, unpublished, pendingRollouts, running } = owner.stats()
+      partitions[p] = { through, published, publishedThrough, unpublished, pendingRollouts, running }
+    }
+    return { sequencer: this.sequencer?.stats(), partitions }
   }
 
   /** Where this node serves (known once it listens): in its record, for `cluster status`. */
@@ -193,16 +225,9 @@ export class ClusterRoles {
    * until the bucket's TTL removes it, and counting it would shrink every node's share.
    */
   private async liveNodes(): Promise<string[]> {
-    const live: string[] = []
     const now = Date.now()
-    for await (const key of await this.nodes.keys('node.*')) {
-      const entry = await this.nodes.get(key)
-      /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts: nodes and NATS servers killed), which runs without coverage */
-      if (entry?.operation !== 'PUT') continue
-      const at = Date.parse(entry.json<NodeRecord>().at)
-      if (now - at <= 2 * this.leaseMs) live.push(key)
-    }
-    return live
+    const records = await readNodeRecords(this.options.jsm, this.nodes, this.options.layout.buckets.nodes)
+    return records.filter((record) => now - Date.parse(record.at) <= 2 * this.leaseMs).map((record) => record.node)
   }
 
   private leaseFor(key: string): Lease {
@@ -226,6 +251,8 @@ export class ClusterRoles {
       // stopped for good: it gives its lease back, and the next round starts one again from the last step
       /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts), which runs without coverage */
       onError: (error) => void this.dropSequencer(`failed: ${(error as Error).message}`),
+      /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts), which runs without coverage */
+      onConsumerReplaced: (why) => this.log(`sequencer: ${why}`),
     })
     this.log(`sequencer: taken`)
   }
@@ -237,9 +264,12 @@ export class ClusterRoles {
     const lease = this.sequencerLease
     this.sequencer = undefined
     this.sequencerLease = undefined
-    await sequencer.stop()
+    // stop() halts at once (nothing more is published); the lease goes back now, not once the
+    // publishes in flight have returned, so a stop that takes long cannot keep the role from
+    // another node (a publish of this one landing late is refused to its successor, which restarts)
+    const stopped = sequencer.stop()
     await lease?.release().catch(() => {})
-    this.log(`sequencer: stopped (${why})`)
+    await this.settle(stopped, 'sequencer', why)
   }
 
   private async tryPartition(p: number): Promise<void> {
@@ -260,6 +290,8 @@ export class ClusterRoles {
       onDeposed: (reason) => void this.dropPartition(p, `deposed: ${reason}`),
       /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts), which runs without coverage */
       onError: (error) => this.log(`partition ${p}: ${(error as Error).message}`),
+      /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts), which runs without coverage */
+      onConsumerReplaced: (why) => this.log(`partition ${p}: ${why}`),
     })
     this.owners.set(p, owner)
     // an owner that ended by itself (an error, deposed) has stopped for good: its lease goes back so another node can try
@@ -282,8 +314,26 @@ export class ClusterRoles {
     /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts: nodes and NATS servers killed), which runs without coverage */
     if (owner === undefined) return
     this.owners.delete(p)
-    await owner.stop()
-    this.log(`partition ${p}: stopped (${why})`)
+    await this.settle(owner.stop(), `partition ${p}`, why)
+  }
+
+  /**
+   * Waits for a role to stop, for at most a lease time: a round that waited for good would
+   * leave this node's record unrenewed and every free role untaken. A stop that takes longer is
+   * logged when it ends (the role acts no more meanwhile: it was halted first).
+   */
+  private async settle(stopped: Promise<void>, role: string, why: string): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.leaseMs)))
+    const outcome = await Promise.race([stopped.then(() => 'stopped' as const), late]).finally(() => clearTimeout(timer))
+    /* c8 ignore start -- a stop that hangs (a request to a dead NATS server): the fault suite, run without coverage */
+    if (outcome === 'late') {
+      this.log(`${role}: halted (${why}); still waiting for it to stop after ${this.leaseMs} ms`)
+      void stopped.then(() => this.log(`${role}: stopped at last (${why})`))
+      return
+    }
+    /* c8 ignore stop */
+    this.log(`${role}: stopped (${why})`)
   }
 
   /** Stops every role and gives its lease back (so another node takes it at once). */

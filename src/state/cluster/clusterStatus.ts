@@ -8,7 +8,7 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { Kvm } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { lambdasOf } from '../../math/dual.js'
-import type { NodeRecord } from './clusterRoles.js'
+import { readNodeRecords, type NodeRecord } from './clusterRoles.js'
 import type { RunRecord } from './clusterRun.js'
 import { Lease } from './lease.js'
 import { decodeMessage, type AckEntry, type BatchEntry } from './messages.js'
@@ -51,11 +51,7 @@ export async function clusterStatus(nc: NatsConnection, run: string): Promise<Cl
   const owners: (string | undefined)[] = new Array(record.partitions).fill(undefined)
   let sequencer: string | undefined
   try {
-    const nodeBucket = await kvm.open(layout.buckets.nodes)
-    for await (const key of await nodeBucket.keys('node.*')) {
-      const value = await nodeBucket.get(key)
-      if (value?.operation === 'PUT') nodes.push(value.json<NodeRecord>())
-    }
+    nodes.push(...(await readNodeRecords(jsm, await kvm.open(layout.buckets.nodes), layout.buckets.nodes)))
     const leases = await kvm.open(layout.buckets.leases)
     sequencer = (await Lease.holderOf(leases, layout.sequencerLease))?.holder
     for (let p = 0; p < record.partitions; p++) owners[p] = (await Lease.holderOf(leases, layout.partitionLease(p)))?.holder

@@ -84,7 +84,11 @@ export class FrameCache {
     let decoding = this.decoding.get(seq)
     if (decoding === undefined) {
       decoding = this.get(seq)
-        .then((bytes) => this.keepDecoded(seq, decodePartitionFrame(bytes, `frame ${seq}`)))
+        .then((bytes) => {
+          const frame = decodePartitionFrame(bytes, `frame ${seq}`)
+          this.decodes++
+          return this.keepDecoded(seq, frame)
+        })
         .finally(() => this.decoding.delete(seq))
       this.decoding.set(seq, decoding)
     }
@@ -100,6 +104,16 @@ export class FrameCache {
   put(seq: number, bytes: Uint8Array): void {
     if (bytes.length > this.maxBytes || this.frames.has(seq)) return
     this.keep(seq, bytes)
+  }
+
+  /**
+   * Keeps a frame this node has just stored decoded as well, when its items are exactly what
+   * `decodePartitionFrame(bytes)` gives (the ingest endpoint decodes a frame that way): the
+   * owners on this node then neither fetch nor decode it again.
+   */
+  putDecoded(seq: number, frame: PartitionFrame): void {
+    this.put(seq, frame.bytes)
+    if (!this.decodedFrames.has(seq)) this.keepDecoded(seq, frame)
   }
 
   private async fetch(seq: number): Promise<Uint8Array> {
@@ -129,7 +143,6 @@ export class FrameCache {
   }
 
   private keepDecoded(seq: number, frame: PartitionFrame): PartitionFrame {
-    this.decodes++
     const rollouts = frame.items.length
     if (rollouts <= this.maxDecodedRollouts) {
       this.decodedFrames.set(seq, frame)

@@ -28,13 +28,13 @@
  * appends the trainer's policy versions: both come back through the consumer and are fed in
  * order like every other entry, so they are part of the input a replay reads.
  */
-import { CONSUME_EXPIRES_MS } from './runLayout.js'
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
-import { JetStreamApiCodes, JetStreamApiError, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
+import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
 import type { Config } from '../../core/config.js'
 import { decodeMessage, encodeMessage, type DropCounts, type GroupMessage, type GroupsEntry, type PartitionEntry } from './messages.js'
 import { decodePartitionFrame, groupsEntryOf, partitionEntryOf, PartitionState, type PartitionFrame, type PartitionOutput } from './partitionState.js'
 import type { RunLayout } from './runLayout.js'
+import { StreamFollower } from './streamFollower.js'
 
 /** A logged frame, decoded, by its ROLLOUTS stream sequence (a node shares one: `FrameCache.decoded`). */
 export type FrameSource = (seq: number) => Promise<PartitionFrame>
@@ -88,6 +88,10 @@ export interface PartitionOwnerOptions {
   onError?: (error: unknown) => void
   /** Told that another owner published to the partition's subject, or that the lease is gone: the owner has stopped. */
   onDeposed?: (reason: string) => void
+  /** Told that the consumer of the partition was replaced (it stalled, ended or failed): reading goes on where it was. */
+  onConsumerReplaced?: (why: string) => void
+  /** Replaces a consumer that keeps the owner waiting this long while its partition holds more (ms; default `StreamFollower`'s). */
+  stallMs?: number
 }
 
 /** How an owner ended. */
@@ -156,7 +160,8 @@ export class PartitionOwner {
   private readonly maxMessageRollouts: number
   private readonly maxMessageBytes: number
   private loop: Promise<void> = Promise.resolve()
-  private deleted: Promise<unknown> = Promise.resolve()
+  // the follower's close (it removes the consumer's server side)
+  private closing: Promise<void> = Promise.resolve()
   private timer: Subscription | undefined
   private running = true
   private endWith!: (end: PartitionOwnerEnd) => void
@@ -185,7 +190,7 @@ export class PartitionOwner {
   private constructor(
     options: PartitionOwnerOptions,
     resume: Resume | undefined,
-    private readonly messages: ConsumerMessages,
+    private readonly messages: StreamFollower,
   ) {
     this.options = options
     const { jsm, layout, partition } = options
@@ -239,12 +244,18 @@ export class PartitionOwner {
         )
       resume = { n: n!, seq: last.seq, through: through!, bytes: last.data, groups: entry!.groups!.length }
     }
-    const consumer = await js.consumers.get(layout.streams.rollouts, { filter_subjects: layout.subjects.partition(partition), opt_start_seq: 1 })
-    const messages = await consumer.consume({ expires: CONSUME_EXPIRES_MS })
+    const messages = new StreamFollower({
+      js,
+      jsm,
+      stream: layout.streams.rollouts,
+      subject: layout.subjects.partition(partition),
+      from: 1,
+      stallMs: options.stallMs,
+      scheduler: options.scheduler,
+      onReplaced: options.onConsumerReplaced,
+    })
     const owner = new PartitionOwner(options, resume, messages)
     owner.loop = owner.read()
-    // the ordered consumer's server side goes once stopped (else it lingers until its inactivity threshold)
-    owner.deleted = owner.ended.then(() => Promise.allSettled([consumer.delete()]))
     return owner
   }
 
@@ -257,9 +268,8 @@ export class PartitionOwner {
     const ahead: Promise<void>[] = []
     let chain = Promise.resolve()
     try {
+      // once the owner halts, the follower yields nothing more
       for await (const message of this.messages) {
-        // messages already buffered when the owner stopped are not handled
-        if (!this.running) break
         const prepared = this.prepare(message)
         chain = chain.then(() => this.feed(prepared))
         // a failure stops the owner now (and with it this loop), not when the reader next waits for the chain
@@ -267,11 +277,11 @@ export class PartitionOwner {
         ahead.push(chain)
         if (ahead.length > this.prefetch) await ahead.shift()
       }
+      // the follower ends only when the owner halts (it replaces a consumer that ends by itself)
       await chain
-      this.fail(new Error(`partition ${this.options.partition}: the consumer of ${this.partitionSubject} ended (connection closed?)`))
     } catch (error) {
-      // an entry that failed (already reported), or the consumer's own end with an error
-      this.fail(error)
+      // an entry that failed (already reported: this is a no-op), or the follower's end (a closed connection, a deleted stream)
+      this.fail(new Error(`partition ${this.options.partition}: ${(error as Error).message}`, { cause: error }))
     }
   }
 
@@ -457,7 +467,7 @@ export class PartitionOwner {
     this.running = false
     this.timer?.unsubscribe()
     // ends the loop's iteration (an entry being fed is finished first; nothing more is published)
-    void this.messages.close()
+    this.closing = this.messages.close()
     this.endWith(end)
   }
 
@@ -478,7 +488,7 @@ export class PartitionOwner {
     this.halt({ reason: 'stopped' })
     await this.loop
     await this.inFlight
-    await this.deleted
+    await this.closing
     this.state.close()
   }
 }

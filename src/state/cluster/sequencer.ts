@@ -12,20 +12,13 @@
  * Whoever holds the sequencer's lease starts one, and stops it when the lease is lost;
  * `isHeld()` is asked before every publish as well.
  */
-import { CONSUME_EXPIRES_MS } from './runLayout.js'
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
-import {
-  JetStreamApiCodes,
-  JetStreamApiError,
-  type ConsumerMessages,
-  type JetStreamClient,
-  type JetStreamManager,
-  type StreamExpectations,
-} from '@nats-io/jetstream'
+import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamExpectations } from '@nats-io/jetstream'
 import type { Config } from '../../core/config.js'
 import { decodeMessage, encodeMessage, type BatchEntry, type GroupsEntry, type GroupsWatermark } from './messages.js'
 import type { RunLayout } from './runLayout.js'
 import { SequencerState } from './sequencerState.js'
+import { FollowerEndedError, StreamFollower } from './streamFollower.js'
 
 export interface SequencerOptions {
   js: JetStreamClient
@@ -46,6 +39,8 @@ export interface SequencerOptions {
   onError?: (error: unknown) => void
   /** Batch entries in flight to BATCHES at most (default 32; 1 waits for each acknowledgement before the next publish). */
   publishWindow?: number
+  /** Told that the consumer of GROUPS was replaced (it stalled, ended or failed): reading goes on where it was. */
+  onConsumerReplaced?: (why: string) => void
 }
 
 /** Bytes of GROUPS messages the ordered consumer asks for at a time (the messages of an owner that batches groups are large). */
@@ -76,6 +71,8 @@ export class Sequencer {
   // the publishes whose outcome is not taken yet, oldest first, and the newest
   private readonly inFlight: Promise<void>[] = []
   private settled: Promise<void> = Promise.resolve()
+  // the follower's close (it removes the consumer's server side)
+  private closing: Promise<void> = Promise.resolve()
   private previousMsgID = ''
 
   private constructor(
@@ -84,7 +81,7 @@ export class Sequencer {
     // the BATCHES stream's last sequence once every publish sent is stored: the next publish expects it
     private expected: number,
     step: number,
-    private readonly messages: ConsumerMessages,
+    private readonly messages: StreamFollower,
   ) {
     this.step = step
     this.window = options.publishWindow ?? PUBLISH_WINDOW
@@ -117,8 +114,15 @@ export class Sequencer {
       last = decodeMessage<BatchEntry>(stored.data)
     }
     const state = new SequencerState(config, last)
-    const consumer = await js.consumers.get(layout.streams.groups, { opt_start_seq: state.resumeFrom })
-    const messages = await consumer.consume({ max_bytes: PULL_BYTES, expires: CONSUME_EXPIRES_MS })
+    const messages = new StreamFollower({
+      js,
+      jsm,
+      stream: layout.streams.groups,
+      from: state.resumeFrom,
+      maxBytes: PULL_BYTES,
+      scheduler: options.scheduler,
+      onReplaced: options.onConsumerReplaced,
+    })
     return new Sequencer(options, state, lastSequence, last?.step ?? 0, messages)
   }
 
@@ -132,13 +136,14 @@ export class Sequencer {
     this.halt()
     await this.loop
     await this.settled
+    await this.closing
   }
 
   private halt(): void {
     if (this.stopped) return
     this.stopped = true
     this.timer?.unsubscribe()
-    this.messages.stop()
+    this.closing = this.messages.close()
     this.state.close()
   }
 
@@ -153,10 +158,9 @@ export class Sequencer {
         // then, or acknowledgements wait behind them until their publishes time out
         if (++fed % YIELD_EVERY === 0) await new Promise(setImmediate)
       }
-      // the consumer ended without being stopped (its connection closed)
-      if (!this.stopped) throw new Error(`sequencer: the consumer of ${this.options.layout.streams.groups} ended`)
+      // the follower ends only when the sequencer halts; it throws when its connection is closed
     } catch (error) {
-      this.fail(error)
+      this.fail(error instanceof FollowerEndedError ? new Error(`sequencer: ${error.message}`, { cause: error }) : error)
     }
   }
 

@@ -202,8 +202,8 @@ t.test('StreamFollower', { skip }, async (t) => {
       await held
     })
     await waitFor('the first message being handled', () => handling)
+    // the stall check runs within advance(), and finds the follower not waiting
     clock.advance(10_000)
-    await new Promise((resolve) => setTimeout(resolve, 50))
     release()
     await done
     t.same(seen, ['1:m1', '2:m2'])
@@ -311,15 +311,7 @@ t.test('StreamFollower', { skip }, async (t) => {
       },
     } as unknown as JetStreamManager
     const blindTold: string[] = []
-    const blind = new StreamFollower({
-      js: f.js,
-      jsm: down,
-      stream: f.stream,
-      stallMs: 100,
-      scheduler: clock,
-      onReplaced: (why) => blindTold.push(why),
-      open: async () => silentConsumer(),
-    })
+    const blind = new StreamFollower(optionsOn(f, blindTold, async () => silentConsumer(), { jsm: down, stallMs: 100, scheduler: clock }))
     const blindRun = collect(blind)
     await waitFor('waiting', () => blind['waitingSince'] !== undefined)
     clock.advance(100)
@@ -396,15 +388,7 @@ t.test('StreamFollower', { skip }, async (t) => {
       streams: { info: () => new Promise((resolve, reject) => answers.push({ resolve, reject })) },
     } as unknown as JetStreamManager
     const told: string[] = []
-    const follower = new StreamFollower({
-      js: f.js,
-      jsm: hanging,
-      stream: f.stream,
-      stallMs: 100,
-      scheduler: clock,
-      onReplaced: (why) => told.push(why),
-      open: async () => silentConsumer(),
-    })
+    const follower = new StreamFollower(optionsOn(f, told, async () => silentConsumer(), { jsm: hanging, stallMs: 100, scheduler: clock }))
     const run = collect(follower)
     await waitFor('waiting', () => follower['waitingSince'] !== undefined)
     clock.advance(100)

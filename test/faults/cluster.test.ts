@@ -19,6 +19,7 @@ import t from 'tap'
 import { mulberry32 } from '../../examples/support/random.js'
 import { decodeMessage, type BatchEntry } from '../../src/state/cluster/messages.js'
 import { runLayout } from '../../src/state/cluster/runLayout.js'
+import { readLastBatch } from '../../src/state/cluster/sequencer.js'
 import { baseConfig, Client, pack, prompts, tempDir, upgradeStatus, type Received } from '../serve/support.js'
 import { natsMissing, startNats, waitFor, type NatsServers } from '../support/natsServers.js'
 import { replayLines, FaultProducer, requireBuild, startServe, type Item, type ServeChild } from './support.js'
@@ -38,10 +39,7 @@ interface ClusterView {
 async function lastStoredStep(nats: NatsServers): Promise<number> {
   const nc = await connect({ servers: nats.urls })
   try {
-    const jsm = await jetstreamManager(nc)
-    const stream = runLayout('chaos').streams.batches
-    const last = (await jsm.streams.info(stream)).state.last_seq
-    return last === 0 ? 0 : decodeMessage<BatchEntry>((await jsm.streams.getMessage(stream, { seq: last }))!.data).step
+    return (await readLastBatch(await jetstreamManager(nc), runLayout('chaos'))).entry?.step ?? 0
   } finally {
     await nc.close()
   }

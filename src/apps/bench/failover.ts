@@ -14,11 +14,11 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
+import { jetstreamManager } from '@nats-io/jetstream'
 import WebSocket from 'ws'
-import { decodeMessage, type BatchEntry } from '../../state/cluster/messages.js'
 import { connectNats } from '../../state/cluster/natsConnect.js'
 import { runLayout } from '../../state/cluster/runLayout.js'
+import { readLastBatch } from '../../state/cluster/sequencer.js'
 import { startNats, type NatsServers } from '../natsServers.js'
 import { benchConfigSource } from './core.js'
 import { median } from './measure.js'
@@ -196,13 +196,6 @@ class Trainer {
   }
 }
 
-/** The step of the last entry in the run's BATCHES stream (0 before the first). */
-async function lastStoredStep(jsm: JetStreamManager, stream: string): Promise<number> {
-  const last = (await jsm.streams.info(stream)).state.last_seq
-  if (last === 0) return 0
-  return decodeMessage<BatchEntry>((await jsm.streams.getMessage(stream, { seq: last }))!.data).step
-}
-
 /** Runs the failover bench: `kills` rounds of SIGKILL the sequencer's node, time the next new step, restart it. */
 export async function benchFailover(options: FailoverBenchOptions = {}): Promise<FailoverReport> {
   const kills = options.kills ?? 10
@@ -221,7 +214,7 @@ export async function benchFailover(options: FailoverBenchOptions = {}): Promise
   const nodes = new Map<string, NodeChild>()
   const nc = await connectNats({ servers: nats.url, name: 'dualstream failover bench' })
   const jsm = await jetstreamManager(nc)
-  const batches = runLayout(run).streams.batches
+  const layout = runLayout(run)
   const start = async (name: string) => {
     const started = performance.now()
     nodes.set(name, await startNode(cli, args, name))
@@ -272,7 +265,7 @@ export async function benchFailover(options: FailoverBenchOptions = {}): Promise
       // holds once the bytes it sent before dying are processed (the server reads a closed
       // socket's data first; the margin covers its turn to do so)
       await sleep(200)
-      const stepAtKill = await lastStoredStep(jsm, batches)
+      const stepAtKill = (await readLastBatch(jsm, layout)).entry?.step ?? 0
       const seenAt = await poll('the next new step after the kill', () => trainer.firstSeen.get(stepAtKill + 1), 60_000, 5)
       failoverMs.push(seenAt - killedAt)
       log(

@@ -53,6 +53,22 @@ const WRONG_LAST_MSG_ID = 10070
 const PUBLISH_WINDOW = 32
 
 /**
+ * The last entry of a run's BATCHES stream (the engine's state) and its stream sequence;
+ * `{ seq: 0 }` before the first step.
+ *
+ * @example
+ * const { entry } = await readLastBatch(jsm, layout) // entry?.step: the run's last step
+ */
+export async function readLastBatch(jsm: JetStreamManager, layout: RunLayout): Promise<{ seq: number; entry?: BatchEntry }> {
+  const stream = layout.streams.batches
+  const seq = (await jsm.streams.info(stream)).state.last_seq
+  if (seq === 0) return { seq }
+  const stored = await jsm.streams.getMessage(stream, { seq })
+  if (stored === null) throw new Error(`sequencer: ${stream} has no message at its last sequence ${seq}`)
+  return { seq, entry: decodeMessage<BatchEntry>(stored.data) }
+}
+
+/**
  * A running sequencer.
  *
  * @example
@@ -105,14 +121,7 @@ export class Sequencer {
    */
   static async start(options: SequencerOptions): Promise<Sequencer> {
     const { js, jsm, layout, config } = options
-    const info = await jsm.streams.info(layout.streams.batches)
-    const lastSequence = info.state.last_seq
-    let last: BatchEntry | undefined
-    if (lastSequence > 0) {
-      const stored = await jsm.streams.getMessage(layout.streams.batches, { seq: lastSequence })
-      if (stored === null) throw new Error(`sequencer: ${layout.streams.batches} has no message at its last sequence ${lastSequence}`)
-      last = decodeMessage<BatchEntry>(stored.data)
-    }
+    const { seq: lastSequence, entry: last } = await readLastBatch(jsm, layout)
     const state = new SequencerState(config, last)
     const messages = new StreamFollower({
       js,

@@ -248,28 +248,20 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
    */
   private async openWithin(from: number): Promise<FollowedConsumer> {
     const opening = this.open(from)
-    try {
-      return await this.within(opening, 'opening it')
-    } catch (error) {
+    let timer: Subscription | undefined
+    const late = new Promise<never>((_, reject) => {
+      timer = this.scheduler.schedule(() => reject(new Error(`no answer within ${this.stallMs} ms opening it`)), this.stallMs)
+    })
+    const opened = await Promise.race([opening, late]).catch((error: unknown) => {
+      timer!.unsubscribe()
       opening.then(
         (consumer) => void consumer.close().catch(() => {}),
         () => {},
       )
       throw error
-    }
-  }
-
-  /** `promise`, or a rejection when it has not settled within `stallMs` (a request that hangs does not hang the follower). */
-  private async within<T>(promise: Promise<T>, what: string): Promise<T> {
-    let timer: Subscription | undefined
-    const late = new Promise<never>((_, reject) => {
-      timer = this.scheduler.schedule(() => reject(new Error(`no answer within ${this.stallMs} ms ${what}`)), this.stallMs)
     })
-    try {
-      return await Promise.race([promise, late])
-    } finally {
-      timer!.unsubscribe()
-    }
+    timer!.unsubscribe()
+    return opened
   }
 
   private open(from: number): Promise<FollowedConsumer> {

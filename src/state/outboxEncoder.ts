@@ -84,26 +84,38 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
   // does not size maps up front); the rollouts written below make the count five
   const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints) })
   head.writeUInt16BE(5, 1)
-  const payloads: (Uint8Array | RawPayload | undefined)[] = []
+  // payloads that are values, encoded once (by rollout index); those from the wire are bytes already
+  let encoded: (Uint8Array | undefined)[] | undefined
   let bound = head.length + KEY_ROLLOUTS.length + 5
   let references = 0
+  let n = 0
   for (const group of batch.groups) {
     for (const rollout of group.rollouts) {
-      // a logged payload by reference; one from the wire not logged (yet) as its bytes; a value encoded
-      const given = rollout.payload
-      const payload = given === undefined ? undefined : given instanceof RawPayload ? (given.entry !== undefined ? given : given.bytes!) : wirePackr.pack(given)
-      payloads.push(payload)
       bound += 1 + KEY_ID.length + 5 + 3 * rollout.id.length + KEY_PROMPT.length + 5 + 3 * rollout.promptId.length + KEY_ADVANTAGE.length + 9
+      const payload = rollout.payload
       if (payload instanceof RawPayload) {
         bound += KEY_PAYLOAD.length
-        references++
-      } else if (payload !== undefined) bound += KEY_PAYLOAD.length + payload.length
+        if (payload.entry !== undefined) references++
+        else bound += payload.bytes!.length
+      } else if (payload !== undefined) {
+        encoded ??= []
+        encoded[n] = wirePackr.pack(payload)
+        bound += KEY_PAYLOAD.length + encoded[n]!.length
+      }
+      n++
     }
   }
-  const out = Buffer.allocUnsafe(bound)
+  // one buffer: with references, their table first ([0xc1, count, then one per reference]) and the template after it
+  const templateAt = references === 0 ? 0 : 5 + references * REFERENCE_BYTES
+  const record = Buffer.allocUnsafe(templateAt + bound)
+  const view = new DataView(record.buffer, record.byteOffset, record.byteLength)
+  const out = templateAt === 0 ? record : record.subarray(templateAt)
+  if (references > 0) {
+    record[0] = REFERENCES
+    view.setUint32(1, references)
+  }
   out.set(head, 0)
   let pos = writeKey(out, head.length, KEY_ROLLOUTS)
-  const n = payloads.length
   if (n < 16) out[pos++] = 0x90 | n
   else if (n < 65536) {
     out[pos] = 0xdc
@@ -114,43 +126,36 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
     out.writeUInt32BE(n, pos + 1)
     pos += 5
   }
-  const refs: PayloadReference[] = []
+  let at = 5
   let i = 0
   for (const group of batch.groups) {
     for (const rollout of group.rollouts) {
-      const payload = payloads[i]
+      const payload = rollout.payload
       out[pos++] = payload === undefined ? 0x83 : 0x84
       pos = writeString(out, writeKey(out, pos, KEY_ID), rollout.id)
       pos = writeString(out, writeKey(out, pos, KEY_PROMPT), rollout.promptId)
       pos = writeKey(out, pos, KEY_ADVANTAGE)
       out[pos] = 0xcb
-      out.writeDoubleBE(batch.advantages[i], pos + 1)
+      view.setFloat64(templateAt + pos + 1, batch.advantages[i])
       pos += 9
       if (payload !== undefined) {
         pos = writeKey(out, pos, KEY_PAYLOAD)
-        if (payload instanceof RawPayload) refs.push({ position: pos, entry: payload.entry!, offset: payload.offset, length: payload.length })
-        else {
-          out.set(payload, pos)
-          pos += payload.length
+        if (payload instanceof RawPayload && payload.entry !== undefined) {
+          view.setUint32(at, pos)
+          view.setFloat64(at + 4, payload.entry)
+          view.setUint32(at + 12, payload.offset)
+          view.setUint32(at + 16, payload.length)
+          at += REFERENCE_BYTES
+        } else {
+          const bytes = payload instanceof RawPayload ? payload.bytes! : encoded![i]!
+          out.set(bytes, pos)
+          pos += bytes.length
         }
       }
       i++
     }
   }
-  if (references === 0) return out.subarray(0, pos)
-  const record = Buffer.allocUnsafe(5 + references * REFERENCE_BYTES + pos)
-  record[0] = REFERENCES
-  record.writeUInt32BE(references, 1)
-  let at = 5
-  for (const ref of refs) {
-    record.writeUInt32BE(ref.position, at)
-    record.writeDoubleBE(ref.entry, at + 4)
-    record.writeUInt32BE(ref.offset, at + 12)
-    record.writeUInt32BE(ref.length, at + 16)
-    at += REFERENCE_BYTES
-  }
-  out.copy(record, at, 0, pos)
-  return record
+  return record.subarray(0, templateAt + pos)
 }
 
 /**

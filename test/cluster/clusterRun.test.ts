@@ -2,13 +2,16 @@
  * Creating and joining a cluster run: `firstDifference` names where two configs differ,
  * `clusterSize` counts the NATS servers a connection sees, and `openRun` records a new run
  * and refuses a node that asks for what the run is not (bad partitions or replicas, more
- * replicas than servers, another config, other partitions or replicas than the run's).
+ * replicas than servers, another config, other partitions or replicas than the run's, a run
+ * whose messages are of another format).
  */
 import t from 'tap'
-import { jetstreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import { connect } from '@nats-io/transport-node'
 import { parseConfig } from '../../src/core/config.js'
-import { clusterSize, DEFAULT_PARTITIONS, firstDifference, openRun, RunMismatchError } from '../../src/state/cluster/clusterRun.js'
+import { clusterSize, DEFAULT_PARTITIONS, firstDifference, MESSAGES_FORMAT, openRun, RunMismatchError } from '../../src/state/cluster/clusterRun.js'
+import { replayRun } from '../../src/state/cluster/replayRun.js'
 import { natsMissing, startNats } from '../support/natsServers.js'
 
 const config = parseConfig({
@@ -86,6 +89,21 @@ t.test('one server', { skip: natsMissing }, async (t) => {
     await openRun({ nc, run: 'r2', config, partitions: 2 })
     const r2 = await openRun({ nc, run: 'r2', config })
     t.equal(r2.record.partitions, 2, "a joining node that names no partition count takes the run's")
+  })
+
+  t.test('a run whose messages are of another format is refused by a joining node and by replay', async (t) => {
+    const first = await openRun({ nc, run: 'old', config })
+    t.equal(first.record.format, MESSAGES_FORMAT, 'a new run records the format of its messages')
+    // as the version before columnar GROUPS recorded a run: no format
+    const bucket = await new Kvm(jetstream(nc)).open(first.layout.buckets.run)
+    const { format: _format, ...before } = first.record
+    await bucket.put('run', JSON.stringify(before))
+    const message = `run old was created by a dualstream whose cluster messages are format 1; this one reads and writes format ${MESSAGES_FORMAT}: finish the run with the version that created it, or start a new run`
+    await t.rejects(openRun({ nc, run: 'old', config }), { name: 'RunMismatchError', message })
+    await t.rejects(
+      replayRun({ nc, run: 'old' }, () => {}),
+      { name: 'RunMismatchError', message },
+    )
   })
 })
 

@@ -1,15 +1,34 @@
 /**
  * The group messages of a cluster run carry rollouts without their payloads' bytes, only
- * where they are logged: `groupRolloutOf` and `rolloutsOf` must be inverse (optional fields
- * kept when present, absent when not), and a payload that is not a logged frame's bytes
- * cannot be put in a group message at all.
+ * where they are logged, and only the reward channels the math reads: `groupRolloutOf` and
+ * `rolloutsOf` must be inverse on those (optional fields kept when present, absent when not),
+ * and a payload that is not a logged frame's bytes cannot be put in a group message at all.
+ * On the wire a GroupsEntry is columns (groupsEntry.ts): encoding then decoding gives back
+ * exactly the entry, in both decoded forms, for any entry (property test), and a message that
+ * is not one is refused with what is wrong.
  */
 import t from 'tap'
+import fc from 'fast-check'
 import type { Rollout } from '../../src/core/types.js'
-import { decodeMessage, encodeMessage, groupRolloutOf, rolloutSeq, rolloutsOf, ITEMS_PER_FRAME, type GroupMessage } from '../../src/state/cluster/messages.js'
+import { wirePackr } from '../../src/state/codec.js'
+import {
+  decodeGroupsForScoring,
+  decodeGroupsMessage,
+  encodeMessage,
+  groupRolloutOf,
+  GroupsMessageError,
+  rolloutSeq,
+  rolloutsOf,
+  ITEMS_PER_FRAME,
+  type GroupMessage,
+  type GroupRollout,
+  type GroupsEntry,
+} from '../../src/state/cluster/messages.js'
 import { RawPayload } from '../../src/state/rawPayload.js'
 
-t.test('a rollout with every optional field survives a group message through MessagePack', async (t) => {
+const CHANNELS = ['accuracy', 'consistency']
+
+t.test('a rollout with every optional field survives a group message on the wire', async (t) => {
   const rollout: Rollout = {
     id: 'r1',
     promptId: 'p1',
@@ -20,7 +39,7 @@ t.test('a rollout with every optional field survives a group message through Mes
     groupSize: 2,
     payload: RawPayload.at(7, 40, 12),
   }
-  const carried = groupRolloutOf(rollout)
+  const carried = groupRolloutOf(rollout, CHANNELS)
   t.same(carried, {
     id: 'r1',
     promptId: 'p1',
@@ -31,34 +50,164 @@ t.test('a rollout with every optional field survives a group message through Mes
     groupSize: 2,
     ref: [7, 40, 12],
   })
-  const group: GroupMessage = { promptId: 'p1', partial: false, ts: 1234, rollouts: [carried] }
-  const decoded = rolloutsOf(decodeMessage<GroupMessage>(encodeMessage(group as never)))
+  const entry: GroupsEntry = { p: 0, n: 1, through: 3, groups: [{ promptId: 'p1', partial: false, ts: 1234, rollouts: [carried] }], drops: zero() }
+  const decoded = rolloutsOf((decodeGroupsMessage(encodeMessage(entry)) as GroupsEntry).groups[0])
   t.equal(decoded.length, 1)
   const payload = decoded[0].payload as RawPayload
   t.ok(payload instanceof RawPayload, 'the payload comes back as a reference')
   t.same([payload.entry, payload.offset, payload.length], [7, 40, 12])
   t.same({ ...decoded[0], payload: undefined }, { ...rollout, payload: undefined })
-  t.same(groupRolloutOf(decoded[0]), carried, 'and goes into a group message again unchanged')
+  t.same(groupRolloutOf(decoded[0], CHANNELS), carried, 'and goes into a group message again unchanged')
 })
 
 t.test('a rollout without the optional fields: none appear on either side', async (t) => {
-  const rollout: Rollout = { id: 'r2', promptId: 'p2', rewards: { accuracy: 0 }, ts: 5, seq: rolloutSeq(1, 0) }
-  const carried = groupRolloutOf(rollout)
+  const rollout: Rollout = { id: 'r2', promptId: 'p2', rewards: { accuracy: 0, consistency: null }, ts: 5, seq: rolloutSeq(1, 0) }
+  const carried = groupRolloutOf(rollout, CHANNELS)
   t.same(Object.keys(carried).sort(), ['id', 'promptId', 'rewards', 'seq', 'ts'])
   const [back] = rolloutsOf({ promptId: 'p2', partial: true, ts: 5, rollouts: [carried] })
   t.same(Object.keys(back).sort(), ['id', 'promptId', 'rewards', 'seq', 'ts'])
   t.same(back, rollout)
 })
 
-t.test('a payload that is not a logged frame is refused with the rollout named', async (t) => {
-  const inline: Rollout = { id: 'r3', promptId: 'p3', rewards: { accuracy: 1 }, ts: 1, seq: 1, payload: { text: 'inline' } }
-  t.throws(() => groupRolloutOf(inline), /rollout "r3": its payload is not a logged frame's bytes/)
-  // the producer's bytes, not yet logged: no entry to point at
-  const unlogged: Rollout = { ...inline, id: 'r4', payload: new RawPayload(new Uint8Array([0xa1, 0x78])) }
-  t.throws(() => groupRolloutOf(unlogged), /rollout "r4": its payload is not a logged frame's bytes/)
+t.test('a group message carries the channels the math reads: others are left out, a missing one is null', async (t) => {
+  const rollout: Rollout = { id: 'r5', promptId: 'p5', rewards: { accuracy: 1, length: 812 }, ts: 1, seq: 1 }
+  t.same(groupRolloutOf(rollout, CHANNELS).rewards, { accuracy: 1, consistency: null })
+  t.same(groupRolloutOf(rollout, []).rewards, {})
 })
 
-t.test('rollout seqs order by frame then item', async (t) => {
-  t.ok(rolloutSeq(2, ITEMS_PER_FRAME - 1) < rolloutSeq(3, 0))
-  t.equal(rolloutSeq(0, 5), 5)
+t.test('a payload that is not a logged frame is refused with the rollout named', async (t) => {
+  const inline: Rollout = { id: 'r3', promptId: 'p3', rewards: { accuracy: 1 }, ts: 1, seq: 1, payload: { text: 'inline' } }
+  t.throws(() => groupRolloutOf(inline, CHANNELS), /rollout "r3": its payload is not a logged frame's bytes/)
+  // the producer's bytes, not yet logged: no entry to point at
+  const unlogged: Rollout = { ...inline, id: 'r4', payload: new RawPayload(new Uint8Array([0xa1, 0x78])) }
+  t.throws(() => groupRolloutOf(unlogged, CHANNELS), /rollout "r4": its payload is not a logged frame's bytes/)
+})
+
+function zero() {
+  return { stale: 0, duplicate: 0, incompleteGroups: 0, incompleteGroupRollouts: 0 }
+}
+
+/** Any GroupsEntry an owner can publish: groups of one prompt each, every rollout with the same channels. */
+const anyEntry = fc
+  .record({
+    channels: fc.uniqueArray(fc.string({ minLength: 1, maxLength: 6 }), { maxLength: 4 }),
+    p: fc.nat(63),
+    n: fc.integer({ min: 1, max: 1e6 }),
+    through: fc.integer({ min: 1, max: 2 ** 40 }),
+    drops: fc.record({ stale: fc.nat(), duplicate: fc.nat(), incompleteGroups: fc.nat(), incompleteGroupRollouts: fc.nat() }),
+    groups: fc.array(
+      fc.record({
+        promptId: fc.string({ maxLength: 12 }),
+        partial: fc.boolean(),
+        ts: fc.double({ noNaN: true }),
+        rollouts: fc.array(
+          fc.record(
+            {
+              id: fc.string({ minLength: 1, maxLength: 20 }),
+              scores: fc.array(fc.option(fc.double({ noNaN: true, noDefaultInfinity: true }), { nil: null }), { minLength: 4, maxLength: 4 }),
+              ts: fc.double({ noNaN: true }),
+              seq: fc.nat(),
+              policyVersion: fc.nat(),
+              groupSize: fc.integer({ min: 1, max: 64 }),
+              ref: fc.tuple(fc.integer({ min: 1, max: 2 ** 50 }), fc.nat(2 ** 31), fc.nat(2 ** 31)),
+            },
+            { requiredKeys: ['id', 'scores', 'ts', 'seq'] },
+          ),
+          { maxLength: 9 },
+        ),
+      }),
+      { maxLength: 6 },
+    ),
+  })
+  .map(({ channels, p, n, through, drops, groups }): GroupsEntry => ({
+    p,
+    n,
+    through,
+    drops,
+    groups: groups.map((g): GroupMessage => ({
+      promptId: g.promptId,
+      partial: g.partial,
+      ts: g.ts,
+      rollouts: g.rollouts.map(({ scores, ...r }): GroupRollout => ({
+        ...r,
+        promptId: g.promptId,
+        rewards: Object.fromEntries(channels.map((channel, k) => [channel, scores[k]])),
+      })),
+    })),
+  }))
+
+t.test('property: a GroupsEntry decodes from its columns exactly as it was, in both forms', async (t) => {
+  fc.assert(
+    fc.property(anyEntry, (entry) => {
+      const bytes = encodeMessage(entry)
+      t.same(decodeGroupsMessage(bytes), entry)
+      const scoring = decodeGroupsForScoring(bytes) as ReturnType<typeof decodeGroupsForScoring> & { groups: unknown }
+      t.same(scoring, { ...entry, groups: entry.groups.map((g) => ({ ...g, rollouts: rolloutsOf(g) })) })
+      t.ok(Buffer.from(encodeMessage(decodeGroupsMessage(bytes) as GroupsEntry)).equals(Buffer.from(bytes)), 'and encodes to the same bytes again')
+    }),
+    { numRuns: 300 },
+  )
+})
+
+t.test('the columns are plain MessagePack: little-endian float64 bins a reader can take apart', async (t) => {
+  const entry: GroupsEntry = {
+    p: 2,
+    n: 1,
+    through: 9,
+    drops: zero(),
+    groups: [{ promptId: 'p', partial: true, ts: 7, rollouts: [{ id: 'a', promptId: 'p', rewards: { accuracy: 0.25, consistency: null }, ts: 6, seq: 3 }] }],
+  }
+  const raw = wirePackr.unpack(encodeMessage(entry)) as { cols: Record<string, unknown> }
+  t.same(Object.keys(raw.cols).sort(), ['channels', 'id', 'partial', 'promptId', 'rewards', 'rts', 'seq', 'size', 'ts'], 'no column for fields no rollout has')
+  const rewards = raw.cols.rewards as Uint8Array
+  const view = new DataView(rewards.buffer, rewards.byteOffset, rewards.byteLength)
+  t.same([view.getFloat64(0, true), view.getFloat64(8, true)], [0.25, NaN], 'channel after channel, NaN for null')
+  t.same(raw.cols.channels, CHANNELS)
+  t.same([...(raw.cols.partial as Uint8Array)], [1])
+})
+
+t.test('an entry that breaks the owner’s invariants is not encoded', async (t) => {
+  const rollout = (id: string, promptId: string, rewards: Record<string, number | null>): GroupRollout => ({ id, promptId, rewards, ts: 1, seq: 1 })
+  const entry = (rollouts: GroupRollout[]): GroupsEntry => ({
+    p: 4,
+    n: 1,
+    through: 1,
+    drops: zero(),
+    groups: [{ promptId: 'p', partial: false, ts: 1, rollouts }],
+  })
+  t.throws(() => encodeMessage(entry([rollout('a', 'q', {})])), /partition 4: rollout "a" of prompt "q" is in the group of "p"/)
+  t.throws(
+    () => encodeMessage(entry([rollout('a', 'p', { x: 1 }), rollout('b', 'p', { y: 1 })])),
+    /rollout "b" has the reward channels \["y"\], the message's are \["x"\]/,
+  )
+  t.throws(() => encodeMessage(entry([rollout('a', 'p', { x: 1 }), rollout('b', 'p', { x: 1, y: 2 })])), /rollout "b" has the reward channels \["x","y"\]/)
+  t.throws(() => encodeMessage(entry([rollout('a', 'p', { x: 'high' as never })])), /rollout "a" has rewards.x = the string "high", not a number or null/)
+})
+
+t.test('a GROUPS message that is not one of this version is refused with what is wrong', async (t) => {
+  const good = wirePackr.unpack(
+    encodeMessage({
+      p: 1,
+      n: 3,
+      through: 5,
+      drops: zero(),
+      groups: [{ promptId: 'p', partial: false, ts: 1, rollouts: [{ id: 'a', promptId: 'p', rewards: { x: 1 }, ts: 1, seq: 1, policyVersion: 2 }] }],
+    }),
+  ) as { cols: Record<string, unknown> }
+  const withCols = (change: Record<string, unknown>) => wirePackr.pack({ ...good, cols: { ...good.cols, ...change } })
+  const cases: [string, Uint8Array, RegExp][] = [
+    ['not MessagePack', Uint8Array.of(0x92, 1), /not MessagePack \(Unexpected end/],
+    ['the format before columns', wirePackr.pack({ p: 1, n: 1, through: 1, groups: [], drops: zero() }), /neither a watermark nor a groups entry with columns/],
+    ['a column that is not binary', withCols({ rts: [1] }), /partition 1, message 3: cols.rts is not binary/],
+    ['a column of the wrong length', withCols({ seq: new Uint8Array(4) }), /cols.seq has 4 bytes, 8 expected/],
+    ['an optional column of the wrong length', withCols({ policyVersion: new Uint8Array(16) }), /cols.policyVersion has 16 bytes, 8 expected/],
+    ['ids that are not strings', withCols({ id: [1] }), /cols.id is not a list of strings/],
+    ['group sizes beyond the ids', withCols({ size: Uint8Array.of(2, 0, 0, 0) }), /the group sizes add up to more than the 1 rollout ids/],
+    ['group sizes short of the ids', withCols({ size: Uint8Array.of(0, 0, 0, 0) }), /the group sizes add up to 0, there are 1 rollout ids/],
+  ]
+  for (const [what, bytes, reason] of cases) {
+    t.throws(() => decodeGroupsMessage(bytes), reason, what)
+    t.throws(() => decodeGroupsForScoring(bytes), GroupsMessageError, `${what}: the sequencer's decoder as well`)
+  }
+  t.same(decodeGroupsMessage(wirePackr.pack({ wm: 42 })), { wm: 42 }, 'a watermark is one')
 })

@@ -20,7 +20,7 @@ import { jetstream, jetstreamManager, DiscardPolicy, type JetStreamClient, type 
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { parseConfig, type Config, type ConfigInput } from '../../src/core/config.js'
 import { wirePackr } from '../../src/state/codec.js'
-import { decodeMessage, encodeMessage, type GroupsEntry, type PartitionEntry } from '../../src/state/cluster/messages.js'
+import { decodeGroupsMessage, decodeMessage, encodeMessage, type GroupsEntry, type PartitionEntry } from '../../src/state/cluster/messages.js'
 import { FrameCache } from '../../src/state/cluster/frameCache.js'
 import { fetchFrame, partitionWatermarkInterval, PartitionOwner, type FrameSource, type PartitionOwnerOptions } from '../../src/state/cluster/partitionOwner.js'
 import { decodePartitionFrame, groupsEntryOf, PartitionState, type PartitionOutput } from '../../src/state/cluster/partitionState.js'
@@ -106,7 +106,7 @@ async function messagesOn(stream: string, subject: string): Promise<{ seq: numbe
 }
 
 const groupsOn = async (layout: RunLayout, p: number): Promise<GroupsEntry[]> =>
-  (await messagesOn(layout.streams.groups, layout.subjects.groups(p))).map((m) => decodeMessage<GroupsEntry>(m.data))
+  (await messagesOn(layout.streams.groups, layout.subjects.groups(p))).map((m) => decodeGroupsMessage(m.data) as GroupsEntry)
 
 const entriesOn = async (layout: RunLayout, p: number): Promise<PartitionEntry[]> =>
   (await messagesOn(layout.streams.rollouts, layout.subjects.partition(p))).map((m) => decodeMessage<PartitionEntry>(m.data))
@@ -134,7 +134,7 @@ async function outputsOn(layout: RunLayout, cfg: Config, p: number): Promise<Par
 async function storedExactly(t: Test, layout: RunLayout, cfg: Config, p: number, complete = true): Promise<GroupsEntry[]> {
   const outputs = await outputsOn(layout, cfg, p)
   const stored = await messagesOn(layout.streams.groups, layout.subjects.groups(p))
-  const messages = stored.map((m) => decodeMessage<GroupsEntry>(m.data))
+  const messages = stored.map((m) => decodeGroupsMessage(m.data) as GroupsEntry)
   let from = 0
   let through = 0
   messages.forEach((message, k) => {
@@ -196,7 +196,7 @@ function gatedClient(): { client: JetStreamClient; requested: GroupsEntry[]; all
     publish: {
       value: async (...args: Parameters<JetStreamClient['publish']>) => {
         if (args[0].includes('.groups.')) {
-          requested.push(decodeMessage<GroupsEntry>(args[1] as Uint8Array))
+          requested.push(decodeGroupsMessage(args[1] as Uint8Array) as GroupsEntry)
           if (permits > 0) permits--
           else await new Promise<void>((resolve) => waiting.push(resolve))
         }

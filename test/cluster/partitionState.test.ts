@@ -11,7 +11,7 @@ import fc from 'fast-check'
 import { Subject } from 'rxjs'
 import t from 'tap'
 import { fgrpo } from '../../operators/fgrpo.js'
-import { parseConfig, type Config, type ConfigInput } from '../../src/core/config.js'
+import { configChannels, parseConfig, type Config, type ConfigInput } from '../../src/core/config.js'
 import type { DropEvent, Rollout } from '../../src/core/types.js'
 import { wirePackr } from '../../src/state/codec.js'
 import {
@@ -86,7 +86,8 @@ function reference(cfg: Config, entries: readonly Fed[]): (PartitionOutput | und
   const subscription = rollouts
     .pipe(fgrpo({ ...cfg, batchGroups: 1, batchMaxWaitMs: undefined }, { watermarks, policyVersions, eventTime: (r) => r.ts!, onDrop }))
     .subscribe((batch) => {
-      for (const g of batch.groups) groups.push({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: g.rollouts.map(groupRolloutOf) })
+      for (const g of batch.groups)
+        groups.push({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: g.rollouts.map((r) => groupRolloutOf(r, configChannels(cfg))) })
     })
   const seen = new Set<string>()
   let ts = -Infinity

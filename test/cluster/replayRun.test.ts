@@ -16,7 +16,15 @@ import { parseConfig } from '../../src/core/config.js'
 import { wirePackr } from '../../src/state/codec.js'
 import { openRun } from '../../src/state/cluster/clusterRun.js'
 import { FrameCache } from '../../src/state/cluster/frameCache.js'
-import { decodeMessage, emptyDropCounts, encodeMessage, type BatchEntry, type GroupsEntry, type PartitionEntry } from '../../src/state/cluster/messages.js'
+import {
+  decodeGroupsMessage,
+  decodeMessage,
+  emptyDropCounts,
+  encodeMessage,
+  type BatchEntry,
+  type GroupsEntry,
+  type PartitionEntry,
+} from '../../src/state/cluster/messages.js'
 import { PartitionOwner } from '../../src/state/cluster/partitionOwner.js'
 import { groupsEntryOf, PartitionState, type PartitionOutput } from '../../src/state/cluster/partitionState.js'
 import { readStream, replayRun } from '../../src/state/cluster/replayRun.js'
@@ -161,6 +169,6 @@ t.test('replay --nats of a run with coalesced group messages: exact, and what di
 
 async function groupsOf(js: JetStreamClient, jsm: JetStreamManager, layout: RunLayout): Promise<GroupsEntry[]> {
   const out: GroupsEntry[] = []
-  for await (const message of readStream(js, jsm, layout.streams.groups)) out.push(decodeMessage<GroupsEntry>(message.data))
+  for await (const message of readStream(js, jsm, layout.streams.groups)) out.push(decodeGroupsMessage(message.data) as GroupsEntry)
   return out
 }

@@ -24,6 +24,7 @@ import { runLayout, type RunLayout } from '../../src/state/cluster/runLayout.js'
 import { createRunStreams } from '../../src/state/cluster/runStreams.js'
 import { Sequencer, type SequencerOptions } from '../../src/state/cluster/sequencer.js'
 import { SequencerState } from '../../src/state/cluster/sequencerState.js'
+import { wirePackr } from '../../src/state/codec.js'
 import { natsMissing, startNats, waitFor, type NatsServers } from '../support/natsServers.js'
 import { VirtualClock } from '../support/virtualTime.js'
 
@@ -309,19 +310,16 @@ t.test('a watermark that cannot be appended is reported; the sequencer goes on',
   t.same(sequencer.stats(), { step: 0, resumeFrom: 2, pendingGroups: 1 })
 })
 
-t.test('a GROUPS message that cannot be scored stops the sequencer with the error', { skip: natsMissing }, async (t) => {
+t.test('a GROUPS message that cannot be read stops the sequencer with the error', { skip: natsMissing }, async (t) => {
   const config = configOf({ batchGroups: 1 })
   const run = await freshRun(t, config)
-  const bad = groupOf('bad', 1, 0)
-  bad.rollouts[0].rewards = { acc: 'high' as never, consistency: 1 }
-  await run.publishGroups([
-    { p: 0, n: 1, through: 1, groups: [groupOf('fine', 1, 1)], drops: emptyDropCounts() },
-    { p: 0, n: 2, through: 2, groups: [bad], drops: emptyDropCounts() },
-  ])
+  await run.publishGroups([{ p: 0, n: 1, through: 1, groups: [groupOf('fine', 1, 1)], drops: emptyDropCounts() }])
+  // a message of another version: groups as maps, not columns
+  await run.js.publish(run.layout.subjects.groups(0), wirePackr.pack({ p: 0, n: 2, through: 2, groups: [groupOf('old', 1, 0)], drops: emptyDropCounts() }))
   let error: Error | undefined
   const sequencer = await run.start({ onError: (e) => (error = e as Error) })
   await waitFor('the error', () => error)
-  t.match(error!.message, /acc/)
+  t.match(error!.message, /not a GROUPS message of this dualstream version: neither a watermark nor a groups entry with columns/)
   t.equal(sequencer.stats().step, 1, 'the batch before it was published')
   t.equal((await run.batches()).length, 1)
 })
@@ -364,13 +362,20 @@ t.test('by default the watermarks come from the wall clock: a batch waiting on m
 t.test('the sequencer bench: a prepared GROUPS stream, the full batches it makes, and the pure steps timed apart', { skip: natsMissing }, async (t) => {
   const config = benchConfig
   const run = await freshRun(t, config)
-  const report = await benchSequencer({ nc, layout: run.layout, config, groups: 330, groupsPerEntry: 16, partitions: 3 })
-  t.match(report, { groupsPerEntry: 16, entries: 21, batches: 20, rollouts: 20 * 16 * 8 })
+  const report = await benchSequencer({ nc, layout: run.layout, config, groups: 560, groupsPerEntry: 16, partitions: 3 })
+  t.match(report, { groupsPerEntry: 16, entries: 35, batches: 35, rollouts: 35 * 16 * 8 })
   t.ok(report.seconds > 0 && report.rolloutsPerSecond > 0)
   t.ok(report.phases.decode >= 0 && report.phases.feed > 0 && report.phases.encode >= 0)
+  t.ok(report.transportSeconds > 0 && report.transportRolloutsPerSecond > 0, 'NATS alone, timed')
+  const streams: string[] = []
+  for await (const name of run.jsm.streams.names()) streams.push(name)
+  t.notOk(
+    streams.some((name) => name.endsWith('_TRANSPORT')),
+    'its stream is removed',
+  )
   const batches = await run.batches()
-  t.equal(batches.length, 20)
-  const entries = syntheticGroupsEntries(config, 330, 16, 3)
+  t.equal(batches.length, 35)
+  const entries = syntheticGroupsEntries(config, 560, 16, 3)
   t.same(entries.map((e) => [e.p, e.n, e.groups.length]).slice(0, 4), [
     [0, 1, 16],
     [1, 1, 16],

@@ -16,7 +16,7 @@ import { createRunStreams } from '../../state/cluster/runStreams.js'
 import { runLayout } from '../../state/cluster/runLayout.js'
 import { startNats, type NatsServers } from '../natsServers.js'
 import { benchConfig } from './core.js'
-import { formatRate, textTable } from './measure.js'
+import { formatRate, median, textTable } from './measure.js'
 import { durableRun, openDurableBenchEngine, spread, type BenchEngine, type DurablePayloadRun, type Spread } from './payload.js'
 import { benchSequencer, type SequencerBenchReport } from './sequencerBench.js'
 import { benchFailover, type FailoverReport } from './failover.js'
@@ -51,6 +51,25 @@ export interface ClusterSetupRow {
   runs: DurablePayloadRun[]
 }
 
+/** The sequencer-alone cases: GROUPS messages of 64 groups (an owner under load) and of 1; batches of the paper's 16 groups (128 rollouts) and of 128 groups (1,024). */
+const SEQUENCER_CASES = [
+  { groupsPerEntry: 64, batchGroups: 16 },
+  { groupsPerEntry: 1, batchGroups: 16 },
+  { groupsPerEntry: 64, batchGroups: 128 },
+] as const
+
+/** One sequencer-alone case over the measured runs. */
+export interface SequencerRow {
+  groupsPerEntry: number
+  /** Rollouts per batch (step). */
+  batchRollouts: number
+  /** The sequencer's rollouts/s. */
+  rate: Spread
+  /** NATS alone on the same messages (the design's ceiling here). */
+  transport: Spread
+  runs: SequencerBenchReport[]
+}
+
 export interface ClusterBenchReport {
   frame: number
   payloadBytes: number
@@ -58,7 +77,7 @@ export interface ClusterBenchReport {
   setups: ClusterSetupRow[]
   /** The cluster node on a 1-server NATS as % of one node with LMDB (medians). */
   percentOfSingleNode: number
-  sequencer: SequencerBenchReport[]
+  sequencer: SequencerRow[]
   failover?: FailoverReport
 }
 
@@ -108,20 +127,35 @@ export async function benchCluster(options: ClusterBenchOptions): Promise<Cluste
     return all.slice(warmup)
   }
   const setups: ClusterSetupRow[] = [row('one node, LMDB', await measure(openDurableBenchEngine))]
-  const sequencer: SequencerBenchReport[] = []
+  const sequencer: SequencerRow[] = []
   let failover: FailoverReport | undefined
   for (const servers of [1, 3] as const) {
     const nats = await startNats({ servers })
     try {
       setups.push(row(`cluster node, ${servers}-server NATS (R=${servers === 3 ? 3 : 1})`, await measure(() => openClusterBenchEngine(nats, partitions))))
       if (servers === 1) {
-        // the sequencer alone, over prepared GROUPS entries as large and as small as owners publish them
+        // the sequencer alone, over prepared GROUPS entries as large and as small as owners publish them, with the paper's batches and larger ones
         const nc = await connectNats({ servers: nats.url, name: 'dualstream bench sequencer' })
         try {
-          for (const groupsPerEntry of [64, 1]) {
-            const layout = runLayout(`seq${process.pid}_${++runCounter}`)
-            await createRunStreams(await jetstream(nc).jetstreamManager(), layout, 1)
-            sequencer.push(await benchSequencer({ nc, layout, config: benchConfig, groups: options.sequencerGroups ?? 100_000, groupsPerEntry }))
+          for (const { groupsPerEntry, batchGroups } of SEQUENCER_CASES) {
+            const config = { ...benchConfig, batchGroups }
+            const all: SequencerBenchReport[] = []
+            for (let i = 0; i < warmup + runs; i++) {
+              const layout = runLayout(`seq${process.pid}_${++runCounter}`)
+              const jsm = await jetstream(nc).jetstreamManager()
+              await createRunStreams(jsm, layout, 1)
+              all.push(await benchSequencer({ nc, layout, config, groups: options.sequencerGroups ?? 100_000, groupsPerEntry }))
+              // the next run's streams start empty; this one's are not needed again
+              for (const stream of Object.values(layout.streams)) await jsm.streams.delete(stream).catch(() => false)
+            }
+            const measured = all.slice(warmup)
+            sequencer.push({
+              groupsPerEntry,
+              batchRollouts: batchGroups * benchConfig.groupSize,
+              rate: spread(measured.map((r) => r.rolloutsPerSecond)),
+              transport: spread(measured.map((r) => r.transportRolloutsPerSecond)),
+              runs: measured,
+            })
           }
         } finally {
           await nc.close()
@@ -163,17 +197,20 @@ export function formatClusterTables(report: ClusterBenchReport): string {
     ),
     `cluster node on a 1-server NATS: ${report.percentOfSingleNode.toFixed(0)}% of one node with LMDB`,
     '',
-    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check',
+    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; NATS alone: the same messages read and the same batch entries published, nothing computed',
     textTable(
-      ['groups per entry', 'entries', 'batches', 'rollouts', 'rollouts/s', 'pure steps: decode / feed / encode s'],
-      report.sequencer.map((s) => [
-        String(s.groupsPerEntry),
-        String(s.entries),
-        String(s.batches),
-        s.rollouts.toLocaleString('en-US'),
-        formatRate(s.rolloutsPerSecond),
-        `${s.phases.decode.toFixed(2)} / ${s.phases.feed.toFixed(2)} / ${s.phases.encode.toFixed(2)}`,
-      ]),
+      ['groups per entry', 'rollouts per batch', 'rollouts', 'rollouts/s', 'NATS alone rollouts/s', 'pure steps: decode / feed / encode µs per rollout'],
+      report.sequencer.map((row) => {
+        const perRollout = (seconds: (r: SequencerBenchReport) => number) => ((1e6 * median(row.runs.map(seconds))) / row.runs[0].rollouts).toFixed(2)
+        return [
+          String(row.groupsPerEntry),
+          row.batchRollouts.toLocaleString('en-US'),
+          row.runs[0].rollouts.toLocaleString('en-US'),
+          `${formatRate(row.rate.median)} (${formatRate(row.rate.min)} – ${formatRate(row.rate.max)})`,
+          `${formatRate(row.transport.median)} (${formatRate(row.transport.min)} – ${formatRate(row.transport.max)})`,
+          `${perRollout((r) => r.phases.decode)} / ${perRollout((r) => r.phases.feed)} / ${perRollout((r) => r.phases.encode)}`,
+        ]
+      }),
     ),
     ...(report.failover === undefined ? [] : ['', formatFailover(report.failover)]),
   ].join('\n')

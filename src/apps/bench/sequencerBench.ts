@@ -5,15 +5,19 @@
  * publishing every batch with its expected-sequence check, against a real nats-server.
  * The same messages are also put through each pure step on their own (decode, feed = window
  * + score + the trainer's record, encode the BatchEntry), so the report says where the time
- * goes; what the sequencer's time exceeds their sum by is NATS (consume and publish).
+ * goes; what the sequencer's time exceeds their sum by is NATS (consume and publish). Last, the
+ * same GROUPS messages are read again and the same batch entries' bytes published the same way
+ * with nothing computed in between: NATS alone, the ceiling of this design on this host.
  */
-import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../core/config.js'
-import { decodeMessage, emptyDropCounts, encodeMessage, type BatchEntry, type GroupMessage, type GroupsEntry } from '../../state/cluster/messages.js'
+import { decodeGroupsForScoring, emptyDropCounts, encodeMessage, type GroupMessage, type GroupsEntry } from '../../state/cluster/messages.js'
 import type { RunLayout } from '../../state/cluster/runLayout.js'
 import { Sequencer } from '../../state/cluster/sequencer.js'
 import { SequencerState } from '../../state/cluster/sequencerState.js'
+import { StreamFollower } from '../../state/cluster/streamFollower.js'
+import { runStreamConfigs } from '../../state/cluster/runStreams.js'
 
 export interface SequencerBenchOptions {
   nc: NatsConnection
@@ -41,6 +45,9 @@ export interface SequencerBenchReport {
   rolloutsPerSecond: number
   /** Seconds the pure steps take over the same messages, one after the other, without NATS. */
   phases: { decode: number; feed: number; encode: number }
+  /** NATS alone: the same messages read and the same batch entries published (window and checks as the sequencer's), nothing computed. */
+  transportSeconds: number
+  transportRolloutsPerSecond: number
 }
 
 /** Synthetic reward values, deterministic (the core bench's distribution: binary accuracy and consistency, real grounding). */
@@ -133,21 +140,79 @@ export async function benchSequencer(options: SequencerBenchOptions): Promise<Se
   await sequencer.stop()
   if (failure !== undefined) throw new Error(`benchSequencer: the sequencer stopped before its last batch: ${String(failure)}`, { cause: failure })
   const rollouts = batches * config.batchGroups * config.groupSize
-  return { groupsPerEntry, entries: entries.length, batches, rollouts, seconds, rolloutsPerSecond: rollouts / seconds, phases: phasesOf(config, encoded) }
+  const { phases, completed } = phasesOf(config, encoded)
+  const transportSeconds = await transportOnly(js, jsm, layout, completed, options.publishWindow ?? 32)
+  return {
+    groupsPerEntry,
+    entries: entries.length,
+    batches,
+    rollouts,
+    seconds,
+    rolloutsPerSecond: rollouts / seconds,
+    phases,
+    transportSeconds,
+    transportRolloutsPerSecond: rollouts / transportSeconds,
+  }
 }
 
-/** Seconds each pure step of the sequencer takes over the messages: decode them, feed them, encode the batch entries. */
-function phasesOf(config: Config, encoded: readonly Uint8Array[]): SequencerBenchReport['phases'] {
-  let start = performance.now()
-  const decoded = encoded.map((bytes) => decodeMessage<GroupsEntry>(bytes))
-  const decode = (performance.now() - start) / 1000
-  start = performance.now()
+/**
+ * Reads the GROUPS stream from its start again and, after each message, publishes the batch
+ * entries it completed (`completed[i]`, encoded) as the sequencer does (`window` in flight, message
+ * id and expected last sequence), to a stream configured as BATCHES (removed after): seconds taken.
+ */
+async function transportOnly(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  layout: RunLayout,
+  completed: readonly Uint8Array[][],
+  window: number,
+): Promise<number> {
+  const batches = runStreamConfigs(layout, 1).find((config) => config.name === layout.streams.batches)!
+  const stream = `${batches.name}_TRANSPORT`
+  const subject = `${layout.subjects.batches}.transport`
+  await jsm.streams.add({ ...batches, name: stream, subjects: [subject] })
+  const messages = new StreamFollower({ js, jsm, stream: layout.streams.groups, from: 1, maxBytes: 8 * 1024 * 1024 })
+  try {
+    const start = performance.now()
+    const inFlight: Promise<unknown>[] = []
+    let expected = 0
+    let fed = 0
+    for await (const _ of messages) {
+      for (const bytes of completed[fed]) {
+        if (inFlight.length >= window) await inFlight.shift()
+        inFlight.push(js.publish(subject, bytes, { msgID: `${layout.run}.t.${expected}`, expect: { lastSequence: expected++ } }))
+      }
+      if (++fed === completed.length) break
+      if (fed % 16 === 0) await new Promise(setImmediate)
+    }
+    await Promise.all(inFlight)
+    return (performance.now() - start) / 1000
+  } finally {
+    await messages.close()
+    await jsm.streams.delete(stream)
+  }
+}
+
+/**
+ * Seconds each pure step of the sequencer takes over the messages, message after message as
+ * the sequencer meets them (decode it, feed it, encode the batch entries it completed), and
+ * those entries, encoded, per message.
+ */
+function phasesOf(config: Config, encoded: readonly Uint8Array[]): { phases: SequencerBenchReport['phases']; completed: Uint8Array[][] } {
   const state = new SequencerState(config)
-  const out: BatchEntry[] = []
-  decoded.forEach((entry, i) => out.push(...state.feed(i + 1, entry)))
-  const feed = (performance.now() - start) / 1000
-  start = performance.now()
-  for (const entry of out) encodeMessage(entry)
-  const encode = (performance.now() - start) / 1000
-  return { decode, feed, encode }
+  const phases = { decode: 0, feed: 0, encode: 0 }
+  const completed = encoded.map((bytes, i) => {
+    const t0 = performance.now()
+    const message = decodeGroupsForScoring(bytes)
+    const t1 = performance.now()
+    const entries = state.feedScoring(i + 1, message)
+    const t2 = performance.now()
+    const out = entries.map((entry) => encodeMessage(entry))
+    phases.decode += t1 - t0
+    phases.feed += t2 - t1
+    phases.encode += performance.now() - t2
+    return out
+  })
+  state.close()
+  return { phases: { decode: phases.decode / 1000, feed: phases.feed / 1000, encode: phases.encode / 1000 }, completed }
 }

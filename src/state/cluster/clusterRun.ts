@@ -14,6 +14,8 @@ import { MAX_PARTITIONS, runLayout, type RunLayout } from './runLayout.js'
 
 /** What the run's KV bucket holds under `run`. */
 export interface RunRecord {
+  /** The format of the run's messages (`MESSAGES_FORMAT` of the version that created it; absent = 1). */
+  format?: number
   config: Config
   partitions: number
   replicas: number
@@ -48,6 +50,21 @@ export class RunMismatchError extends Error {
 }
 
 export const DEFAULT_PARTITIONS = 8
+
+/**
+ * The format of a run's messages this version reads and writes: 2 since GROUPS carries
+ * columns (groupsEntry.ts). A run of another format is refused rather than half read.
+ */
+export const MESSAGES_FORMAT = 2
+
+/** Throws a `RunMismatchError` when run `run` (its record) was created with messages of another format. */
+export function checkRunFormat(run: string, record: RunRecord): void {
+  const format = record.format ?? 1
+  if (format !== MESSAGES_FORMAT)
+    throw new RunMismatchError(
+      `run ${run} was created by a dualstream whose cluster messages are format ${format}; this one reads and writes format ${MESSAGES_FORMAT}: finish the run with the version that created it, or start a new run`,
+    )
+}
 
 /** The servers of the NATS cluster the connection is in, as its INFO tells (itself included). */
 export function clusterSize(nc: NatsConnection): number {
@@ -99,7 +116,13 @@ export async function openRun(options: OpenRunOptions): Promise<OpenedRun> {
   const jsm = await jetstreamManager(nc)
   const kvm = new Kvm(js)
   const bucket = await kvm.create(layout.buckets.run, { history: 1, replicas })
-  const proposed: RunRecord = { config, partitions: options.partitions ?? DEFAULT_PARTITIONS, replicas, created: new Date().toISOString() }
+  const proposed: RunRecord = {
+    format: MESSAGES_FORMAT,
+    config,
+    partitions: options.partitions ?? DEFAULT_PARTITIONS,
+    replicas,
+    created: new Date().toISOString(),
+  }
   let record: RunRecord
   let created = false
   try {
@@ -113,6 +136,7 @@ export async function openRun(options: OpenRunOptions): Promise<OpenedRun> {
     record = entry.json<RunRecord>()
   }
   if (!created) {
+    checkRunFormat(run, record)
     const difference = firstDifference(JSON.parse(JSON.stringify(config)), record.config)
     if (difference !== undefined)
       throw new RunMismatchError(`run ${run} was created with another config; this node's differs at ${difference} (this node vs the run)`)

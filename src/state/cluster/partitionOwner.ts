@@ -31,7 +31,7 @@
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
 import type { Config } from '../../core/config.js'
-import { decodeMessage, encodeMessage, type DropCounts, type GroupMessage, type GroupsEntry, type PartitionEntry } from './messages.js'
+import { decodeGroupsMessage, decodeMessage, encodeMessage, type DropCounts, type GroupMessage, type GroupsEntry, type PartitionEntry } from './messages.js'
 import { decodePartitionFrame, groupsEntryOf, partitionEntryOf, PartitionState, type PartitionFrame, type PartitionOutput } from './partitionState.js'
 import type { RunLayout } from './runLayout.js'
 import { StreamFollower } from './streamFollower.js'
@@ -226,9 +226,9 @@ export class PartitionOwner {
     if (last !== null) {
       let entry: Partial<GroupsEntry> | undefined
       try {
-        entry = decodeMessage<Partial<GroupsEntry>>(last.data)
+        entry = decodeGroupsMessage(last.data) as Partial<GroupsEntry>
       } catch {
-        // not MessagePack: refused below like any other foreign message
+        // not a groups entry of this version: refused below like any other foreign message
       }
       const n = entry?.n
       const through = entry?.through

@@ -29,7 +29,7 @@
  * safe answer; the message names what to look at (and delete from the stream, if it is junk).
  */
 import { Subject, type Subscription } from 'rxjs'
-import type { Config } from '../../core/config.js'
+import { configChannels, type Config } from '../../core/config.js'
 import type { DropEvent, Group, Rollout } from '../../core/types.js'
 import { DEFAULT_LIMITS, formatFieldError, validateRollout } from '../../core/validate.js'
 import { describe } from '../../core/describe.js'
@@ -178,6 +178,8 @@ export class PartitionState {
         this.drops.incompleteGroupRollouts += event.count
       }
     }
+    // a group message carries the reward channels the sequencer's math reads
+    const channels = configChannels(config)
     const stale =
       config.maxStaleness === undefined
         ? this.rollouts
@@ -196,7 +198,12 @@ export class PartitionState {
       .subscribe({
         next: (group: Group) => {
           this.pending -= group.rollouts.length
-          this.emitted.push({ promptId: group.promptId, partial: group.partial, ts: group.ts, rollouts: group.rollouts.map(groupRolloutOf) })
+          this.emitted.push({
+            promptId: group.promptId,
+            partial: group.partial,
+            ts: group.ts,
+            rollouts: group.rollouts.map((r) => groupRolloutOf(r, channels)),
+          })
         },
         // dropStale and completeGroups do not fail on any input (kept so that a failure would surface in feed, not as an unhandled error)
         /* c8 ignore next */

@@ -21,9 +21,18 @@ import type { BatchRecord } from '../batchRecord.js'
 import { wireUnpackr } from '../codec.js'
 import type { OutboxBatch } from '../engineStore.js'
 import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
-import type { RunRecord } from './clusterRun.js'
+import { checkRunFormat, type RunRecord } from './clusterRun.js'
 import { FrameCache } from './frameCache.js'
-import { decodeMessage, emptyDropCounts, encodeMessage, type BatchEntry, type DropCounts, type GroupsEntry, type GroupsWatermark } from './messages.js'
+import {
+  decodeGroupsMessage,
+  decodeMessage,
+  emptyDropCounts,
+  encodeMessage,
+  type BatchEntry,
+  type DropCounts,
+  type GroupsEntry,
+  type GroupsWatermark,
+} from './messages.js'
 import { groupsEntryOf, partitionEntryOf, PartitionState, type PartitionOutput } from './partitionState.js'
 import { runLayout, type RunLayout, CONSUME_EXPIRES_MS } from './runLayout.js'
 import { SequencerState } from './sequencerState.js'
@@ -98,6 +107,7 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
   if (stored === null || stored.length === 0)
     throw new Error(`no cluster run ${JSON.stringify(run)} on these NATS servers (no record in bucket ${layout.buckets.run})`)
   const record = stored.json<RunRecord>()
+  checkRunFormat(run, record)
   const config = options.config ?? record.config
   const exact = JSON.stringify(config) === JSON.stringify(record.config)
   const differences: string[] = []
@@ -130,7 +140,7 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
   try {
     for await (const message of readStream(js, jsm, layout.streams.groups)) {
       groupMessages++
-      const storedMessage = decodeMessage<GroupsEntry | GroupsWatermark>(message.data)
+      const storedMessage = decodeGroupsMessage(message.data)
       let fed: GroupsEntry | GroupsWatermark = storedMessage
       if ('p' in storedMessage) {
         const { p, n, through } = storedMessage

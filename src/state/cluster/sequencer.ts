@@ -15,7 +15,7 @@
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamExpectations } from '@nats-io/jetstream'
 import type { Config } from '../../core/config.js'
-import { decodeMessage, encodeMessage, type BatchEntry, type GroupsEntry, type GroupsWatermark } from './messages.js'
+import { decodeGroupsForScoring, decodeMessage, encodeMessage, type BatchEntry, type GroupsWatermark } from './messages.js'
 import type { RunLayout } from './runLayout.js'
 import { SequencerState } from './sequencerState.js'
 import { FollowerEndedError, StreamFollower } from './streamFollower.js'
@@ -161,7 +161,7 @@ export class Sequencer {
       let fed = 0
       // once stopped, a message the consumer still yields goes to the closed state, which makes nothing of it
       for await (const message of this.messages) {
-        const entries = this.state.feed(message.seq, decodeMessage<GroupsEntry | GroupsWatermark>(message.data))
+        const entries = this.state.feedScoring(message.seq, decodeGroupsForScoring(message.data))
         for (const entry of entries) if (!(await this.publish(entry))) return
         // the buffered messages come one microtask after another: let the socket be read now and
         // then, or acknowledgements wait behind them until their publishes time out

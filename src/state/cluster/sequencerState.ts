@@ -24,7 +24,7 @@ import { windowBatches } from '../../../operators/windowBatches.js'
 import { batchSummary } from '../batchRecord.js'
 import type { PipelineCounters } from '../commitPlan.js'
 import { assembleBatch, encodeBatchForTrainer } from '../outboxEncoder.js'
-import { decodeMessage, rolloutsOf, type BatchEntry, type DropCounts, type GroupsEntry, type GroupsWatermark } from './messages.js'
+import { decodeMessage, rolloutsOf, type BatchEntry, type DropCounts, type GroupsEntry, type GroupsWatermark, type ScoringGroupsEntry } from './messages.js'
 
 /** Which rollout closed a batch: enough to find its group again in a GroupsEntry. */
 interface RolloutIdentity {
@@ -131,6 +131,15 @@ export class SequencerState {
    * reward that is not a number), and from then on.
    */
   feed(seq: number, message: GroupsEntry | GroupsWatermark): BatchEntry[] {
+    if ('wm' in message) return this.feedScoring(seq, message)
+    return this.feedScoring(seq, {
+      ...message,
+      groups: message.groups.map((g) => ({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: rolloutsOf(g) })),
+    })
+  }
+
+  /** As `feed`, with the groups ready to score (`decodeGroupsForScoring`: the sequencer's own path, nothing built twice). */
+  feedScoring(seq: number, message: ScoringGroupsEntry | GroupsWatermark): BatchEntry[] {
     this.throwFailure()
     if (seq < this.nextSeq) throw new Error(`sequencer: GROUPS message ${seq} fed after ${this.nextSeq - 1} (feed in stream order, from resumeFrom)`)
     if ('wm' in message) {
@@ -143,10 +152,9 @@ export class SequencerState {
       const count = message.groups.length
       this.nextSeq = seq + 1
       for (let index = skip; index < count && this.failure === undefined; index++) {
-        const { promptId, partial, ts } = message.groups[index]
-        const group: Group = { promptId, rollouts: rolloutsOf(message.groups[index]), partial, ts }
+        const group = message.groups[index]
         this.feeding = { seq, group, index, count }
-        if (ts > this.clock) this.clock = ts
+        if (group.ts > this.clock) this.clock = group.ts
         this.pending++
         this.groups.next(group)
       }

@@ -364,7 +364,7 @@ t.test('the sequencer bench: a prepared GROUPS stream, the full batches it makes
   const run = await freshRun(t, config)
   const report = await benchSequencer({ nc, layout: run.layout, config, groups: 560, groupsPerEntry: 16, partitions: 3 })
   t.match(report, { groupsPerEntry: 16, entries: 35, batches: 35, rollouts: 35 * 16 * 8 })
-  t.ok(report.seconds > 0 && report.rolloutsPerSecond > 0)
+  t.ok(report.seconds > 0 && report.rolloutsPerSecond > 0 && report.cpuSeconds > 0)
   t.ok(report.phases.decode >= 0 && report.phases.feed > 0 && report.phases.encode >= 0)
   t.ok(report.transportSeconds > 0 && report.transportRolloutsPerSecond > 0, 'NATS alone, timed')
   const streams: string[] = []

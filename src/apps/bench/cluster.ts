@@ -197,9 +197,17 @@ export function formatClusterTables(report: ClusterBenchReport): string {
     ),
     `cluster node on a 1-server NATS: ${report.percentOfSingleNode.toFixed(0)}% of one node with LMDB`,
     '',
-    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; NATS alone: the same messages read and the same batch entries published, nothing computed',
+    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; its CPU: its process, every thread (not the NATS server); NATS alone: the same messages read and the same batch entries published, nothing computed',
     textTable(
-      ['groups per entry', 'rollouts per batch', 'rollouts', 'rollouts/s', 'NATS alone rollouts/s', 'pure steps: decode / feed / encode µs per rollout'],
+      [
+        'groups per entry',
+        'rollouts per batch',
+        'rollouts',
+        'rollouts/s',
+        'its CPU µs per rollout',
+        'NATS alone rollouts/s',
+        'pure steps: decode / feed / encode µs per rollout',
+      ],
       report.sequencer.map((row) => {
         const perRollout = (seconds: (r: SequencerBenchReport) => number) => ((1e6 * median(row.runs.map(seconds))) / row.runs[0].rollouts).toFixed(2)
         return [
@@ -207,6 +215,7 @@ export function formatClusterTables(report: ClusterBenchReport): string {
           row.batchRollouts.toLocaleString('en-US'),
           row.runs[0].rollouts.toLocaleString('en-US'),
           `${formatRate(row.rate.median)} (${formatRate(row.rate.min)} – ${formatRate(row.rate.max)})`,
+          perRollout((r) => r.cpuSeconds),
           `${formatRate(row.transport.median)} (${formatRate(row.transport.min)} – ${formatRate(row.transport.max)})`,
           `${perRollout((r) => r.phases.decode)} / ${perRollout((r) => r.phases.feed)} / ${perRollout((r) => r.phases.encode)}`,
         ]

@@ -43,6 +43,8 @@ export interface SequencerBenchReport {
   rollouts: number
   seconds: number
   rolloutsPerSecond: number
+  /** CPU seconds this process (the sequencer and the NATS client, every thread) used over those seconds; the NATS server's are not counted. */
+  cpuSeconds: number
   /** Seconds the pure steps take over the same messages, one after the other, without NATS. */
   phases: { decode: number; feed: number; encode: number }
   /** NATS alone: the same messages read and the same batch entries published (window and checks as the sequencer's), nothing computed. */
@@ -116,6 +118,7 @@ export async function benchSequencer(options: SequencerBenchOptions): Promise<Se
 
   const batches = Math.floor(groups / config.batchGroups)
   const start = performance.now()
+  const cpu = process.cpuUsage()
   let done!: () => void
   const finished = new Promise<void>((resolve) => (done = resolve))
   // why the sequencer stopped before the last batch (a deposition's reason or an error)
@@ -137,6 +140,7 @@ export async function benchSequencer(options: SequencerBenchOptions): Promise<Se
   })
   await finished
   const seconds = (performance.now() - start) / 1000
+  const { user, system } = process.cpuUsage(cpu)
   await sequencer.stop()
   if (failure !== undefined) throw new Error(`benchSequencer: the sequencer stopped before its last batch: ${String(failure)}`, { cause: failure })
   const rollouts = batches * config.batchGroups * config.groupSize
@@ -149,6 +153,7 @@ export async function benchSequencer(options: SequencerBenchOptions): Promise<Se
     rollouts,
     seconds,
     rolloutsPerSecond: rollouts / seconds,
+    cpuSeconds: (user + system) / 1e6,
     phases,
     transportSeconds,
     transportRolloutsPerSecond: rollouts / transportSeconds,

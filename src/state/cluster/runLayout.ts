@@ -99,8 +99,16 @@ export function partitionOf(promptId: string, partitions: number): number {
 }
 
 /**
- * How long a pull of the run's consumers waits (ms). The client's ordered consumer notices a
- * dead server by missed idle heartbeats, which come every half of this: with nats.js's default
- * (30 s) a role whose server was killed would sit idle for about 30 s before resuming on another.
+ * How long a pull of the run's consumers waits (ms). With nats.js's default (30 s, and idle
+ * heartbeats every half of it) a role whose server was killed would sit idle for about 30 s
+ * before resuming on another; the heartbeats are shorter still (below).
  */
 export const CONSUME_EXPIRES_MS = 2000
+
+/**
+ * How often the server says a consumer's pull is still open while it has nothing to send
+ * (`idle_heartbeat`; nats.js's default is half of `expires`). nats.js resets a consumer after
+ * two missed heartbeats, and a pull the server no longer holds — seen under load here, now
+ * and then, on a partition owner's consumer — otherwise leaves the reader waiting 2 s.
+ */
+export const CONSUME_HEARTBEAT_MS = 500

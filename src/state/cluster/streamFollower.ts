@@ -20,7 +20,7 @@
 import { ClosedConnectionError } from '@nats-io/transport-node'
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
-import { CONSUME_EXPIRES_MS } from './runLayout.js'
+import { CONSUME_EXPIRES_MS, CONSUME_HEARTBEAT_MS } from './runLayout.js'
 
 /** What ends a follower that was not closed: its connection is closed, or its stream deleted (`cause` says which). */
 export class FollowerEndedError extends Error {
@@ -65,7 +65,11 @@ export interface StreamFollowerOptions {
 export async function orderedConsumer(options: Pick<StreamFollowerOptions, 'js' | 'stream' | 'subject' | 'maxBytes'>, from: number): Promise<FollowedConsumer> {
   const { js, stream, subject, maxBytes } = options
   const consumer = await js.consumers.get(stream, { opt_start_seq: from, ...(subject === undefined ? {} : { filter_subjects: subject }) })
-  const messages = await consumer.consume({ expires: CONSUME_EXPIRES_MS, ...(maxBytes === undefined ? {} : { max_bytes: maxBytes }) })
+  const messages = await consumer.consume({
+    expires: CONSUME_EXPIRES_MS,
+    idle_heartbeat: CONSUME_HEARTBEAT_MS,
+    ...(maxBytes === undefined ? {} : { max_bytes: maxBytes }),
+  })
   return {
     messages,
     close: async () => {

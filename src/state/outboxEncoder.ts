@@ -155,7 +155,10 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
       i++
     }
   }
-  return record.subarray(0, templateAt + pos)
+  // the bound counts 3 bytes a character and the widest headers: a record kept until its batch is
+  // acknowledged (the engine's pending deliveries) should not keep that slack alive with it
+  const length = templateAt + pos
+  return length + (length >> 3) < record.length ? Buffer.from(record.subarray(0, length)) : record.subarray(0, length)
 }
 
 /**

@@ -175,7 +175,8 @@ export function planCommit(book: EngineBookkeeping, input: CommitInput): { plan:
   for (const group of batch.groups) for (const rollout of group.rollouts) if (rollout.ts! > newestTs) newestTs = rollout.ts!
   const summary = batchSummary(batch)
   const write: BatchCommit = {
-    delivery: { step: batch.step, bytes: encodeBatchForTrainer(batch) },
+    // kept until the trainer acknowledges the step (a pending delivery): its exact bytes, not the encoder's bound
+    delivery: { step: batch.step, bytes: Buffer.from(encodeBatchForTrainer(batch)) },
     summary: { ...summary, ts: input.now },
     consumedSeqs,
     meta: { dualState: batch.dualState, pipeline, lowWater },

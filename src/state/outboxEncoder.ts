@@ -77,7 +77,9 @@ interface PayloadReference {
 /**
  * The outbox record of a batch: what the trainer receives, `{type, step, lambda, constraints,
  * rollouts: [{id, promptId, advantage, payload?}]}` — with logged payloads by reference (see
- * the top of this file; `assembleBatch` makes the bytes to send).
+ * the top of this file; `assembleBatch` makes the bytes to send). The bytes are a view of a buffer
+ * sized by an upper bound (3 bytes a character, the widest headers): a caller that keeps the
+ * record copies it (`Buffer.from`), one that encodes it into something else need not.
  */
 export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
   // msgpackr encodes the four small fields as a map with a map16 header (0xde, count; it
@@ -155,10 +157,7 @@ export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
       i++
     }
   }
-  // the bound counts 3 bytes a character and the widest headers: a record kept until its batch is
-  // acknowledged (the engine's pending deliveries) should not keep that slack alive with it
-  const length = templateAt + pos
-  return length + (length >> 3) < record.length ? Buffer.from(record.subarray(0, length)) : record.subarray(0, length)
+  return record.subarray(0, templateAt + pos)
 }
 
 /**

@@ -6,7 +6,10 @@
  *
  * Flow control: each producer may have `credit` rollouts unanswered. While the trainer
  * outbox (unacknowledged batches) holds more than half of `maxOutbox` the credit shrinks in
- * eighths, down to 0 at `maxOutbox`, so producers pause when the trainer lags.
+ * eighths, down to 0 at `maxOutbox`, so producers pause when the trainer lags. Credit counts
+ * rollouts, not memory: the bytes of frames read and not yet answered, across producers, are
+ * bounded too (`maxIngestBytes`, ingestBytes.ts); above it no producer is read until answers
+ * bring them back, so the server's memory is set by configuration whatever the payload size.
  *
  * One trainer connection per rank (a single trainer is rank 0 of world 1; see trainerRanks.ts):
  * a new one replaces the old (closed with 4001), so a trainer that reconnects after a network
@@ -21,6 +24,7 @@ import type { DiskState } from '../src/state/diskGuard.js'
 import type { IngestCounters, PipelineCounters } from '../src/state/engineStore.js'
 import type { RoleTokens } from './auth.js'
 import { HttpHost, sendJson, type Endpoint, type HttpRoute, type ListenResult, type Mountable, type TlsCredentials } from './host/index.js'
+import { IngestBytes } from './ingestBytes.js'
 import { ProducerConnection } from './ingestEndpoint.js'
 import { settleWithin } from '../src/core/settleWithin.js'
 import { TrainerRanks } from './trainerRanks.js'
@@ -35,6 +39,8 @@ export interface EngineServerOptions {
   credit?: number
   /** Unacknowledged batches at which producers get no credit at all. */
   maxOutbox?: number
+  /** Bytes of frames read from producers and not yet answered, across producers, above which no producer is read. */
+  maxIngestBytes?: number
   /** Most rollouts in one frame (a larger frame is refused whole). */
   maxRolloutsPerFrame?: number
   /** Most item errors reported in one `rejected` frame. */
@@ -56,6 +62,8 @@ export const SERVER_DEFAULTS = {
   // enough frames in flight to cover a flush, few enough that acks (and batches) are not queued behind seconds of writes
   credit: 4096,
   maxOutbox: 256,
+  // a few flushes' worth of large frames: 4,096 rollouts of 16 KiB, or 4 frames of the largest default size
+  maxIngestBytes: 64 * 1024 * 1024,
   maxRolloutsPerFrame: 10_000,
   maxErrorsPerFrame: 1000,
   heartbeatMs: 30_000,
@@ -93,6 +101,8 @@ export interface HealthReport {
   frameErrors: Record<string, number>
   /** Times a producer went past its credit and was paused. */
   pauses: number
+  /** Bytes of producer frames read and not yet answered; their bound; times they went above it (and no producer was read). */
+  ingestBytes: { held: number; max: number; holds: number }
 }
 
 /** After an engine failure, how long closing waits for the unanswered frames' answers (ms; writes still in flight get 1 s of it). */
@@ -106,6 +116,7 @@ export class EngineServer implements Mountable {
   private readonly settings: typeof SERVER_DEFAULTS
   private readonly limits: WireLimits
   private readonly producers = new Set<ProducerConnection>()
+  private readonly ingestBytes: IngestBytes
   private readonly trainers: TrainerRanks
   private readonly frameErrors: Record<string, number> = {}
   private readonly subscription: Subscription
@@ -122,6 +133,7 @@ export class EngineServer implements Mountable {
     const defined = Object.fromEntries(Object.entries(options).filter(([key, value]) => key in SERVER_DEFAULTS && value !== undefined))
     this.settings = { ...SERVER_DEFAULTS, ...defined }
     this.limits = { ...DEFAULT_WIRE_LIMITS, ...options.limits }
+    this.ingestBytes = new IngestBytes(this.settings.maxIngestBytes, () => this.flowAll())
     const stats = this.engine.stats()
     this.outbox = stats.outbox
     this.durable = stats.step
@@ -214,6 +226,7 @@ export class EngineServer implements Mountable {
       delivered: this.trainers.delivered(),
       frameErrors: { ...this.frameErrors },
       pauses: [...this.producers].reduce((n, p) => n + p.pauses, this.pauses),
+      ingestBytes: { held: this.ingestBytes.held, max: this.ingestBytes.max, holds: this.ingestBytes.holds },
     }
     if (this.failure !== undefined) report.error = String(this.failure)
     if (disk !== undefined) report.disk = disk
@@ -239,6 +252,7 @@ export class EngineServer implements Mountable {
       maxRolloutsPerFrame: this.settings.maxRolloutsPerFrame,
       maxErrorsPerFrame: this.settings.maxErrorsPerFrame,
       credit: () => this.credit(),
+      ingestBytes: this.ingestBytes,
       countError: this.countError,
       onEngineFailure: (error) => {
         this.fail(error)

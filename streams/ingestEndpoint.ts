@@ -6,11 +6,13 @@
  * completes in whatever order the disk and lmdb-js's write thread finish, so each answer
  * waits for its own frame's outcome and for every earlier frame's answer. Credit-based flow
  * control: the producer is told how many rollouts it may have unanswered; past that the socket
- * is no longer read until answers free credit.
+ * is no longer read until answers free credit. The server also bounds the bytes of frames in
+ * flight across producers (ingestBytes.ts): above it no producer is read.
  */
 import type { WebSocket } from 'ws'
 import type { IngestOutcome } from '../src/state/durableEngine.js'
 import { IngestRefused, type Engine } from '../src/state/engine.js'
+import type { IngestBytes } from './ingestBytes.js'
 import { wirePackr } from '../src/state/codec.js'
 import { decodeRolloutsFrame } from '../src/state/rawPayload.js'
 import { decodeFrame, describeValue, encodeFrame, errorFrame, type FrameErrorCode, type WireFormat, type WireLimits } from './wire.js'
@@ -24,6 +26,8 @@ export interface IngestContext {
   maxErrorsPerFrame: number
   /** The credit every producer has now (shrinks while the trainer outbox is large). */
   credit(): number
+  /** The bytes of frames in flight across producers, and their bound. */
+  ingestBytes: IngestBytes
   /** Counts an error frame sent, by code. */
   countError(code: FrameErrorCode): void
   /** The engine failed: the connection is closed with 1011. */
@@ -96,7 +100,15 @@ export class ProducerConnection {
 
   /** Logs a frame's items; `bytes` is the frame as MessagePack (as received, or converted from JSON). */
   private ingest(items: unknown[], bytes: Buffer): void {
+    const { ingestBytes } = this.context
     this.outstanding += items.length
+    ingestBytes.hold(bytes.length)
+    // answered: the frame's bytes no longer count (and when that brings the total back under
+    // its bound, every producer is flowed again: this one too)
+    const answered = () => {
+      this.outstanding -= items.length
+      ingestBytes.release(bytes.length)
+    }
     this.flow()
     // a synchronous throw (a closed store) becomes a rejection like any other failure
     const logged = new Promise<IngestOutcome>((resolve) => resolve(this.context.engine.ingest(items, { bytes, format: 'msgpack' })))
@@ -109,7 +121,7 @@ export class ProducerConnection {
             this.send(outcome.rejected.length > max ? { type: 'rejected', errors, truncated: outcome.rejected.length - max } : { type: 'rejected', errors })
           }
           this.send({ type: 'ack', ids: outcome.acked })
-          this.outstanding -= items.length
+          answered()
           this.flow()
         },
         (error: unknown) => () => {
@@ -117,12 +129,12 @@ export class ProducerConnection {
             // nothing was logged: the producer sends these rollouts again once it has credit
             this.context.countError(error.code)
             this.send(errorFrame(error.code, error.message))
-            this.outstanding -= items.length
+            answered()
             return this.flow()
           }
           this.context.countError('engine')
           this.send(errorFrame('engine', `the engine could not log this frame: ${String(error)}`))
-          this.outstanding -= items.length
+          answered()
           this.context.onEngineFailure(error)
         },
       ),
@@ -170,6 +182,8 @@ export class ProducerConnection {
    * Announces a changed credit (or trainer policy version) and pauses or resumes reading the
    * socket. The credit frame carries the trainer's version once one was reported, and with
    * `maxAsync` the oldest version still admitted, so producers know when to sync weights.
+   * Reading stops past the credit, or while the server's frames in flight are above their
+   * bound (`pauses` counts only the former: the producer's own doing).
    */
   flow(): void {
     const credit = this.context.credit()
@@ -182,9 +196,10 @@ export class ProducerConnection {
       else this.send({ type: 'credit', credit, policyVersion, minPolicyVersion: policyVersion - config.maxAsync })
     }
     // a closing socket is never paused: the peer's close frame must be read to end the handshake
-    if (this.outstanding > credit && this.ws.readyState === this.ws.OPEN && !this.failed) {
+    const pastCredit = this.outstanding > credit
+    if ((pastCredit || this.context.ingestBytes.over) && this.ws.readyState === this.ws.OPEN && !this.failed) {
       if (!this.ws.isPaused) {
-        this.pauses++
+        if (pastCredit) this.pauses++
         this.ws.pause()
       }
     } else if (this.ws.isPaused) this.ws.resume()

@@ -205,6 +205,12 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
       SERVER_DEFAULTS.maxOutbox,
     )
     .option('--max-frame-bytes <n>', 'largest frame accepted', integerOption(1024), DEFAULT_WIRE_LIMITS.maxFrameBytes)
+    .option(
+      '--max-ingest-bytes <size>',
+      "bytes of producer frames read and not yet acknowledged, across producers (e.g. 64M, 1G): above it no producer is read, so serve's memory does not grow with payload sizes",
+      bytesOption,
+      SERVER_DEFAULTS.maxIngestBytes,
+    )
     .option('--heartbeat-ms <n>', 'ping period; peers silent for a whole period are dropped (0 = off)', integerOption(0), SERVER_DEFAULTS.heartbeatMs)
     .option(
       '--disk-reserve <size>',
@@ -234,6 +240,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
         credit: number
         maxOutbox: number
         maxFrameBytes: number
+        maxIngestBytes: number
         heartbeatMs: number
         diskReserve: number | 'auto'
       }) => {
@@ -251,6 +258,7 @@ export function buildProgram(io: CliIO, setExitCode: (code: number) => void): Co
             tokens: tokensFromEnv(process.env),
             credit: opts.credit,
             maxOutbox: opts.maxOutbox,
+            maxIngestBytes: opts.maxIngestBytes,
             heartbeatMs: opts.heartbeatMs,
             limits: { maxFrameBytes: opts.maxFrameBytes },
           }
@@ -349,7 +357,17 @@ function required<T>(value: T | undefined, flag: string): T {
 
 /** A `--disk-reserve` value: "auto", or a size in bytes with an optional K/M/G/T suffix. */
 function sizeOption(value: string): number | 'auto' {
-  if (value === 'auto') return 'auto'
+  return value === 'auto' ? 'auto' : parseBytesOption(value)
+}
+
+/** A size in bytes with an optional K/M/G/T suffix, more than 0. */
+function bytesOption(value: string): number {
+  const bytes = parseBytesOption(value)
+  if (bytes === 0) throw new InvalidArgumentError(`expected a size of more than 0 bytes, got ${value}`)
+  return bytes
+}
+
+function parseBytesOption(value: string): number {
   try {
     return parseBytes(value)
   } catch (error) {

@@ -9,8 +9,10 @@ import { EventEmitter } from 'node:events'
 import t from 'tap'
 import type { WebSocket } from 'ws'
 import { DiskFullError, type DurableEngine, type IngestOutcome } from '../../src/state/durableEngine.js'
+import { IngestBytes } from '../../streams/ingestBytes.js'
 import { ProducerConnection, type IngestContext } from '../../streams/ingestEndpoint.js'
 import { DEFAULT_WIRE_LIMITS } from '../../streams/wire.js'
+import { wirePackr } from '../../src/state/codec.js'
 import { prompts } from './support.js'
 
 /** The parts of a `ws` socket a producer connection uses; frames sent are decoded (JSON). */
@@ -45,7 +47,7 @@ interface Deferred {
   reject(error: unknown): void
 }
 
-function connect(credit = 10) {
+function connect(credit = 10, ingestBytes = new IngestBytes(1 << 30, () => {})) {
   const ws = new FakeSocket()
   const ingests: Deferred[] = []
   const errors: string[] = []
@@ -58,6 +60,7 @@ function connect(credit = 10) {
     maxRolloutsPerFrame: 100,
     maxErrorsPerFrame: 10,
     credit: () => credit,
+    ingestBytes,
     countError: (code) => errors.push(code),
     onEngineFailure: (error) => failures.push(error),
   }
@@ -168,4 +171,56 @@ t.test('drain ends when the socket closes first, or at once on a socket no longe
   closing.ws.readyState = closing.ws.CLOSING
   await closing.producer.drain()
   t.equal(closing.ws.pings.length, 0, 'no ping to a closing socket')
+})
+
+t.test('IngestBytes: held from read to answer; crossing back under the bound tells the server once', async (t) => {
+  let below = 0
+  const bytes = new IngestBytes(100, () => below++)
+  bytes.hold(60)
+  t.notOk(bytes.over)
+  bytes.hold(60)
+  t.ok(bytes.over, '120 > 100')
+  bytes.hold(10)
+  t.equal(bytes.holds, 1, 'one crossing, however far above')
+  bytes.release(10)
+  t.equal(below, 0, 'still above')
+  bytes.release(20)
+  t.notOk(bytes.over, 'exactly at the bound is not above it')
+  t.equal(below, 1)
+  bytes.release(100)
+  t.equal(below, 1, 'told once, when crossing back')
+  t.equal(bytes.held, 0)
+  t.throws(() => new IngestBytes(0, () => {}), /maxIngestBytes must be a positive integer of bytes, got 0/)
+  t.throws(() => new IngestBytes(1.5, () => {}), RangeError)
+})
+
+t.test('frames in flight above the bound stop every producer, past its credit or not; answers resume them', async (t) => {
+  const producers: ProducerConnection[] = []
+  // a JSON frame is held as the MessagePack it becomes
+  const frameBytes = wirePackr.pack({ type: 'rollouts', rollouts: prompts('x', 1) }).length
+  // two frames of one prompt fit, a third goes above
+  const shared = new IngestBytes(2 * frameBytes + 10, () => producers.forEach((p) => p.flow()))
+  const a = connect(100, shared)
+  const b = connect(100, shared)
+  producers.push(a.producer, b.producer)
+  a.ws.receive({ type: 'rollouts', rollouts: prompts('a', 1) })
+  b.ws.receive({ type: 'rollouts', rollouts: prompts('b', 1) })
+  t.notOk(a.ws.isPaused || b.ws.isPaused, 'two frames: within the bound')
+  a.ws.receive({ type: 'rollouts', rollouts: prompts('c', 1) })
+  t.ok(shared.over)
+  t.ok(a.ws.isPaused, 'the producer whose frame went above it is paused')
+  b.producer.flow()
+  t.ok(b.ws.isPaused, 'and so is any other, at its next flow')
+  t.equal(a.producer.pauses + b.producer.pauses, 0, 'not counted as going past credit')
+  t.equal(shared.holds, 1)
+  a.ingests[0].resolve({ acked: ['a0-0', 'a0-1'], rejected: [], duplicates: 0 })
+  await turns()
+  t.same(answers(a.ws), ['ack a0-0,a0-1'])
+  t.notOk(shared.over, 'one answer brings it back to two frames')
+  t.notOk(a.ws.isPaused || b.ws.isPaused, 'both read again')
+  // a refusal and an engine error release their frame's bytes too
+  b.ingests[0].reject(new DiskFullError('full'))
+  a.ingests[1].reject(new Error('EIO'))
+  await Promise.all([a.producer.answersSent(), b.producer.answersSent()])
+  t.equal(shared.held, 0, 'every answered frame released')
 })

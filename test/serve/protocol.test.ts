@@ -240,6 +240,29 @@ t.test('credit: a producer past its credit is paused until acks free it', async 
   t.ok(served.server.health().pauses >= 1, 'pauses of closed connections still counted')
 })
 
+t.test('maxIngestBytes: above it no producer is read; every frame still answered, in order, and the bytes released', async (t) => {
+  const served = await startServer({ credit: 10_000, maxIngestBytes: 4096 })
+  t.teardown(() => served.close())
+  t.same(served.server.health().ingestBytes, { held: 0, max: 4096, holds: 0 })
+  const producers = await Promise.all([Client.open(served.url('/ingest')), Client.open(served.url('/ingest'))])
+  // frames of ~3 KiB from both producers at once, well within credit: the bytes are the bound
+  const payload = { tokens: Buffer.alloc(1500, 1) }
+  const frames = [0, 1].map((p) => Array.from({ length: 8 }, (_, f) => prompts(`b${p}-${f}`, 1).map((r) => ({ ...r, payload }))))
+  for (let f = 0; f < 8; f++) for (const p of [0, 1]) producers[p].send({ type: 'rollouts', rollouts: frames[p][f] })
+  await Promise.all(producers.map((producer) => producer.until(() => producer.of('ack').length === 8)))
+  for (const p of [0, 1])
+    t.same(
+      producers[p].of('ack').flatMap((a) => a.ids),
+      frames[p].flat().map((r) => r.id),
+      `producer ${p}: nothing lost, answered in order`,
+    )
+  const { ingestBytes, pauses } = served.server.health()
+  t.ok(ingestBytes.holds >= 1, `reading stopped ${ingestBytes.holds} times`)
+  t.equal(ingestBytes.held, 0, 'every answered frame released')
+  t.equal(pauses, 0, 'no producer went past its credit')
+  await Promise.all(producers.map((producer) => producer.close()))
+})
+
 t.test('credit shrinks while the trainer outbox grows, down to 0, and comes back as the trainer acks', async (t) => {
   const served = await startServer({ credit: 8, maxOutbox: 4 })
   t.teardown(() => served.close())

@@ -178,6 +178,24 @@ t.test('--disk-reserve: "auto", a size with a suffix, 0 (off); anything else is 
   t.match(bad.stderr, `option '--disk-reserve <size>' argument 'lots' is invalid. not a size: "lots" (bytes, or a number with K, M, G or T)`)
 })
 
+t.test('--max-ingest-bytes: a size with a suffix; 0 or anything else is a usage error', async (t) => {
+  const config = join(tempDir(), 'config.json')
+  writeFileSync(config, JSON.stringify(baseConfig))
+  const cli = await startCli(['-c', config, '-d', tempDir(), '--port', '0', '--heartbeat-ms', '0', '--disk-reserve', '0', '--max-ingest-bytes', '8M'])
+  const health = (await (await fetch(`http://127.0.0.1:${cli.port}/healthz`)).json()) as { ingestBytes: { max: number } }
+  process.emit('SIGTERM')
+  t.equal(await cli.exit, 0)
+  t.equal(health.ingestBytes.max, 8 * MiB)
+  for (const [value, message] of [
+    ['0', 'expected a size of more than 0 bytes, got 0'],
+    ['much', 'not a size: "much"'],
+  ]) {
+    const bad = await runCli(['serve', '-c', config, '-d', tempDir(), '--max-ingest-bytes', value])
+    t.equal(bad.code, 2)
+    t.match(bad.stderr, `option '--max-ingest-bytes <size>' argument '${value}' is invalid. ${message}`)
+  }
+})
+
 t.test('letLmdbCommitFailuresThrough: lets lmdb-js’s commit rejection through (its cause handled), throws anything else', async (t) => {
   let reportCause!: (cause: unknown) => void
   const commitError = new Promise((_resolve, reject) => (reportCause = reject))

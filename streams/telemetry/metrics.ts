@@ -228,11 +228,6 @@ export class TelemetryMetrics {
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry })
   }
 
-  /**
-   * Gauges of the data folder's disk, read at each scrape: `dualstream_disk_free_bytes`,
-   * `dualstream_disk_reserve_bytes` and `dualstream_disk_full` (1 while new rollouts are
-   * refused for lack of space).
-   */
   /** The trainer side of a server in `/metrics`: its policy version and the data-parallel ranks connected. */
   watchTrainers(read: () => { policyVersion: number | undefined; trainerRanks: { world: number | undefined; ranks: number[] } }): void {
     const registers = [this.registry]
@@ -255,6 +250,41 @@ export class TelemetryMetrics {
         this.set({ of: 'world' }, trainerRanks.world ?? 0)
       },
     })
+  }
+
+  /**
+   * The producers' side of a server in `/metrics`, read at each scrape: the bytes of frames
+   * read and not yet answered against their bound (`--max-ingest-bytes`), how often reading
+   * stopped for it, and how often a producer went past its credit.
+   */
+  watchIngest(read: () => { ingestBytes: { held: number; max: number; holds: number }; pauses: number }): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'dualstream_ingest_bytes',
+      help: 'Bytes of producer frames read and not yet answered (of="held"), and their bound --max-ingest-bytes (of="max").',
+      labelNames: ['of'],
+      registers,
+      collect() {
+        const { held, max } = read().ingestBytes
+        this.set({ of: 'held' }, held)
+        this.set({ of: 'max' }, max)
+      },
+    })
+    const totals = (name: string, help: string, value: () => number) => {
+      let seen = 0
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const now = value()
+          if (now > seen) this.inc(now - seen)
+          seen = Math.max(seen, now)
+        },
+      })
+    }
+    totals('dualstream_ingest_holds_total', 'Times the bytes in flight went above --max-ingest-bytes and no producer was read.', () => read().ingestBytes.holds)
+    totals('dualstream_producer_pauses_total', 'Times a producer went past its credit and its socket was paused.', () => read().pauses)
   }
 
   /** A cluster node's roles and the nodes of its run. */
@@ -286,6 +316,11 @@ export class TelemetryMetrics {
     })
   }
 
+  /**
+   * Gauges of the data folder's disk, read at each scrape: `dualstream_disk_free_bytes`,
+   * `dualstream_disk_reserve_bytes` and `dualstream_disk_full` (1 while new rollouts are
+   * refused for lack of space).
+   */
   watchDisk(read: () => { free: number; reserve: number; full: boolean }): void {
     const registers = [this.registry]
     new Gauge({

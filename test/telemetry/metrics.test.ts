@@ -226,6 +226,28 @@ t.test('the trainer gauges: policy version and ranks', async (t) => {
   t.equal(value(text, 'dualstream_trainer_ranks{of="world"}'), 4)
 })
 
+t.test('the ingest gauges: bytes in flight and their bound, holds and credit pauses as running totals', async (t) => {
+  const hub = { clientInfo: () => [] } as unknown as TelemetryHub
+  const metrics = new TelemetryMetrics({ source: 'serve', config, hub, counts: zero, state: () => ({ step: 0, lambda: {} }), processMetrics: false })
+  const health = { ingestBytes: { held: 0, max: 64 * 1024 * 1024, holds: 0 }, pauses: 0 }
+  metrics.watchIngest(() => health)
+  let text = await metrics.text()
+  t.equal(value(text, 'dualstream_ingest_bytes{of="held"}'), 0)
+  t.equal(value(text, 'dualstream_ingest_bytes{of="max"}'), 64 * 1024 * 1024)
+  t.equal(value(text, 'dualstream_ingest_holds_total'), 0)
+  t.equal(value(text, 'dualstream_producer_pauses_total'), 0)
+  health.ingestBytes = { held: 70 * 1024 * 1024, max: 64 * 1024 * 1024, holds: 3 }
+  health.pauses = 2
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_ingest_bytes{of="held"}'), 70 * 1024 * 1024)
+  t.equal(value(text, 'dualstream_ingest_holds_total'), 3)
+  t.equal(value(text, 'dualstream_producer_pauses_total'), 2)
+  // a counter never goes back, whatever it reads
+  health.pauses = 1
+  text = await metrics.text()
+  t.equal(value(text, 'dualstream_producer_pauses_total'), 2, 'never decreases')
+})
+
 t.test('training metrics: the learner, the step-time histogram, process metrics', async (t) => {
   const hub = new TelemetryHub({
     hello: () => ({ source: 'train', config: {} as never, step: 0, lambda: {}, counts: null, overview: new RunHistory().overview() }),

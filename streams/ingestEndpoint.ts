@@ -101,13 +101,15 @@ export class ProducerConnection {
   /** Logs a frame's items; `bytes` is the frame as MessagePack (as received, or converted from JSON). */
   private ingest(items: unknown[], bytes: Buffer): void {
     const { ingestBytes } = this.context
+    // its size, not the frame: the answer must not keep the bytes alive once the engine is done with them
+    const size = bytes.length
     this.outstanding += items.length
-    ingestBytes.hold(bytes.length)
+    ingestBytes.hold(size)
     // answered: the frame's bytes no longer count (and when that brings the total back under
     // its bound, every producer is flowed again: this one too)
     const answered = () => {
       this.outstanding -= items.length
-      ingestBytes.release(bytes.length)
+      ingestBytes.release(size)
     }
     this.flow()
     // a synchronous throw (a closed store) becomes a rejection like any other failure

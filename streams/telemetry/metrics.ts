@@ -117,20 +117,7 @@ export class TelemetryMetrics {
     // own keys only: a channel may be named like an Object.prototype member (`constructor`)
     for (const c of config.constraints) this.lambda.set({ constraint: c.channel }, Object.hasOwn(lambda, c.channel) ? lambda[c.channel] : 0)
 
-    // the running totals, advanced by the difference at each scrape
-    const totals = (name: string, help: string, read: (counts: TelemetryCounts) => number) => {
-      let seen = 0
-      new Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          const now = read(options.counts())
-          if (now > seen) this.inc(now - seen)
-          seen = Math.max(seen, now)
-        },
-      })
-    }
+    const totals = (name: string, help: string, read: (counts: TelemetryCounts) => number) => runningTotal(registers, name, help, () => read(options.counts()))
     totals('dualstream_rollouts_ingested_total', 'Rollouts accepted at ingest.', (c) => c.ingested)
     totals('dualstream_rollouts_duplicate_total', 'Rollouts whose id was already logged (acknowledged, not counted again).', (c) => c.duplicate)
     totals('dualstream_rollouts_stale_total', 'Rollouts dropped as stale (more than maxStaleness policy versions behind).', (c) => c.stale)
@@ -270,21 +257,13 @@ export class TelemetryMetrics {
         this.set({ of: 'max' }, max)
       },
     })
-    const totals = (name: string, help: string, value: () => number) => {
-      let seen = 0
-      new Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          const now = value()
-          if (now > seen) this.inc(now - seen)
-          seen = Math.max(seen, now)
-        },
-      })
-    }
-    totals('dualstream_ingest_holds_total', 'Times the bytes in flight went above --max-ingest-bytes and no producer was read.', () => read().ingestBytes.holds)
-    totals('dualstream_producer_pauses_total', 'Times a producer went past its credit and its socket was paused.', () => read().pauses)
+    runningTotal(
+      registers,
+      'dualstream_ingest_holds_total',
+      'Times the bytes in flight went above --max-ingest-bytes and no producer was read.',
+      () => read().ingestBytes.holds,
+    )
+    runningTotal(registers, 'dualstream_producer_pauses_total', 'Times a producer went past its credit and its socket was paused.', () => read().pauses)
   }
 
   /** A cluster node's roles and the nodes of its run. */
@@ -394,4 +373,19 @@ export class TelemetryMetrics {
   text(): Promise<string> {
     return this.registry.metrics()
   }
+}
+
+/** A counter of a running total read at each scrape (a prom-client Counter only goes up): advanced by the difference, never back. */
+function runningTotal(registers: Registry[], name: string, help: string, read: () => number): void {
+  let seen = 0
+  new Counter({
+    name,
+    help,
+    registers,
+    collect() {
+      const now = read()
+      if (now > seen) this.inc(now - seen)
+      seen = Math.max(seen, now)
+    },
+  })
 }

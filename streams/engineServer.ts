@@ -225,12 +225,17 @@ export class EngineServer implements Mountable {
       policyVersion: this.engine.policyVersion,
       delivered: this.trainers.delivered(),
       frameErrors: { ...this.frameErrors },
-      pauses: [...this.producers].reduce((n, p) => n + p.pauses, this.pauses),
-      ingestBytes: { held: this.ingestBytes.held, max: this.ingestBytes.max, holds: this.ingestBytes.holds },
+      ...this.ingestFlow(),
     }
     if (this.failure !== undefined) report.error = String(this.failure)
     if (disk !== undefined) report.disk = disk
     return report
+  }
+
+  /** The producers' flow control, without the engine's figures (what `/metrics` scrapes): `pauses` and `ingestBytes` of `health()`. */
+  ingestFlow(): Pick<HealthReport, 'pauses' | 'ingestBytes'> {
+    const { held, max, holds } = this.ingestBytes
+    return { pauses: [...this.producers].reduce((n, p) => n + p.pauses, this.pauses), ingestBytes: { held, max, holds } }
   }
 
   private countError = (code: FrameErrorCode): void => {

@@ -216,7 +216,7 @@ export async function serveOn<E extends Engine>(
   const telemetry = new EngineTelemetry(engine, options.telemetry)
   telemetry.mount(server, options.tokens)
   telemetry.metrics.watchTrainers(() => server.health())
-  telemetry.metrics.watchIngest(() => server.health())
+  telemetry.metrics.watchIngest(() => server.ingestFlow())
   hooks.mount?.(server, telemetry)
   let address: { host: string; port: number }
   try {

@@ -1,8 +1,10 @@
 /**
  * A lease holder in a process of its own, for lease.test.ts to freeze (SIGSTOP) or kill -9.
  * Args: servers bucket key holder ttlMs. It takes the lease, then every 25 ms checks `held`
- * right before its "action" and prints one line: `acted N` when it acted, `idle` when it did
- * not; `lost <reason>` when the lease reports its loss. Five ticks after a loss it exits.
+ * right before its "action" and prints one line: `acted N at T` when it acted (T: the wall
+ * clock in ms when it checked: a freeze may fall between the check and the line), `idle`
+ * when it did not; `lost <reason>` when the lease reports its loss. Five ticks after a loss
+ * it exits.
  */
 import { Lease, ensureLeaseBucket } from '../../src/state/cluster/lease.js'
 import { connectNats } from '../../src/state/cluster/natsConnect.js'
@@ -21,7 +23,8 @@ while (!(await lease.acquire())) await new Promise((resolve) => setTimeout(resol
 console.log('acquired')
 let acted = 0
 const ticks = setInterval(() => {
-  if (lease.held) console.log(`acted ${++acted}`)
+  const checkedAt = Date.now()
+  if (lease.held) console.log(`acted ${++acted} at ${checkedAt}`)
   else console.log('idle')
   if (ticksSinceLoss !== undefined && ++ticksSinceLoss >= 5) {
     clearInterval(ticks)

@@ -68,6 +68,10 @@ t.test('the payload matrix: one small cell, producer and trainer processes, besi
   t.ok(run.rssPeak >= run.rssBase && run.rate > 0 && run.mbPerSec > 0 && run.ackP99 >= run.ackP50 && run.ackToBatchP99 >= run.ackToBatchP50)
   for (const [key, s] of Object.entries(cell.durable))
     t.same(s, { median: run[key as keyof typeof run], min: run[key as keyof typeof run], max: run[key as keyof typeof run] })
+  t.match(cell.relay.delivered, { median: 2048 }, 'the relay (network floor) delivers every rollout too')
+  t.same(cell.relay.payloadMismatches, { median: 0, min: 0, max: 0 }, 'with the bytes sent')
+  t.ok(cell.relay.rate.median > 0 && cell.relay.mbPerSec.median > 0)
+  t.equal(cell.percentOfRelay, (100 * run.rate) / cell.relay.rate.median)
   t.same(Object.keys(cell.floors), Object.keys(FLOORS))
   for (const [kind, floor] of Object.entries(cell.floors)) {
     t.equal(floor.label, FLOORS[kind as keyof typeof FLOORS])
@@ -75,7 +79,8 @@ t.test('the payload matrix: one small cell, producer and trainer processes, besi
     t.equal(cell.percentOfFloor[kind as keyof typeof FLOORS], (100 * run.rate) / floor.rate.median)
   }
   const printed = lines.join('\n')
-  t.match(printed, /payload × frame +rollouts +frame +durable rollouts\/s/)
+  t.match(printed, /payload × frame +rollouts +frame +durable rollouts\/s.*relay MB\/s +durable % of relay/)
+  t.match(printed, /relay: the same server, producer and trainer with an engine that stores and computes nothing/)
   t.match(printed, /256 B × 64 +2,048 +[\d.]+ kB +[\d.]+ k?\/s/)
   t.match(printed, /ack p50 \/ p99 +ack→batch p50 \/ p99 +server RSS MB base → peak/)
   t.match(printed, /2048 \(0 dup, 0 bad payload\)/)

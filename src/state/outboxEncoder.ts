@@ -15,6 +15,9 @@ import { RawPayload } from './rawPayload.js'
 import type { ScoredBatch } from '../core/types.js'
 import { constraintsRecord } from './batchRecord.js'
 
+/** What the trainer's record is made of: a scored batch's step, λ, constraint measures, groups and advantages. */
+export type TrainerBatch = Pick<ScoredBatch, 'step' | 'lambda' | 'constraints' | 'groups' | 'advantages'>
+
 // pre-encoded keys (fixstr)
 const KEY_ROLLOUTS = Buffer.from([0xa8, ...Buffer.from('rollouts')])
 const KEY_ID = Buffer.from([0xa2, ...Buffer.from('id')])
@@ -81,7 +84,7 @@ interface PayloadReference {
  * sized by an upper bound (3 bytes a character, the widest headers): a caller that keeps the
  * record copies it (`Buffer.from`), one that encodes it into something else need not.
  */
-export function encodeBatchForTrainer(batch: ScoredBatch): Buffer {
+export function encodeBatchForTrainer(batch: TrainerBatch): Buffer {
   // msgpackr encodes the four small fields as a map with a map16 header (0xde, count; it
   // does not size maps up front); the rollouts written below make the count five
   const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints) })

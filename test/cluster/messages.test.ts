@@ -5,13 +5,17 @@
  * and a payload that is not a logged frame's bytes cannot be put in a group message at all.
  * On the wire a GroupsEntry is columns (groupsEntry.ts): encoding then decoding gives back
  * exactly the entry, in both decoded forms, for any entry (property test), and a message that
- * is not one is refused with what is wrong.
+ * is not one is refused with what is wrong. A BATCHES message carries consecutive steps, split
+ * by size the same way by everyone who makes them.
  */
 import t from 'tap'
 import fc from 'fast-check'
 import type { Rollout } from '../../src/core/types.js'
 import { wirePackr } from '../../src/state/codec.js'
 import {
+  batchesMessages,
+  BatchesMessageError,
+  decodeBatchesMessage,
   decodeGroupsForScoring,
   decodeGroupsMessage,
   encodeMessage,
@@ -20,6 +24,7 @@ import {
   rolloutSeq,
   rolloutsOf,
   ITEMS_PER_FRAME,
+  type BatchEntry,
   type GroupMessage,
   type GroupRollout,
   type GroupsEntry,
@@ -210,4 +215,82 @@ t.test('a GROUPS message that is not one of this version is refused with what is
     t.throws(() => decodeGroupsForScoring(bytes), GroupsMessageError, `${what}: the sequencer's decoder as well`)
   }
   t.same(decodeGroupsMessage(wirePackr.pack({ wm: 42 })), { wm: 42 }, 'a watermark is one')
+})
+
+/** A batch entry of step `step` whose trainer record is `recordBytes` long. */
+function entryOf(step: number, recordBytes: number): BatchEntry {
+  return {
+    step,
+    resumeFrom: step + 1,
+    watermark: 10 * step,
+    state: { step, constraints: {} },
+    pipeline: { batches: step, rolloutsInBatches: 8 * step, stale: 0, incompleteGroups: 0, incompleteGroupRollouts: 0 },
+    partitionDrops: {},
+    summary: {
+      step,
+      groups: 2,
+      rollouts: 8,
+      partialGroups: 0,
+      lambda: {},
+      constraints: {},
+      objectives: {},
+      fracZeroStd: {},
+      advantageMean: 0,
+      advantageStd: 1,
+    },
+    newestTs: 10 * step - 1,
+    record: new Uint8Array(recordBytes).fill(step),
+  }
+}
+
+t.test('a BATCHES message: consecutive steps as plain MessagePack, as many as fit, split the same way every time', async (t) => {
+  const entries = [1, 2, 3, 4, 5].map((step) => entryOf(step, 300))
+  const [all] = batchesMessages(entries)
+  t.same(all.steps, entries, 'under the bound: one message')
+  t.same(wirePackr.unpack(all.bytes), { steps: entries.map((e) => ({ ...e, record: Buffer.from(e.record) })) }, 'what any MessagePack reader sees')
+  t.same(decodeBatchesMessage(all.bytes), wirePackr.unpack(all.bytes).steps)
+  const one = wirePackr.pack(entries[0]).length
+  // room for two entries and the message's own bytes, not three
+  const split = batchesMessages(entries, 2 * one + 10)
+  t.same(
+    split.map((m) => m.steps.map((e) => e.step)),
+    [[1, 2], [3, 4], [5]],
+  )
+  t.same(
+    split.map((m) => m.bytes),
+    batchesMessages(entries, 2 * one + 10).map((m) => m.bytes),
+    'deterministic',
+  )
+  for (const m of split)
+    t.same(
+      decodeBatchesMessage(m.bytes),
+      m.steps.map((e) => ({ ...e, record: Buffer.from(e.record) })),
+    )
+  t.same(
+    batchesMessages([entryOf(1, 5000), entryOf(2, 10)], 1000).map((m) => m.steps.map((e) => e.step)),
+    [[1], [2]],
+    'a step larger than the bound goes alone',
+  )
+  t.same(batchesMessages([]), [], 'no steps, no message')
+  // 16 steps and more: the array's 3-byte header
+  const many = Array.from({ length: 20 }, (_, i) => entryOf(i + 1, 4))
+  const [twenty] = batchesMessages(many)
+  t.equal(twenty.steps.length, 20)
+  t.same(wirePackr.unpack(twenty.bytes), wirePackr.unpack(wirePackr.pack({ steps: many })))
+  t.same(
+    decodeBatchesMessage(twenty.bytes).map((e) => e.step),
+    many.map((e) => e.step),
+  )
+})
+
+t.test('a BATCHES message that is not one of this version is refused with where it is', async (t) => {
+  const refused = (bytes: Uint8Array, why: string) =>
+    t.throws(() => decodeBatchesMessage(bytes, 'DS_r_BATCHES seq 4'), new BatchesMessageError('DS_r_BATCHES seq 4', why), why)
+  refused(wirePackr.pack(entryOf(1, 4)), 'no "steps" array of batch entries')
+  refused(wirePackr.pack({ steps: [] }), 'no "steps" array of batch entries')
+  refused(wirePackr.pack(null), 'no "steps" array of batch entries')
+  t.throws(() => decodeBatchesMessage(Uint8Array.of(0x81, 0xa5, 0x73, 0x74, 0x65, 0x70, 0x73, 0xdc, 0x00)), {
+    name: 'BatchesMessageError',
+    message: /^a message is not a BATCHES message of this dualstream version: not MessagePack \(/,
+  })
 })

@@ -12,6 +12,8 @@ import { benchSequencer, syntheticGroupsEntries } from '../../src/apps/bench/seq
 import { benchConfig } from '../../src/apps/bench/core.js'
 import { parseConfig, type Config, type ConfigInput } from '../../src/core/config.js'
 import {
+  batchesMessages,
+  decodeBatchesMessage,
   decodeMessage,
   emptyDropCounts,
   encodeMessage,
@@ -67,11 +69,26 @@ function groupsStream(entries: number): GroupsMessage[] {
   return out
 }
 
-/** What the pure state makes of the whole stream: the BATCHES an uninterrupted run must hold (and the groups left waiting). */
-function expectedBatches(config: Config, messages: readonly GroupsMessage[]): string[] & { pendingGroups: number } {
+/**
+ * What the pure state makes of the whole stream: the BATCHES messages (base64) an uninterrupted
+ * run must hold — the steps of each GROUPS message together — with the steps they hold, the
+ * GROUPS seq that completed each, and the groups left waiting.
+ */
+function expectedBatches(
+  config: Config,
+  messages: readonly GroupsMessage[],
+): string[] & { pendingGroups: number; steps: number; groupsSeq: number[]; lastStep: number[] } {
   const state = new SequencerState(config)
-  const bytes = messages.flatMap((m, i) => state.feed(i + 1, m)).map((e) => Buffer.from(encodeMessage(e)).toString('base64'))
-  return Object.assign(bytes, { pendingGroups: state.pendingGroups })
+  const groupsSeq: number[] = []
+  const lastStep: number[] = []
+  const bytes = messages.flatMap((m, i) =>
+    batchesMessages(state.feed(i + 1, m)).map(({ steps, bytes }) => {
+      groupsSeq.push(i + 1)
+      lastStep.push(steps[steps.length - 1].step)
+      return Buffer.from(bytes).toString('base64')
+    }),
+  )
+  return Object.assign(bytes, { pendingGroups: state.pendingGroups, steps: lastStep.at(-1) ?? 0, groupsSeq, lastStep })
 }
 
 interface Run {
@@ -138,40 +155,43 @@ async function freshRun(t: Test, config: Config): Promise<Run> {
   }
 }
 
-const steps = (batches: string[]) => batches.map((b) => decodeMessage<BatchEntry>(Buffer.from(b, 'base64')).step)
+const entriesOf = (batches: string[]) => batches.flatMap((b) => decodeBatchesMessage(Buffer.from(b, 'base64')))
+const steps = (batches: string[]) => entriesOf(batches).map((entry) => entry.step)
 
 t.test('an uninterrupted run: BATCHES holds what the pure state makes of GROUPS, byte for byte', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const messages = groupsStream(40)
   const expected = expectedBatches(config, messages)
   t.ok(expected.length > 10)
+  t.ok(expected.steps > expected.length, `${expected.steps} steps in ${expected.length} messages: some GROUPS messages complete several`)
   const run = await freshRun(t, config)
   await run.publishGroups(messages)
   const seen: number[] = []
   const sequencer = await run.start({ onBatch: (entry) => seen.push(entry.step) })
-  await waitFor('every batch published', () => sequencer.stats().step === expected.length)
+  await waitFor('every batch published', () => sequencer.stats().step === expected.steps)
   t.same(await run.batches(), expected)
   t.same(
     seen,
-    expected.map((_, i) => i + 1),
+    Array.from({ length: expected.steps }, (_, i) => i + 1),
   )
   t.ok(expected.pendingGroups > 0)
-  t.same(sequencer.stats(), { step: expected.length, resumeFrom: messages.length + 1, pendingGroups: expected.pendingGroups })
+  t.same(sequencer.stats(), { step: expected.steps, resumeFrom: messages.length + 1, pendingGroups: expected.pendingGroups })
 })
 
 t.test('stopped mid-run, another takes over: the same BATCHES as an uninterrupted run, no step twice', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const messages = groupsStream(40)
   const expected = expectedBatches(config, messages)
-  const entries = expected.map((b) => decodeMessage<BatchEntry>(Buffer.from(b, 'base64')))
-  // stop after a step whose successor comes out of the same GROUPS message (a batch closed inside an entry)
-  const inside = entries.findIndex((e, i) => i + 1 < entries.length && entries[i + 1].resumeFrom === e.resumeFrom && 'groups' in messages[e.resumeFrom - 1])
-  t.ok(inside >= 0, 'a batch closes inside an entry')
+  const entries = entriesOf(expected)
+  // the BATCHES messages whose last step leaves groups of its GROUPS message waiting: a successor resumes inside that message
+  const inside = expected.lastStep.flatMap((step, m) => (entries[step - 1].resumeFrom === expected.groupsSeq[m] ? [step] : []))
+  t.ok(inside.length >= 2, 'batches close inside GROUPS messages, leaving some of their groups waiting')
   const cases = [
-    { stopAfter: inside + 1, publishWindow: 1 },
-    { stopAfter: Math.floor(expected.length / 2), publishWindow: 1 },
+    { stopAfter: inside[0], publishWindow: 1 },
+    { stopAfter: inside[1], publishWindow: 1 },
+    { stopAfter: Math.floor(expected.steps / 2), publishWindow: 1 },
     { stopAfter: 2, publishWindow: undefined },
-    { stopAfter: expected.length - 5, publishWindow: undefined },
+    { stopAfter: expected.steps - 5, publishWindow: undefined },
   ]
   for (const { stopAfter, publishWindow } of cases) {
     const run = await freshRun(t, config)
@@ -189,18 +209,21 @@ t.test('stopped mid-run, another takes over: the same BATCHES as an uninterrupte
     })
     await stopped
     const reached = first!.stats().step
-    // one at a time it stops right there; with publishes in flight, those land too
-    if (publishWindow === 1) t.equal(reached, stopAfter, `the first sequencer stopped after step ${stopAfter}`)
+    // one at a time it stops after the message that holds the step; with publishes in flight, those land too
+    const through = expected.lastStep.findIndex((step) => step >= stopAfter)
+    if (publishWindow === 1) t.equal(reached, expected.lastStep[through], `the first sequencer stopped after the message of step ${stopAfter}`)
     else t.ok(reached >= stopAfter, `the first sequencer stopped after step ${reached}`)
-    t.same(await run.batches(), expected.slice(0, reached))
+    const published = expected.lastStep.indexOf(reached) + 1
+    t.ok(published > 0, 'at the end of a message')
+    t.same(await run.batches(), expected.slice(0, published))
     const second = await run.start({ publishWindow })
     t.equal(second.stats().step, reached, 'the second resumes after the last step on BATCHES')
-    await waitFor('the rest published', () => second.stats().step === expected.length)
+    await waitFor('the rest published', () => second.stats().step === expected.steps)
     const batches = await run.batches()
     t.same(batches, expected, `taken over after step ${reached}`)
     t.same(
       steps(batches),
-      expected.map((_, i) => i + 1),
+      Array.from({ length: expected.steps }, (_, i) => i + 1),
       'each step once',
     )
   }
@@ -214,7 +237,7 @@ t.test('GROUPS published while the sequencer runs: it follows, and a watermark e
   const sequencer = await run.start()
   await run.publishGroups(messages.slice(0, 5))
   await run.publishGroups(messages.slice(5))
-  await waitFor('caught up', () => sequencer.stats().resumeFrom === messages.length + 1 && sequencer.stats().step === expected.length)
+  await waitFor('caught up', () => sequencer.stats().resumeFrom === messages.length + 1 && sequencer.stats().step === expected.steps)
   t.same(await run.batches(), expected)
 })
 
@@ -228,7 +251,7 @@ t.test('a deposed sequencer (BATCHES moved on without it) is told so and publish
   let deposed: string | undefined
   const published: number[] = []
   const sequencer = await run.start({ onDeposed: (reason) => (deposed = reason), onBatch: (e) => published.push(e.step) })
-  await waitFor('the first half published', () => sequencer.stats().step === prefix.length && sequencer.stats().resumeFrom === 16)
+  await waitFor('the first half published', () => sequencer.stats().step === prefix.steps && sequencer.stats().resumeFrom === 16)
   // another sequencer (that this one does not know of) publishes; then GROUPS grows by a burst,
   // so that the next entries are published together: the one after the refused one expects the
   // foreign message's sequence, and is refused because that is not the refused one
@@ -237,16 +260,16 @@ t.test('a deposed sequencer (BATCHES moved on without it) is told so and publish
   await waitFor('deposed', () => deposed)
   t.match(
     deposed,
-    new RegExp(`${run.layout.streams.batches} moved on without this sequencer \\(step ${prefix.length + 1} expected last sequence ${prefix.length}\\)`),
+    new RegExp(`${run.layout.streams.batches} moved on without this sequencer \\(step ${prefix.steps + 1} expected last sequence ${prefix.length}\\)`),
   )
-  t.ok(expected.length > prefix.length)
+  t.ok(expected.steps > prefix.steps)
   const batches = await run.batches()
   t.same(batches.slice(0, -1), prefix)
   t.equal(Buffer.from(batches.at(-1)!, 'base64').toString(), 'foreign', 'nothing after the foreign message')
-  t.equal(sequencer.stats().step, prefix.length)
+  t.equal(sequencer.stats().step, prefix.steps)
   t.same(
     published,
-    prefix.map((_, i) => i + 1),
+    Array.from({ length: prefix.steps }, (_, i) => i + 1),
   )
 })
 
@@ -287,7 +310,7 @@ t.test('the watermark timer: a waiting batch closes when the time it appends to 
   })
   t.match(batches[0], { step: 1, summary: { groups: 2 } })
   t.ok(batches[0].watermark >= 150)
-  t.same(await run.batches(), [Buffer.from(encodeMessage(batches[0])).toString('base64')])
+  t.same(await run.batches(), [Buffer.from(batchesMessages(batches)[0].bytes).toString('base64')])
   t.same(sequencer.stats(), { step: 1, resumeFrom: batches[0].resumeFrom, pendingGroups: 0 })
 })
 
@@ -339,10 +362,14 @@ t.test('a publish refused for another reason than the sequence is an error, not 
   t.same(await run.batches(), [])
 })
 
-t.test('start refuses a BATCHES stream whose last message is gone', { skip: natsMissing }, async (t) => {
+t.test('start refuses a BATCHES stream whose last message is gone, or not a BATCHES message of this version', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const run = await freshRun(t, config)
   await run.js.publish(run.layout.subjects.batches, encodeMessage({ step: 1, node: 'x' }))
+  await t.rejects(run.start(), {
+    name: 'BatchesMessageError',
+    message: `${run.layout.streams.batches} seq 1 is not a BATCHES message of this dualstream version: no "steps" array of batch entries`,
+  })
   await run.jsm.streams.deleteMessage(run.layout.streams.batches, 1)
   await t.rejects(run.start(), new RegExp(`${run.layout.streams.batches} has no message at its last sequence 1`))
 })

@@ -17,7 +17,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import t from 'tap'
 import { mulberry32 } from '../../examples/support/random.js'
-import { decodeMessage, type BatchEntry } from '../../src/state/cluster/messages.js'
+import { decodeBatchesMessage, decodeMessage } from '../../src/state/cluster/messages.js'
 import { runLayout } from '../../src/state/cluster/runLayout.js'
 import { readLastBatch } from '../../src/state/cluster/sequencer.js'
 import { baseConfig, Client, pack, prompts, tempDir, upgradeStatus, type Received } from '../serve/support.js'
@@ -465,7 +465,7 @@ t.test('lease fencing: a sequencer paused past its lease publishes nothing when 
   const info = await jsm.streams.info(stream)
   const steps: number[] = []
   for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
-    steps.push(decodeMessage<BatchEntry>((await jsm.streams.getMessage(stream, { seq }))!.data).step)
+    for (const entry of decodeBatchesMessage((await jsm.streams.getMessage(stream, { seq }))!.data)) steps.push(entry.step)
   }
   t.same(
     steps,

@@ -197,7 +197,7 @@ export function formatClusterTables(report: ClusterBenchReport): string {
     ),
     `cluster node on a 1-server NATS: ${report.percentOfSingleNode.toFixed(0)}% of one node with LMDB`,
     '',
-    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; its CPU: its process, every thread (not the NATS server); NATS alone: the same messages read and the same batch entries published, nothing computed',
+    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; its CPU: its process, every thread (not the NATS server); NATS alone: the same GROUPS messages read and the same BATCHES messages (the steps of each GROUPS message) published, nothing computed',
     textTable(
       [
         'groups per entry',

@@ -12,6 +12,9 @@
  *   received), ack latency per frame, ack → batch latency per rollout (the two processes'
  *   wall clocks, µs resolution: `wallClock`), this process's RSS sampled every 50 ms, its
  *   CPU and event-loop utilisation, the clients' CPU.
+ * - relay (the network floor): the same, with `RelayEngine` behind the server — rollouts
+ *   acknowledged on arrival and relayed to the trainer in batches, nothing stored or computed.
+ *   Run alternately with the durable runs.
  * - the floors (`payloadFloors.ts`, in a process of their own): the same frames appended to an
  *   LMDB log (opened as the engine opens its own) with one put per frame awaited to `flushed`,
  *   one frame at a time and with as many frames in flight as the producer's credit allows
@@ -35,6 +38,7 @@ import { latencyQuantiles } from './durable.js'
 import { formatRate, median, textTable } from './measure.js'
 import type { ClientTask, ProducerReport, TrainerReport } from './payloadClient.js'
 import { FLOORS, type FloorKind, type FloorsReport } from './payloadFloors.js'
+import { RelayEngine } from './relayEngine.js'
 
 export { FLOORS, type FloorKind }
 
@@ -110,9 +114,16 @@ export interface PayloadCell {
   /** Frames in flight at most (the producer's credit in frames): the window of the `lmdbWindow` floors. */
   window: number
   durable: DurableSummary
+  /**
+   * The network floor: the same server, producer and trainer with an engine that stores and
+   * computes nothing (`RelayEngine`): what is left when the engine costs nothing.
+   */
+  relay: DurableSummary
   floors: Record<FloorKind, FloorSummary>
   /** The durable path's median rate as % of each floor's. */
   percentOfFloor: Record<FloorKind, number>
+  /** The durable path's median rate as % of the relay's: what the engine leaves of the network floor. */
+  percentOfRelay: number
   /** Every measured run of the durable path. */
   runs: DurablePayloadRun[]
 }
@@ -181,6 +192,12 @@ export async function openDurableBenchEngine(): Promise<BenchEngine> {
       rmSync(dataDir, { recursive: true, force: true })
     },
   }
+}
+
+/** A relay engine for one run of the bench (`relayEngine.ts`): the network floor. */
+export async function openRelayBenchEngine(): Promise<BenchEngine> {
+  const engine = new RelayEngine(benchConfig, BATCH_SIZE)
+  return { engine, close: () => engine.close() }
 }
 
 /** One run of the durable path: a fresh engine (`open`) and server here, a producer and a trainer process. */
@@ -261,21 +278,30 @@ export async function durableRun(
   }
 }
 
-/** One cell: the durable runs, then the floors (in a process of their own). */
+/** Every numeric field of the runs as median and range. */
+function summarise(runs: readonly DurablePayloadRun[]): DurableSummary {
+  return Object.fromEntries(Object.keys(runs[0]).map((key) => [key, spread(runs.map((run) => run[key as keyof DurablePayloadRun]))])) as DurableSummary
+}
+
+/** One cell: the durable and relay runs, then the floors (in a process of their own). */
 async function benchCell(options: PayloadBenchOptions, payloadBytes: number, frame: number): Promise<PayloadCell> {
   const { rollouts, runs, warmup } = options
   // room for the largest frame: its payloads and a generous allowance for each rollout's other fields
   const maxFrameBytes = Math.max(DEFAULT_WIRE_LIMITS.maxFrameBytes, frame * (payloadBytes + 1024))
   const window = Math.floor(SERVER_DEFAULTS.credit / frame)
+  // the durable and relay runs alternate, so that the host's drift falls on both alike
   const durableAll: DurablePayloadRun[] = []
-  for (let i = 0; i < warmup + runs; i++) durableAll.push(await durableRun(rollouts, payloadBytes, frame, maxFrameBytes))
+  const relayAll: DurablePayloadRun[] = []
+  for (let i = 0; i < warmup + runs; i++) {
+    durableAll.push(await durableRun(rollouts, payloadBytes, frame, maxFrameBytes))
+    relayAll.push(await durableRun(rollouts, payloadBytes, frame, maxFrameBytes, openRelayBenchEngine))
+  }
   const measured = durableAll.slice(warmup)
   const [{ frames, frameBytes, rounds }] = (await runClients([{ role: 'floors', rollouts, payloadBytes, frame, window, warmup, runs }], () => {})) as [
     FloorsReport,
   ]
-  const durable = Object.fromEntries(
-    Object.keys(measured[0]).map((key) => [key, spread(measured.map((run) => run[key as keyof DurablePayloadRun]))]),
-  ) as DurableSummary
+  const durable = summarise(measured)
+  const relay = summarise(relayAll.slice(warmup))
   const floors = {} as Record<FloorKind, FloorSummary>
   const percentOfFloor = {} as Record<FloorKind, number>
   for (const kind of FLOOR_KINDS) {
@@ -293,8 +319,10 @@ async function benchCell(options: PayloadBenchOptions, payloadBytes: number, fra
     maxFrameBytes,
     window,
     durable,
+    relay,
     floors,
     percentOfFloor,
+    percentOfRelay: (100 * durable.rate.median) / relay.rate.median,
     runs: measured,
   }
 }
@@ -314,6 +342,8 @@ export function formatPayloadTables(cells: readonly PayloadCell[]): string {
     withRange(cell.durable.mbPerSec, fixed(1)),
     ...FLOOR_KINDS.map((kind) => withRange(cell.floors[kind].mbPerSec, fixed(1))),
     FLOOR_KINDS.map((kind) => `${cell.percentOfFloor[kind].toFixed(0)}%`).join(' / '),
+    withRange(cell.relay.mbPerSec, fixed(1)),
+    `${cell.percentOfRelay.toFixed(0)}%`,
   ])
   const detailRows = cells.map((cell) => {
     const d = cell.durable
@@ -325,11 +355,13 @@ export function formatPayloadTables(cells: readonly PayloadCell[]): string {
       `${d.serverCpu.median.toFixed(2)} / ${d.serverEventLoop.median.toFixed(2)}`,
       `${d.producerCpu.median.toFixed(2)} / ${d.trainerCpu.median.toFixed(2)}`,
       `${d.delivered.min} (${d.duplicates.max} dup, ${d.payloadMismatches.max} bad payload), ${d.beforeAck.median} before ack`,
+      `${cell.relay.serverCpu.median.toFixed(2)} / ${cell.relay.serverEventLoop.median.toFixed(2)}`,
     ]
   })
   return [
     'payload bench: durable path vs floors, MB/s = 10^6 frame bytes/s, median (min–max); floors: ' +
-      FLOOR_KINDS.map((kind, i) => `[${i + 1}] ${FLOORS[kind]}`).join('; '),
+      FLOOR_KINDS.map((kind, i) => `[${i + 1}] ${FLOORS[kind]}`).join('; ') +
+      '; relay: the same server, producer and trainer with an engine that stores and computes nothing (the network floor)',
     textTable(
       [
         'payload × frame',
@@ -342,6 +374,8 @@ export function formatPayloadTables(cells: readonly PayloadCell[]): string {
         '[3] MB/s',
         '[4] MB/s',
         'durable % of [1]/[2]/[3]/[4]',
+        'relay MB/s',
+        'durable % of relay',
       ],
       throughputRows,
     ),
@@ -356,6 +390,7 @@ export function formatPayloadTables(cells: readonly PayloadCell[]): string {
         'server CPU / loop',
         'producer / trainer CPU',
         'delivered',
+        'relay server CPU / loop',
       ],
       detailRows,
     ),

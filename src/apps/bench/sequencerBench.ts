@@ -4,15 +4,15 @@
  * last batch of that stream published on BATCHES — reading, decoding, scoring, encoding and
  * publishing every batch with its expected-sequence check, against a real nats-server.
  * The same messages are also put through each pure step on their own (decode, feed = window
- * + score + the trainer's record, encode the BatchEntry), so the report says where the time
+ * + score + the trainer's record, encode the BATCHES messages), so the report says where the time
  * goes; what the sequencer's time exceeds their sum by is NATS (consume and publish). Last, the
- * same GROUPS messages are read again and the same batch entries' bytes published the same way
+ * same GROUPS messages are read again and the same BATCHES messages published the same way
  * with nothing computed in between: NATS alone, the ceiling of this design on this host.
  */
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../core/config.js'
-import { decodeGroupsForScoring, emptyDropCounts, encodeMessage, type GroupMessage, type GroupsEntry } from '../../state/cluster/messages.js'
+import { batchesMessages, decodeGroupsForScoring, emptyDropCounts, encodeMessage, type GroupMessage, type GroupsEntry } from '../../state/cluster/messages.js'
 import type { RunLayout } from '../../state/cluster/runLayout.js'
 import { Sequencer } from '../../state/cluster/sequencer.js'
 import { SequencerState } from '../../state/cluster/sequencerState.js'
@@ -47,7 +47,7 @@ export interface SequencerBenchReport {
   cpuSeconds: number
   /** Seconds the pure steps take over the same messages, one after the other, without NATS. */
   phases: { decode: number; feed: number; encode: number }
-  /** NATS alone: the same messages read and the same batch entries published (window and checks as the sequencer's), nothing computed. */
+  /** NATS alone: the same messages read and the same BATCHES messages published (window and checks as the sequencer's), nothing computed. */
   transportSeconds: number
   transportRolloutsPerSecond: number
 }
@@ -161,8 +161,8 @@ export async function benchSequencer(options: SequencerBenchOptions): Promise<Se
 }
 
 /**
- * Reads the GROUPS stream from its start again and, after each message, publishes the batch
- * entries it completed (`completed[i]`, encoded) as the sequencer does (`window` in flight, message
+ * Reads the GROUPS stream from its start again and, after each message, publishes the BATCHES
+ * messages of the batch entries it completed (`completed[i]`) as the sequencer does (`window` in flight, message
  * id and expected last sequence), to a stream configured as BATCHES (removed after): seconds taken.
  */
 async function transportOnly(
@@ -200,8 +200,8 @@ async function transportOnly(
 
 /**
  * Seconds each pure step of the sequencer takes over the messages, message after message as
- * the sequencer meets them (decode it, feed it, encode the batch entries it completed), and
- * those entries, encoded, per message.
+ * the sequencer meets them (decode it, feed it, encode the BATCHES messages of the batch entries
+ * it completed), and those messages, per GROUPS message.
  */
 function phasesOf(config: Config, encoded: readonly Uint8Array[]): { phases: SequencerBenchReport['phases']; completed: Uint8Array[][] } {
   const state = new SequencerState(config)
@@ -212,7 +212,7 @@ function phasesOf(config: Config, encoded: readonly Uint8Array[]): { phases: Seq
     const t1 = performance.now()
     const entries = state.feedScoring(i + 1, message)
     const t2 = performance.now()
-    const out = entries.map((entry) => encodeMessage(entry))
+    const out = batchesMessages(entries).map((message) => message.bytes)
     phases.decode += t1 - t0
     phases.feed += t2 - t1
     phases.encode += performance.now() - t2

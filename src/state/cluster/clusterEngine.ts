@@ -28,7 +28,7 @@ import { IngestRefused, type CommittedBatch, type Engine, type EngineStats, type
 import { emptyIngestCounters, type Delivery, type IngestCounters, type OutboxBatch } from '../engineStore.js'
 import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
 import { FrameCache } from './frameCache.js'
-import { decodeMessage, encodeMessage, ITEMS_PER_FRAME, type AckEntry, type BatchEntry, type PartitionEntry } from './messages.js'
+import { decodeBatchesMessage, decodeMessage, encodeMessage, ITEMS_PER_FRAME, type AckEntry, type BatchEntry, type PartitionEntry } from './messages.js'
 import { partitionOf, type RunLayout } from './runLayout.js'
 import { StreamFollower } from './streamFollower.js'
 
@@ -125,7 +125,10 @@ export class ClusterEngine implements Engine {
     const jsm = await jetstreamManager(options.nc)
     const engine = new ClusterEngine(options, jsm)
     await engine.follow(options.layout.streams.acks, (seq, data, live) => engine.onAck(decodeMessage<AckEntry>(data), live))
-    await engine.follow(options.layout.streams.batches, (seq, data, live) => engine.onBatch(decodeMessage<BatchEntry>(data), live))
+    const batches = options.layout.streams.batches
+    await engine.follow(batches, (seq, data, live) => {
+      for (const entry of decodeBatchesMessage(data, `${batches} seq ${seq}`)) engine.onBatch(entry, live)
+    })
     await engine.assembling
     return engine
   }

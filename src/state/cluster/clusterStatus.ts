@@ -11,7 +11,7 @@ import { lambdasOf } from '../../math/dual.js'
 import { readNodeRecords, type NodeRecord } from './clusterRoles.js'
 import type { RunRecord } from './clusterRun.js'
 import { Lease } from './lease.js'
-import { decodeMessage, type AckEntry, type BatchEntry } from './messages.js'
+import { decodeBatchesMessage, decodeMessage, type AckEntry } from './messages.js'
 import { runLayout } from './runLayout.js'
 
 export interface ClusterStatus {
@@ -66,7 +66,8 @@ export async function clusterStatus(nc: NatsConnection, run: string): Promise<Cl
   }
   const lastBatch =
     streams[layout.streams.batches].messages === 0 ? undefined : await jsm.streams.getMessage(layout.streams.batches, { last_by_subj: layout.subjects.batches })
-  const batch = lastBatch === null || lastBatch === undefined ? undefined : decodeMessage<BatchEntry>(lastBatch.data)
+  const batch =
+    lastBatch === null || lastBatch === undefined ? undefined : decodeBatchesMessage(lastBatch.data, `${layout.streams.batches} seq ${lastBatch.seq}`).at(-1)
   // the acknowledged steps: every ack message (small)
   const acked = new Set<number>()
   let lastAck: AckEntry | undefined

@@ -57,6 +57,77 @@ export interface BatchEntry {
   record: Uint8Array
 }
 
+/**
+ * A message of the BATCHES stream: consecutive steps, oldest first — those one GROUPS message
+ * completed, as many as fit in `MAX_BATCHES_MESSAGE_BYTES` (`batchesMessages` splits them).
+ * One publish (a PubAck, an expected-last-sequence check) then serves several steps: an owner
+ * coalesces groups, so one GROUPS message often completes a few batches.
+ */
+export interface BatchesMessage {
+  steps: BatchEntry[]
+}
+
+/** Most bytes of a BATCHES message: NATS' default max_payload (1 MiB) less room for the headers, as the owners'. A step over it goes alone. */
+export const MAX_BATCHES_MESSAGE_BYTES = 1_000_000
+
+/** `{"steps": [` as MessagePack: a map of one key, then the array's header (written per message). */
+const STEPS_KEY = Uint8Array.of(0x81, 0xa5, ...new TextEncoder().encode('steps'))
+
+/**
+ * The BATCHES messages for `entries` (consecutive steps, oldest first): each entry encoded once,
+ * as many in a message as keep it within `maxBytes` (an entry larger than that goes alone).
+ * The split depends on the entries only, so every sequencer that makes the same steps makes
+ * the same messages. Plain MessagePack: `{steps: [entry, …]}`.
+ *
+ * @example
+ * for (const { steps, bytes } of batchesMessages(state.feed(seq, message))) await publish(bytes)
+ */
+export function batchesMessages(entries: readonly BatchEntry[], maxBytes = MAX_BATCHES_MESSAGE_BYTES): { steps: BatchEntry[]; bytes: Uint8Array }[] {
+  const messages: { steps: BatchEntry[]; bytes: Uint8Array }[] = []
+  let steps: BatchEntry[] = []
+  let parts: Uint8Array[] = []
+  let size = 0
+  const close = () => {
+    if (steps.length === 0) return
+    const header = steps.length < 16 ? Uint8Array.of(0x90 | steps.length) : Uint8Array.of(0xdc, steps.length >> 8, steps.length & 0xff)
+    messages.push({ steps, bytes: Buffer.concat([STEPS_KEY, header, ...parts]) })
+    steps = []
+    parts = []
+    size = 0
+  }
+  for (const entry of entries) {
+    const bytes = wirePackr.pack(entry)
+    // the key and the widest array header (an array of 16 or more: 3 bytes) around the entries so far
+    if (steps.length > 0 && (STEPS_KEY.length + 3 + size + bytes.length > maxBytes || steps.length === 0xffff)) close()
+    steps.push(entry)
+    parts.push(bytes)
+    size += bytes.length
+  }
+  close()
+  return messages
+}
+
+/** A BATCHES message that is not one of this version's (`where` says which). */
+export class BatchesMessageError extends Error {
+  constructor(where: string, why: string) {
+    super(`${where} is not a BATCHES message of this dualstream version: ${why}`)
+    this.name = 'BatchesMessageError'
+  }
+}
+
+/** The steps of a BATCHES message, oldest first; throws a `BatchesMessageError` naming `where` for anything else. */
+export function decodeBatchesMessage(bytes: Uint8Array, where = 'a message'): BatchEntry[] {
+  let message: unknown
+  try {
+    message = wireUnpackr.unpack(bytes)
+  } catch (error) {
+    throw new BatchesMessageError(where, `not MessagePack (${(error as Error).message})`)
+  }
+  const steps = (message as Partial<BatchesMessage> | null)?.steps
+  if (!Array.isArray(steps) || steps.length === 0) throw new BatchesMessageError(where, 'no "steps" array of batch entries')
+  return steps
+}
+
 /** A trainer's acknowledgement (`ds.R.acks`), as the node that received it recorded it. */
 export interface AckEntry {
   step: number

@@ -2,10 +2,11 @@
  * The sequencer role of a cluster run (DESIGN §8, cluster spec §3): the NATS shell around
  * `SequencerState`. It resumes from the last message of the BATCHES stream (the engine's
  * state), reads the GROUPS stream in order from there with an ordered consumer, and publishes
- * each batch entry the state completes to `ds.R.batches`, in step order, each expecting the
- * stream's last sequence to be the one its previous publish gets (and, while that one is in
- * flight, the last message to be it): a deposed sequencer (another one published meanwhile)
- * is refused and stops, so the history never forks. While a batch
+ * the batch entries each GROUPS message completes to `ds.R.batches` as one message (or a few,
+ * by size: `batchesMessages`), in step order, each expecting the stream's last sequence to be
+ * the one its previous publish gets (and, while that one is in flight, the last message to be
+ * it): a deposed sequencer (another one published meanwhile) is refused and stops, so the
+ * history never forks. While a batch
  * waits on `batchMaxWaitMs`, it appends the time to `ds.R.groups.wm`, so that the wait ends
  * in event time, in the stream, the same for everyone who reads it.
  *
@@ -15,7 +16,7 @@
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamExpectations } from '@nats-io/jetstream'
 import type { Config } from '../../core/config.js'
-import { decodeGroupsForScoring, decodeMessage, encodeMessage, type BatchEntry, type GroupsWatermark } from './messages.js'
+import { batchesMessages, decodeBatchesMessage, decodeGroupsForScoring, encodeMessage, type BatchEntry, type GroupsWatermark } from './messages.js'
 import type { RunLayout } from './runLayout.js'
 import { SequencerState } from './sequencerState.js'
 import { FollowerEndedError, StreamFollower } from './streamFollower.js'
@@ -37,7 +38,7 @@ export interface SequencerOptions {
   onDeposed?: (reason: string) => void
   /** Told of an error that stopped this sequencer (or, for a watermark's publish, that it shrugged off). */
   onError?: (error: unknown) => void
-  /** Batch entries in flight to BATCHES at most (default 32; 1 waits for each acknowledgement before the next publish). */
+  /** BATCHES messages in flight at most (default 32; 1 waits for each acknowledgement before the next publish). */
   publishWindow?: number
   /** Told that the consumer of GROUPS was replaced (it stalled, ended or failed): reading goes on where it was. */
   onConsumerReplaced?: (why: string) => void
@@ -65,7 +66,7 @@ export async function readLastBatch(jsm: JetStreamManager, layout: RunLayout): P
   if (seq === 0) return { seq }
   const stored = await jsm.streams.getMessage(stream, { seq })
   if (stored === null) throw new Error(`sequencer: ${stream} has no message at its last sequence ${seq}`)
-  return { seq, entry: decodeMessage<BatchEntry>(stored.data) }
+  return { seq, entry: decodeBatchesMessage(stored.data, `${stream} seq ${seq}`).at(-1) }
 }
 
 /**
@@ -162,7 +163,7 @@ export class Sequencer {
       // once stopped, a message the consumer still yields goes to the closed state, which makes nothing of it
       for await (const message of this.messages) {
         const entries = this.state.feedScoring(message.seq, decodeGroupsForScoring(message.data))
-        for (const entry of entries) if (!(await this.publish(entry))) return
+        for (const { steps, bytes } of batchesMessages(entries)) if (!(await this.publish(steps, bytes))) return
         // the buffered messages come one microtask after another: let the socket be read now and
         // then, or acknowledgements wait behind them until their publishes time out
         if (++fed % YIELD_EVERY === 0) await new Promise(setImmediate)
@@ -174,36 +175,39 @@ export class Sequencer {
   }
 
   /**
-   * Publishes one batch entry after those already sent, expecting the last sequence the one
-   * before it will get: publishes on one connection are stored in the order sent, so up to
-   * `publishWindow` may be in flight without losing the guarantee (if one is refused, each one
-   * after it expects the refused one to be the stream's last message, and is refused too).
-   * Waits while the window is full; false when this sequencer stopped (or must).
+   * Publishes one BATCHES message (`steps`, encoded as `bytes`) after those already sent,
+   * expecting the last sequence the one before it will get: publishes on one connection are
+   * stored in the order sent, so up to `publishWindow` may be in flight without losing the
+   * guarantee (if one is refused, each one after it expects the refused one to be the stream's
+   * last message, and is refused too). Waits while the window is full; false when this
+   * sequencer stopped (or must).
    */
-  private async publish(entry: BatchEntry): Promise<boolean> {
+  private async publish(steps: BatchEntry[], bytes: Uint8Array): Promise<boolean> {
+    const first = steps[0]
     const { js, layout, isHeld } = this.options
     while (this.inFlight.length >= this.window && !this.stopped) await this.inFlight[0]
     if (this.stopped) return false
     if (!isHeld()) {
-      this.depose(`the ${layout.sequencerLease} lease of run ${layout.run} is not held: step ${entry.step} not published`)
+      this.depose(`the ${layout.sequencerLease} lease of run ${layout.run} is not held: step ${first.step} not published`)
       return false
     }
-    const msgID = `${layout.run}.b.${entry.step}`
+    // the message's last step names it: steps are published once each, in order
+    const msgID = `${layout.run}.b.${steps[steps.length - 1].step}`
     // while the previous entry is in flight, the stream's last message must also be that entry
     // (its sequence alone could be taken by another publisher's message should it be refused)
     const expect: Partial<StreamExpectations> = { lastSequence: this.expected }
     if (this.inFlight.length > 0) expect.lastMsgID = this.previousMsgID
     const expected = this.expected++
     this.previousMsgID = msgID
-    const outcome = js.publish(layout.subjects.batches, encodeMessage(entry), { msgID, expect }).then(
+    const outcome = js.publish(layout.subjects.batches, bytes, { msgID, expect }).then(
       () => undefined,
       (error: unknown) => ({ error }),
     )
     // outcomes are taken in step order, each after the one before it
     const settled = this.settled.then(async () => {
       const refusal = await outcome
-      if (refusal === undefined) this.published(entry)
-      else this.refused(entry, expected, refusal.error)
+      if (refusal === undefined) this.published(steps)
+      else this.refused(first, expected, refusal.error)
     })
     this.settled = settled
     this.inFlight.push(settled)
@@ -212,13 +216,15 @@ export class Sequencer {
   }
 
   /**
-   * BATCHES holds the entry. (Should it be a duplicate, another sequencer of the run having
-   * published the same step first — the same bytes, the stream deciding them — at a sequence
-   * other than expected, the next publish is refused and this sequencer deposed.)
+   * BATCHES holds the steps. (Should the message be a duplicate, another sequencer of the run
+   * having published the same steps first — the same bytes, the stream deciding them — at a
+   * sequence other than expected, the next publish is refused and this sequencer deposed.)
    */
-  private published(entry: BatchEntry): void {
-    this.step = entry.step
-    this.options.onBatch?.(entry)
+  private published(steps: BatchEntry[]): void {
+    for (const entry of steps) {
+      this.step = entry.step
+      this.options.onBatch?.(entry)
+    }
   }
 
   private refused(entry: BatchEntry, expected: number, error: unknown): void {

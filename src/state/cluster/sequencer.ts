@@ -193,7 +193,7 @@ export class Sequencer {
     }
     // the message's last step names it: steps are published once each, in order
     const msgID = `${layout.run}.b.${steps[steps.length - 1].step}`
-    // while the previous entry is in flight, the stream's last message must also be that entry
+    // while the previous message is in flight, the stream's last message must also be that one
     // (its sequence alone could be taken by another publisher's message should it be refused)
     const expect: Partial<StreamExpectations> = { lastSequence: this.expected }
     if (this.inFlight.length > 0) expect.lastMsgID = this.previousMsgID

@@ -31,6 +31,20 @@ export interface Group<P = unknown> {
   partial: boolean
   /** Event time at which the group was completed. */
   ts: number
+  /**
+   * The rollouts' rewards as columns, when the group was read from a columnar source (a
+   * cluster's GROUPS stream). `batchColumns` copies these instead of reading every rollout
+   * (the sequencer's groups build their rollouts only when something asks for them); they
+   * must agree with `rollouts`.
+   */
+  rewardColumns?: RewardColumns
+}
+
+/** A group's rewards in columns shared with other groups: rollout k's value of `channel` is `values[channel][start + k]` (NaN where not scored), k < `size`. */
+export interface RewardColumns {
+  values: Readonly<Record<string, Float64Array>>
+  start: number
+  size: number
 }
 
 /** Why a batch window closed. */

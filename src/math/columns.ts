@@ -2,7 +2,7 @@
  * Lays a batch of rollout groups out as float64 columns, the form the math works on.
  */
 import { describe } from '../core/describe.js'
-import type { BatchColumns, Group } from '../core/types.js'
+import type { BatchColumns, Group, Rollout } from '../core/types.js'
 
 /**
  * Builds one column per channel (NaN where a rollout did not score it) and the group offsets.
@@ -16,7 +16,7 @@ import type { BatchColumns, Group } from '../core/types.js'
  */
 export function batchColumns(groups: readonly Group[], channels: readonly string[]): BatchColumns {
   const offsets = new Int32Array(groups.length + 1)
-  for (let g = 0; g < groups.length; g++) offsets[g + 1] = offsets[g] + groups[g].rollouts.length
+  for (let g = 0; g < groups.length; g++) offsets[g + 1] = offsets[g] + sizeOf(groups[g], channels)
   const n = offsets[groups.length]
   const columns: Record<string, Float64Array> = {}
   // one buffer for all the columns: a backing store per column costs more than the copying
@@ -26,18 +26,37 @@ export function batchColumns(groups: readonly Group[], channels: readonly string
     const column = storage.subarray(c * n, (c + 1) * n)
     let i = 0
     for (const group of groups) {
+      const given = group.rewardColumns
+      const values = given?.values[channel]
+      if (values !== undefined) {
+        // the same values and the same check as below, from the group's columns
+        for (let k = 0, at = given!.start; k < given!.size; k++, at++) {
+          const value = values[at]
+          if (value - value !== 0 && !Number.isNaN(value)) throw notFinite(group.rollouts[k], channel, value)
+          column[i++] = value
+        }
+        continue
+      }
       for (const rollout of group.rollouts) {
         const value = rollout.rewards[channel]
         if (typeof value === 'number' && Number.isFinite(value)) column[i] = value
         else if (value === null || value === undefined) column[i] = NaN
-        else
-          throw new RangeError(
-            `rollout "${rollout.id}" (prompt "${rollout.promptId}"): rewards.${channel} is ${describe(value)}, expected a finite number or null`,
-          )
+        else throw notFinite(rollout, channel, value)
         i++
       }
     }
     columns[channel] = column
   }
   return { offsets, columns }
+}
+
+/** A group's rollout count: its reward columns' length when it has every channel's, else its rollouts'. */
+function sizeOf(group: Group, channels: readonly string[]): number {
+  const given = group.rewardColumns
+  if (given !== undefined && channels.length > 0 && channels.every((channel) => given.values[channel] !== undefined)) return given.size
+  return group.rollouts.length
+}
+
+function notFinite(rollout: Rollout, channel: string, value: unknown): RangeError {
+  return new RangeError(`rollout "${rollout.id}" (prompt "${rollout.promptId}"): rewards.${channel} is ${describe(value)}, expected a finite number or null`)
 }

@@ -12,11 +12,21 @@
  */
 import { wirePackr } from './codec.js'
 import { RawPayload } from './rawPayload.js'
-import type { ScoredBatch } from '../core/types.js'
-import { constraintsRecord } from './batchRecord.js'
+import type { Group, ScoredBatch } from '../core/types.js'
+import { constraintsRecord, type BatchRecord } from './batchRecord.js'
 
 /** What the trainer's record is made of: a scored batch's step, λ, constraint measures, groups and advantages. */
 export type TrainerBatch = Pick<ScoredBatch, 'step' | 'lambda' | 'constraints' | 'groups' | 'advantages'>
+
+/** A trainer's record's parts with the constraint measures as the record holds them (`constraintsRecord`: NaN as null), as a batch's summary has them. */
+export interface TrainerRecordParts {
+  step: number
+  lambda: ScoredBatch['lambda']
+  constraints: BatchRecord['constraints']
+  groups: readonly Group[]
+  /** One per rollout, in group order. */
+  advantages: ArrayLike<number>
+}
 
 // pre-encoded keys (fixstr)
 const KEY_ROLLOUTS = Buffer.from([0xa8, ...Buffer.from('rollouts')])
@@ -85,9 +95,20 @@ interface PayloadReference {
  * record copies it (`Buffer.from`), one that encodes it into something else need not.
  */
 export function encodeBatchForTrainer(batch: TrainerBatch): Buffer {
+  return encodeTrainerRecord({
+    step: batch.step,
+    lambda: batch.lambda,
+    constraints: constraintsRecord(batch.constraints),
+    groups: batch.groups,
+    advantages: batch.advantages,
+  })
+}
+
+/** As `encodeBatchForTrainer`, from the parts a cluster's BATCHES entry and the GROUPS messages it names give (`trainerRecordOf`). */
+export function encodeTrainerRecord(batch: TrainerRecordParts): Buffer {
   // msgpackr encodes the four small fields as a map with a map16 header (0xde, count; it
   // does not size maps up front); the rollouts written below make the count five
-  const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: constraintsRecord(batch.constraints) })
+  const head = wirePackr.pack({ type: 'batch', step: batch.step, lambda: batch.lambda, constraints: batch.constraints })
   head.writeUInt16BE(5, 1)
   // payloads that are values, encoded once (by rollout index); those from the wire are bytes already
   let encoded: (Uint8Array | undefined)[] | undefined

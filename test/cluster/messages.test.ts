@@ -28,6 +28,7 @@ import {
   type GroupMessage,
   type GroupRollout,
   type GroupsEntry,
+  type ScoringGroupsEntry,
 } from '../../src/state/cluster/messages.js'
 import { RawPayload } from '../../src/state/rawPayload.js'
 
@@ -146,8 +147,26 @@ t.test('property: a GroupsEntry decodes from its columns exactly as it was, in b
     fc.property(anyEntry, (entry) => {
       const bytes = encodeMessage(entry)
       t.same(decodeGroupsMessage(bytes), entry)
-      const scoring = decodeGroupsForScoring(bytes) as ReturnType<typeof decodeGroupsForScoring> & { groups: unknown }
-      t.same(scoring, { ...entry, groups: entry.groups.map((g) => ({ ...g, rollouts: rolloutsOf(g) })) })
+      const { groups, newestTs, ...scoring } = decodeGroupsForScoring(bytes) as ScoringGroupsEntry
+      const { groups: _groups, ...rest } = entry
+      t.same(scoring, rest)
+      // the sequencer's form: the same groups, their rewards also as columns, their rollouts built when read
+      t.same(
+        groups.map((g) => ({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: g.rollouts })),
+        entry.groups.map((g) => ({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: rolloutsOf(g) })),
+      )
+      t.equal(groups[0]?.rollouts, groups[0]?.rollouts, 'built once')
+      for (const [k, g] of groups.entries()) {
+        const { values, start, size } = g.rewardColumns!
+        t.equal(size, g.rollouts.length)
+        for (const channel of Object.keys(values))
+          t.same(
+            [...values[channel].subarray(start, start + size)],
+            g.rollouts.map((r) => r.rewards[channel] ?? NaN),
+          )
+        t.equal(newestTs![k], Math.max(...g.rollouts.map((r) => r.ts!)), 'the newest rollout time')
+        t.same(Object.keys(g).sort(), ['partial', 'promptId', 'rewardColumns', 'ts'], 'nothing else is its own field')
+      }
       t.ok(Buffer.from(encodeMessage(decodeGroupsMessage(bytes) as GroupsEntry)).equals(Buffer.from(bytes)), 'and encodes to the same bytes again')
     }),
     { numRuns: 300 },
@@ -217,8 +236,8 @@ t.test('a GROUPS message that is not one of this version is refused with what is
   t.same(decodeGroupsMessage(wirePackr.pack({ wm: 42 })), { wm: 42 }, 'a watermark is one')
 })
 
-/** A batch entry of step `step` whose trainer record is `recordBytes` long. */
-function entryOf(step: number, recordBytes: number): BatchEntry {
+/** A batch entry of step `step` with `rollouts` advantages (8 bytes each). */
+function entryOf(step: number, rollouts: number): BatchEntry {
   return {
     step,
     resumeFrom: step + 1,
@@ -239,16 +258,27 @@ function entryOf(step: number, recordBytes: number): BatchEntry {
       advantageStd: 1,
     },
     newestTs: 10 * step - 1,
-    record: new Uint8Array(recordBytes).fill(step),
+    groupsAt: [[step, 0, 2]],
+    advantages: new Uint8Array(8 * rollouts).fill(step),
   }
 }
 
+/** Steps as a BATCHES message holds them: the state and partition drops on the last one only, binary as a reader gets it. */
+function onWire(steps: readonly BatchEntry[]): unknown[] {
+  return steps.map(({ state, partitionDrops, ...rest }, k) => ({
+    ...rest,
+    advantages: Buffer.from(rest.advantages),
+    ...(k === steps.length - 1 ? { state, partitionDrops } : {}),
+  }))
+}
+
 t.test('a BATCHES message: consecutive steps as plain MessagePack, as many as fit, split the same way every time', async (t) => {
-  const entries = [1, 2, 3, 4, 5].map((step) => entryOf(step, 300))
+  const entries = [1, 2, 3, 4, 5].map((step) => entryOf(step, 40))
   const [all] = batchesMessages(entries)
   t.same(all.steps, entries, 'under the bound: one message')
-  t.same(wirePackr.unpack(all.bytes), { steps: entries.map((e) => ({ ...e, record: Buffer.from(e.record) })) }, 'what any MessagePack reader sees')
+  t.same(wirePackr.unpack(all.bytes), { steps: onWire(entries) }, 'what any MessagePack reader sees: the last step alone with its state')
   t.same(decodeBatchesMessage(all.bytes), wirePackr.unpack(all.bytes).steps)
+  t.ok(all.bytes.length < wirePackr.pack({ steps: entries }).length - 4 * 20, 'smaller than every step with its state')
   const one = wirePackr.pack(entries[0]).length
   // room for two entries and the message's own bytes, not three
   const split = batchesMessages(entries, 2 * one + 10)
@@ -261,34 +291,50 @@ t.test('a BATCHES message: consecutive steps as plain MessagePack, as many as fi
     batchesMessages(entries, 2 * one + 10).map((m) => m.bytes),
     'deterministic',
   )
-  for (const m of split)
-    t.same(
-      decodeBatchesMessage(m.bytes),
-      m.steps.map((e) => ({ ...e, record: Buffer.from(e.record) })),
-    )
+  for (const m of split) t.same(decodeBatchesMessage(m.bytes), onWire(m.steps))
   t.same(
-    batchesMessages([entryOf(1, 5000), entryOf(2, 10)], 1000).map((m) => m.steps.map((e) => e.step)),
+    batchesMessages([entryOf(1, 600), entryOf(2, 1)], 1000).map((m) => m.steps.map((e) => e.step)),
     [[1], [2]],
     'a step larger than the bound goes alone',
   )
+  // step 2's state is large: both fit without it, but not with it at the end, so step 1 ends the first message
+  const large = {
+    ...entryOf(2, 1),
+    state: { step: 2, constraints: { c: { controller: { rule: 'sgd' as const, lambda: 0 }, window: Array(100).fill({ sum: 1, count: 1 }) } } },
+  }
+  const small = [entryOf(1, 1), large]
+  const bound = wirePackr.pack(entryOf(1, 1)).length + wirePackr.pack(large).length - 100
+  t.same(
+    batchesMessages(small, bound).map((m) => m.steps.map((e) => e.step)),
+    [[1], [2]],
+    'the last step is measured with its state',
+  )
   t.same(batchesMessages([]), [], 'no steps, no message')
   // 16 steps and more: the array's 3-byte header
-  const many = Array.from({ length: 20 }, (_, i) => entryOf(i + 1, 4))
+  const many = Array.from({ length: 20 }, (_, i) => entryOf(i + 1, 1))
   const [twenty] = batchesMessages(many)
   t.equal(twenty.steps.length, 20)
-  t.same(wirePackr.unpack(twenty.bytes), wirePackr.unpack(wirePackr.pack({ steps: many })))
+  t.same(wirePackr.unpack(twenty.bytes), { steps: onWire(many) })
   t.same(
     decodeBatchesMessage(twenty.bytes).map((e) => e.step),
     many.map((e) => e.step),
   )
+  // a step of 16 fields and more: a map16 header, the state's two fields added to its count
+  const wide = { ...entryOf(1, 1), ...Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`extra${i}`, i])) } as BatchEntry
+  t.same(wirePackr.unpack(batchesMessages([wide])[0].bytes), { steps: onWire([wide]) })
+  t.throws(() => batchesMessages([{ ...entryOf(1, 1), state: undefined }]), /^batchesMessages: step 1 has no state or partition drops to end a message with$/)
 })
 
 t.test('a BATCHES message that is not one of this version is refused with where it is', async (t) => {
   const refused = (bytes: Uint8Array, why: string) =>
     t.throws(() => decodeBatchesMessage(bytes, 'DS_r_BATCHES seq 4'), new BatchesMessageError('DS_r_BATCHES seq 4', why), why)
-  refused(wirePackr.pack(entryOf(1, 4)), 'no "steps" array of batch entries')
+  refused(wirePackr.pack(entryOf(1, 1)), 'no "steps" array of batch entries')
   refused(wirePackr.pack({ steps: [] }), 'no "steps" array of batch entries')
   refused(wirePackr.pack(null), 'no "steps" array of batch entries')
+  const { state: _state, ...stateless } = entryOf(1, 1)
+  refused(wirePackr.pack({ steps: [stateless] }), 'its last step carries no state and partition drops')
+  refused(wirePackr.pack({ steps: [{ ...entryOf(1, 1), partitionDrops: null }] }), 'its last step carries no state and partition drops')
+  refused(wirePackr.pack({ steps: [7] }), 'its last step carries no state and partition drops')
   t.throws(() => decodeBatchesMessage(Uint8Array.of(0x81, 0xa5, 0x73, 0x74, 0x65, 0x70, 0x73, 0xdc, 0x00)), {
     name: 'BatchesMessageError',
     message: /^a message is not a BATCHES message of this dualstream version: not MessagePack \(/,

@@ -129,6 +129,8 @@ t.test('replay --nats of a run with coalesced group messages: exact, and what di
 
   // a message of a partition the run does not have, and one of partition 0 its entries do not make
   const foreign = await js.publish(layout.subjects.groups(7), encodeMessage({ p: 7, n: 1, through: 2, groups: [], drops: emptyDropCounts() }))
+  // and a sequencer's watermark (no maxWait here: it closes nothing)
+  await js.publish(layout.subjects.groupsWatermark, encodeMessage({ wm: 300 }))
   const last = stored.at(-1)!
   const wrong = await js.publish(layout.subjects.groups(0), encodeMessage({ ...last, n: 3 }))
   // then two more entries of partition 0 and their message as its owner would publish it: two steps (one BATCHES message) the stream does not have

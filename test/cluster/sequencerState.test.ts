@@ -8,6 +8,7 @@ import type { Group, ScoredBatch } from '../../src/core/types.js'
 import { batchSummary } from '../../src/state/batchRecord.js'
 import { assembleBatch } from '../../src/state/outboxEncoder.js'
 import {
+  decodeGroupsForScoring,
   decodeMessage,
   emptyDropCounts,
   encodeMessage,
@@ -20,6 +21,7 @@ import {
   type GroupsWatermark,
 } from '../../src/state/cluster/messages.js'
 import { SequencerState } from '../../src/state/cluster/sequencerState.js'
+import { trainerRecordOf } from '../../src/state/cluster/trainerRecord.js'
 
 type GroupsMessage = GroupsEntry | GroupsWatermark
 
@@ -37,8 +39,20 @@ function configOf(overrides: Partial<ConfigInput> = {}): Config {
 /** A logged frame as the tests fake it: byte i is the MessagePack of the integer i, so a one-byte payload at offset i decodes to i. */
 const FRAME = Uint8Array.from({ length: 128 }, (_, i) => i)
 
-/** The trainer's view of an outbox record, its payloads spliced in from the fake frames. */
-function trainerView(record: Uint8Array): { step: number; rollouts: { id: string; promptId: string; advantage: number; payload?: unknown }[] } {
+/**
+ * The trainer's view of a step: its record written as a delivering node writes it, from the
+ * GROUPS messages it names as the stream holds them (encoded, decoded), its payloads spliced
+ * in from the fake frames.
+ */
+function trainerView(
+  entry: BatchEntry,
+  messages: readonly GroupsMessage[],
+): { step: number; rollouts: { id: string; promptId: string; advantage: number; payload?: unknown }[] } {
+  const record = trainerRecordOf(entry, (seq) => {
+    const message = decodeGroupsForScoring(encodeMessage(messages[seq - 1]))
+    if ('wm' in message) throw new Error(`step ${entry.step} names watermark ${seq}`)
+    return message.groups
+  })
   return decodeMessage(assembleBatch(record, () => FRAME))
 }
 
@@ -79,8 +93,8 @@ function run(state: SequencerState, messages: readonly GroupsMessage[], from = s
 }
 
 /** What the trainer and the dashboard see of a batch entry, to compare with the reference batch. */
-function essentials(entry: BatchEntry) {
-  const view = trainerView(entry.record)
+function essentials(entry: BatchEntry, messages: readonly GroupsMessage[]) {
+  const view = trainerView(entry, messages)
   return {
     step: entry.step,
     state: entry.state,
@@ -174,17 +188,37 @@ t.test('equivalence: the batch entries are what windowBatches → scoreBatches m
     fc.property(configArb, streamArb, (config, messages) => {
       const entries = run(new SequencerState(config), messages)
       const reference = referenceBatches(config, messages)
-      t.same(entries.map(essentials), reference.map(referenceEssentials))
+      t.same(
+        entries.map((e) => essentials(e, messages)),
+        reference.map(referenceEssentials),
+      )
       // the payloads travel as references, spliced in from their frames
       for (const entry of entries) {
         const fed = new Map(messages.flatMap((m) => ('wm' in m ? [] : m.groups.flatMap((g) => g.rollouts))).map((r) => [r.id, r]))
-        for (const r of trainerView(entry.record).rollouts) t.equal(r.payload, fed.get(r.id)!.ref?.[1])
+        for (const r of trainerView(entry, messages).rollouts) t.equal(r.payload, fed.get(r.id)!.ref?.[1])
       }
       // the newest rollout time of each batch
       t.same(
         entries.map((e) => e.newestTs),
         reference.map((b) => Math.max(0, ...b.groups.flatMap((g) => g.rollouts.map((r) => r.ts!)))),
       )
+    }),
+    { numRuns: 150 },
+  )
+  t.end()
+})
+
+t.test('the sequencer’s own path (GROUPS bytes decoded into columnar groups) makes the same entries, byte for byte', (t) => {
+  fc.assert(
+    fc.property(configArb, streamArb, (config, messages) => {
+      const fed = run(new SequencerState(config), messages).map((e) => Buffer.from(encodeMessage(e)).toString('base64'))
+      const state = new SequencerState(config)
+      const decoded: string[] = []
+      messages.forEach((message, i) => {
+        for (const entry of state.feedScoring(i + 1, decodeGroupsForScoring(encodeMessage(message))))
+          decoded.push(Buffer.from(encodeMessage(entry)).toString('base64'))
+      })
+      t.same(decoded, fed)
     }),
     { numRuns: 150 },
   )
@@ -299,6 +333,18 @@ t.test('batches that fill up inside one entry resume inside it', (t) => {
     ],
   )
   for (const [k, last] of entries.entries()) t.same(run(new SequencerState(config, last), messages), entries.slice(k + 1))
+  t.end()
+})
+
+t.test('resuming from a step without its state (one inside a BATCHES message) is refused', (t) => {
+  const config = configOf({ batchGroups: 1 })
+  const [entry] = run(new SequencerState(config), [entryOf(0, 1, [groupOf('s', 1, [[1, 1]])])])
+  const { state: _state, ...bare } = entry
+  t.throws(
+    () => new SequencerState(config, bare),
+    /^sequencer: step 1 carries no state \(only the last step of a BATCHES message does\): resume from that one$/,
+  )
+  t.throws(() => new SequencerState(config, { ...entry, partitionDrops: undefined }), /step 1 carries no state/)
   t.end()
 })
 

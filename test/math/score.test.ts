@@ -1,4 +1,5 @@
 import t from 'tap'
+import fc from 'fast-check'
 import { parseConfig } from '../../src/core/config.js'
 import { batchColumns } from '../../src/math/columns.js'
 import { describe } from '../../src/core/describe.js'
@@ -137,5 +138,69 @@ t.test('stepBatch is the step as a reducer: the next state and the figures a sco
     TypeError,
     'a state of another rule',
   )
+  t.end()
+})
+
+/** `groups` with their rewards as columns shared between them (as a cluster's GROUPS decoder gives them), `values[channel]` offset by `lead` padding values. */
+function withColumns(groups: readonly Group[], channels: readonly string[], lead: number): Group[] {
+  const n = groups.reduce((sum, g) => sum + g.rollouts.length, 0)
+  const values: Record<string, Float64Array> = {}
+  for (const channel of channels) {
+    const column = new Float64Array(lead + n).fill(7)
+    let i = lead
+    for (const g of groups) for (const r of g.rollouts) column[i++] = r.rewards[channel] ?? NaN
+    values[channel] = column
+  }
+  let start = lead
+  return groups.map((g) => {
+    const rewardColumns = { values, start, size: g.rollouts.length }
+    start += g.rollouts.length
+    return { ...g, rewardColumns }
+  })
+}
+
+t.test('property: groups with reward columns lay out exactly as their rollouts do', (t) => {
+  const reward = fc.oneof(fc.double({ noNaN: true, noDefaultInfinity: true }), fc.constant(null))
+  const groupsArb = fc.array(
+    fc.array(fc.record({ acc: reward, cons: reward }), { minLength: 1, maxLength: 5 }).map((rewards) => rewards),
+    { maxLength: 6 },
+  )
+  fc.assert(
+    fc.property(groupsArb, fc.nat(3), (rewardsByGroup, lead) => {
+      const groups = rewardsByGroup.map((rewards, k) => group(`p${k}`, rewards))
+      const plain = batchColumns(groups, ['acc', 'cons'])
+      const columnar = batchColumns(withColumns(groups, ['acc', 'cons'], lead), ['acc', 'cons'])
+      t.same([...columnar.offsets], [...plain.offsets])
+      for (const channel of ['acc', 'cons']) t.same([...columnar.columns[channel]], [...plain.columns[channel]], channel)
+    }),
+    { numRuns: 200 },
+  )
+  t.end()
+})
+
+t.test('reward columns: an infinite value is the same error, naming the rollout; a channel they lack is read from the rollouts', (t) => {
+  const groups = [group('p', [{ acc: 1 }, { acc: 0 }]), group('q', [{ acc: 1 }, { acc: 1 }])]
+  const columnar = withColumns(groups, ['acc'], 0)
+  columnar[1].rewardColumns!.values.acc[3] = Infinity
+  t.throws(() => batchColumns(columnar, ['acc']), {
+    name: 'RangeError',
+    message: 'rollout "q-1" (prompt "q"): rewards.acc is Infinity, expected a finite number or null',
+  })
+  // columns of acc only: cons comes from the rollouts, and the sizes from them too
+  const mixed = withColumns(
+    [
+      group('p', [
+        { acc: 1, cons: 0 },
+        { acc: 0, cons: 1 },
+      ]),
+    ],
+    ['acc'],
+    2,
+  )
+  const laid = batchColumns(mixed, ['acc', 'cons'])
+  t.same([...laid.offsets], [0, 2])
+  t.same([...laid.columns.acc], [1, 0])
+  t.same([...laid.columns.cons], [0, 1])
+  t.same([...batchColumns(mixed, []).offsets], [0, 2], 'no channels: the rollouts give the sizes')
   t.end()
 })

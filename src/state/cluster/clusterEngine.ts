@@ -9,8 +9,9 @@
  * - the outbox and telemetry: it reads the BATCHES stream (every step, from whichever node
  *   is the sequencer) and the ACKS stream (every trainer acknowledgement, on any node), so its
  *   step, λ, counters and unacknowledged batches are the cluster's, not its own.
- * - deliveries: an unacknowledged batch's payloads are fetched from the logged frames and the
- *   bytes assembled before it is announced (the trainer's connection sends them as they are).
+ * - deliveries: an unacknowledged batch's record is written from the GROUPS messages its entry
+ *   names (trainerRecord.ts), its payloads fetched from the logged frames and the bytes
+ *   assembled before it is announced (the trainer's connection sends them as they are).
  * The roles (partition owners, the sequencer) run beside it, by lease (clusterRoles.ts).
  */
 import { createHash } from 'node:crypto'
@@ -28,6 +29,7 @@ import { IngestRefused, type CommittedBatch, type Engine, type EngineStats, type
 import { emptyIngestCounters, type Delivery, type IngestCounters, type OutboxBatch } from '../engineStore.js'
 import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
 import { FrameCache } from './frameCache.js'
+import { GroupsCache, groupsOfEntry, trainerRecordOf } from './trainerRecord.js'
 import { decodeBatchesMessage, decodeMessage, encodeMessage, ITEMS_PER_FRAME, type AckEntry, type BatchEntry, type PartitionEntry } from './messages.js'
 import { partitionOf, type RunLayout } from './runLayout.js'
 import { StreamFollower } from './streamFollower.js'
@@ -76,6 +78,8 @@ export class ClusterEngine implements Engine {
   policyVersion: number | undefined
   readonly store: SummaryStore
   readonly frames: FrameCache
+  /** The GROUPS messages this node's deliveries read their groups from (a sequencer on this node puts what it decoded). */
+  readonly groups: GroupsCache
   readonly js: JetStreamClient
   readonly jsm: JetStreamManager
   private readonly now: () => number
@@ -88,6 +92,7 @@ export class ClusterEngine implements Engine {
   private readonly acked = new Set<number>()
   private ackedThrough = 0
   private last: BatchEntry | undefined
+  private lastState: Required<Pick<BatchEntry, 'state' | 'partitionDrops'>> | undefined
   private lastTs = 0
   private readonly consumers: StreamFollower[] = []
   private assembling: Promise<void> = Promise.resolve()
@@ -102,6 +107,7 @@ export class ClusterEngine implements Engine {
     this.now = options.now ?? Date.now
     this.limits = options.limits ?? DEFAULT_LIMITS
     this.frames = new FrameCache({ jsm, stream: options.layout.streams.rollouts, maxBytes: options.frameCacheBytes })
+    this.groups = new GroupsCache({ jsm, stream: options.layout.streams.groups })
     const summaries = this.summaries
     this.store = {
       *summaries(from = 1, to = Number.MAX_SAFE_INTEGER) {
@@ -187,20 +193,25 @@ export class ClusterEngine implements Engine {
 
   private onBatch(entry: BatchEntry, live: boolean): void {
     this.last = entry
+    // only a BATCHES message's last step carries them; its steps are read one after the other, at once
+    if (entry.state !== undefined) this.lastState = { state: entry.state, partitionDrops: entry.partitionDrops! }
     this.summaries.set(entry.step, entry.summary)
     /* c8 ignore next -- more than SUMMARIES_KEPT steps in one test run; a close while a batch is being assembled (a race the fault suite hits) */
     if (this.summaries.size > SUMMARIES_KEPT) this.summaries.delete(this.summaries.keys().next().value!)
     const acknowledged = this.isAcked(entry.step)
-    // assembled in step order: a batch's frames are fetched while the previous one is announced
-    const fetched = acknowledged ? Promise.resolve() : Promise.all(referencedEntries(entry.record).map((seq) => this.frames.get(seq)))
+    // assembled in step order: a batch's groups and frames are fetched while the previous one is announced
+    const fetched = acknowledged ? Promise.resolve(undefined) : this.recordOf(entry)
+    // handled when its turn comes; marked handled now, so that a failed fetch is not an unhandled rejection before then
+    fetched.catch(() => {})
     this.assembling = this.assembling.then(async () => {
-      await fetched
+      const fetchedRecord = await fetched
       /* c8 ignore next -- more than SUMMARIES_KEPT steps in one test run; a close while a batch is being assembled (a race the fault suite hits) */
       if (this.closed) return
       let delivery: Delivery
-      if (acknowledged || this.isAcked(entry.step)) delivery = { step: entry.step, bytes: new Uint8Array(0) }
+      if (fetchedRecord === undefined || this.isAcked(entry.step)) delivery = { step: entry.step, bytes: new Uint8Array(0) }
       else {
-        const bytes = assembleBatch(entry.record, (seq) => this.frames.peek(seq)!)
+        const { record, frames } = fetchedRecord
+        const bytes = assembleBatch(record, (seq) => frames.get(seq)!)
         delivery = { step: entry.step, bytes }
         this.pending.set(entry.step, delivery)
       }
@@ -217,6 +228,17 @@ export class ClusterEngine implements Engine {
       })
     })
     this.assembling.catch(() => {})
+  }
+
+  /**
+   * A step's trainer record (payloads by reference) and the frames its payloads are in. What
+   * was fetched is held here, not looked up in the caches again: the steps read at start are
+   * all fetched at once, and a cache may let one step's messages go for another's.
+   */
+  private async recordOf(entry: BatchEntry): Promise<{ record: Uint8Array; frames: Map<number, Uint8Array> }> {
+    const record = trainerRecordOf(entry, await groupsOfEntry(entry, this.groups))
+    const frames = new Map(await Promise.all(referencedEntries(record).map(async (seq) => [seq, await this.frames.get(seq)] as const)))
+    return { record, frames }
   }
 
   /**
@@ -269,10 +291,10 @@ export class ClusterEngine implements Engine {
   stats(): EngineStats {
     const pipeline = this.last?.pipeline ?? emptyPipelineCounters()
     let duplicate = 0
-    for (const drops of Object.values(this.last?.partitionDrops ?? {})) duplicate += drops.duplicate
+    for (const drops of Object.values(this.lastState?.partitionDrops ?? {})) duplicate += drops.duplicate
     return {
       step: this.last?.step ?? 0,
-      lambda: lambdasOf(this.last?.state ?? initialDualState(this.config.constraints)),
+      lambda: lambdasOf(this.lastState?.state ?? initialDualState(this.config.constraints)),
       ingest: { ...structuredClone(this.ingestCounters), duplicate },
       pipeline: { ...pipeline },
       pendingRollouts: 0,

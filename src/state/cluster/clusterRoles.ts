@@ -253,6 +253,8 @@ export class ClusterRoles {
       onError: (error) => void this.dropSequencer(`failed: ${(error as Error).message}`),
       /* c8 ignore next -- a fault path: exercised by the fault suite (test/faults/cluster.test.ts), which runs without coverage */
       onConsumerReplaced: (why) => this.log(`sequencer: ${why}`),
+      // this node's deliveries need not fetch the GROUPS messages its sequencer has read
+      onGroups: (seq, groups) => this.options.engine.groups.put(seq, groups),
     })
     this.log(`sequencer: taken`)
   }

@@ -96,7 +96,8 @@ export async function clusterStatus(nc: NatsConnection, run: string): Promise<Cl
     owners,
     streams,
     step,
-    lambda: batch === undefined ? {} : lambdasOf(batch.state),
+    // the last step of a BATCHES message carries its state (decodeBatchesMessage checks)
+    lambda: batch === undefined ? {} : lambdasOf(batch.state!),
     pending,
     lastAck,
   }

@@ -11,6 +11,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream'
 import { decodePartitionFrame, type PartitionFrame } from './partitionState.js'
+import { WeightedLru } from './weightedLru.js'
 
 export interface FrameCacheOptions {
   jsm: JetStreamManager
@@ -34,39 +35,21 @@ export interface FrameCacheOptions {
  * const frame = await frames.decoded(entry.frame) // for a partition's owner
  */
 export class FrameCache {
-  private readonly frames = new Map<number, Uint8Array>()
-  private readonly fetching = new Map<number, Promise<Uint8Array>>()
-  private bytes = 0
-  private readonly maxBytes: number
-  private readonly decodedFrames = new Map<number, PartitionFrame>()
-  private readonly decoding = new Map<number, Promise<PartitionFrame>>()
-  private decodedRollouts = 0
-  private readonly maxDecodedRollouts: number
+  private readonly frames: WeightedLru<number, Uint8Array>
+  private readonly decodedFrames: WeightedLru<number, PartitionFrame>
   /** Frames fetched from the stream (cache misses). */
   fetched = 0
   /** Frames decoded (misses of the decoded frames). */
   decodes = 0
 
   constructor(private readonly options: FrameCacheOptions) {
-    this.maxBytes = options.maxBytes ?? 64 * 1024 * 1024
-    this.maxDecodedRollouts = options.maxDecodedRollouts ?? 65_536
+    this.frames = new WeightedLru(options.maxBytes ?? 64 * 1024 * 1024, (bytes) => bytes.length)
+    this.decodedFrames = new WeightedLru(options.maxDecodedRollouts ?? 65_536, (frame) => frame.items.length)
   }
 
   /** The frame logged at stream sequence `seq`; rejects when the stream has no message there. */
   get(seq: number): Promise<Uint8Array> {
-    const cached = this.frames.get(seq)
-    if (cached !== undefined) {
-      // most recently used last
-      this.frames.delete(seq)
-      this.frames.set(seq, cached)
-      return Promise.resolve(cached)
-    }
-    let fetching = this.fetching.get(seq)
-    if (fetching === undefined) {
-      fetching = this.fetch(seq).finally(() => this.fetching.delete(seq))
-      this.fetching.set(seq, fetching)
-    }
-    return fetching
+    return this.frames.getOrLoad(seq, () => this.fetch(seq))
   }
 
   /**
@@ -75,35 +58,21 @@ export class FrameCache {
    * the stream has no message there or it is not a rollouts frame.
    */
   decoded(seq: number): Promise<PartitionFrame> {
-    const cached = this.decodedFrames.get(seq)
-    if (cached !== undefined) {
-      this.decodedFrames.delete(seq)
-      this.decodedFrames.set(seq, cached)
-      return Promise.resolve(cached)
-    }
-    let decoding = this.decoding.get(seq)
-    if (decoding === undefined) {
-      decoding = this.get(seq)
-        .then((bytes) => {
-          const frame = decodePartitionFrame(bytes, `frame ${seq}`)
-          this.decodes++
-          return this.keepDecoded(seq, frame)
-        })
-        .finally(() => this.decoding.delete(seq))
-      this.decoding.set(seq, decoding)
-    }
-    return decoding
+    return this.decodedFrames.getOrLoad(seq, async () => {
+      const frame = decodePartitionFrame(await this.get(seq), `frame ${seq}`)
+      this.decodes++
+      return frame
+    })
   }
 
   /** The frame at `seq` if it is cached (no request). */
   peek(seq: number): Uint8Array | undefined {
-    return this.frames.get(seq)
+    return this.frames.peek(seq)
   }
 
   /** Keeps a frame this node has just stored (its ingest): the roles reading it need not fetch it. */
   put(seq: number, bytes: Uint8Array): void {
-    if (bytes.length > this.maxBytes || this.frames.has(seq)) return
-    this.keep(seq, bytes)
+    if (!this.frames.has(seq)) this.frames.set(seq, bytes)
   }
 
   /**
@@ -113,46 +82,24 @@ export class FrameCache {
    */
   putDecoded(seq: number, frame: PartitionFrame): void {
     this.put(seq, frame.bytes)
-    if (!this.decodedFrames.has(seq)) this.keepDecoded(seq, frame)
+    if (!this.decodedFrames.has(seq)) this.decodedFrames.set(seq, frame)
   }
 
   private async fetch(seq: number): Promise<Uint8Array> {
     const { jsm, stream } = this.options
-    // a direct get (any replica answers, the bytes as they are) is much cheaper than the API's
-    // (the stream's leader answers, in JSON with the bytes in base64); a replica that has not
-    // stored the message yet answers that it has none, and then the leader is asked
-    const message = (await jsm.direct.getMessage(stream, { seq })) ?? (await jsm.streams.getMessage(stream, { seq }))
-    if (message === null) throw new Error(`frame ${seq}: stream ${stream} has no message ${seq} (deleted or purged?)`)
+    const bytes = await fetchStreamMessage(jsm, stream, seq, `frame ${seq}`)
     this.fetched++
-    // a direct get's data is a Buffer: the same bytes as a plain Uint8Array, as the API's get gives them
-    const bytes = new Uint8Array(message.data.buffer, message.data.byteOffset, message.data.byteLength)
-    this.keep(seq, bytes)
     return bytes
   }
+}
 
-  private keep(seq: number, bytes: Uint8Array): void {
-    if (bytes.length <= this.maxBytes) {
-      this.frames.set(seq, bytes)
-      this.bytes += bytes.length
-      for (const [oldest, frame] of this.frames) {
-        if (this.bytes <= this.maxBytes) break
-        this.frames.delete(oldest)
-        this.bytes -= frame.length
-      }
-    }
-  }
-
-  private keepDecoded(seq: number, frame: PartitionFrame): PartitionFrame {
-    const rollouts = frame.items.length
-    if (rollouts <= this.maxDecodedRollouts) {
-      this.decodedFrames.set(seq, frame)
-      this.decodedRollouts += rollouts
-      for (const [oldest, kept] of this.decodedFrames) {
-        if (this.decodedRollouts <= this.maxDecodedRollouts) break
-        this.decodedFrames.delete(oldest)
-        this.decodedRollouts -= kept.items.length
-      }
-    }
-    return frame
-  }
+/** The bytes of message `seq` of `stream`; rejects naming `what` when the stream has none there. */
+export async function fetchStreamMessage(jsm: JetStreamManager, stream: string, seq: number, what: string): Promise<Uint8Array> {
+  // a direct get (any replica answers, the bytes as they are) is much cheaper than the API's
+  // (the stream's leader answers, in JSON with the bytes in base64); a replica that has not
+  // stored the message yet answers that it has none, and then the leader is asked
+  const message = (await jsm.direct.getMessage(stream, { seq })) ?? (await jsm.streams.getMessage(stream, { seq }))
+  if (message === null) throw new Error(`${what}: stream ${stream} has no message ${seq} (deleted or purged?)`)
+  // a direct get's data is a Buffer: the same bytes as a plain Uint8Array, as the API's get gives them
+  return new Uint8Array(message.data.buffer, message.data.byteOffset, message.data.byteLength)
 }

@@ -24,9 +24,10 @@
  * config's: `groupRolloutOf`), null where not scored, so encoding and decoding is exact.
  */
 import { describe } from '../../core/describe.js'
-import type { Group, Rollout } from '../../core/types.js'
+import type { Group, RewardColumns, Rollout } from '../../core/types.js'
 import { wirePackr, wireUnpackr } from '../codec.js'
 import { RawPayload } from '../rawPayload.js'
+import { float64sOf } from './float64Bytes.js'
 
 /** A rollout of a formed group as the sequencer needs it: no payload, only where it is logged. */
 export interface GroupRollout {
@@ -109,6 +110,11 @@ export function rolloutsOf(group: GroupMessage): Rollout[] {
     if (r.ref !== undefined) rollout.payload = RawPayload.at(r.ref[0], r.ref[1], r.ref[2])
     return rollout
   })
+}
+
+/** A GroupsEntry with its groups ready to score (`rolloutsOf` of each): what `decodeGroupsForScoring` gives for its bytes. */
+export function scoringEntryOf(entry: GroupsEntry): ScoringGroupsEntry {
+  return { ...entry, groups: entry.groups.map((g) => ({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: rolloutsOf(g) })) }
 }
 
 /** The `cols` of a GroupsEntry on the wire (see the top of this file). */
@@ -282,24 +288,110 @@ const scoredRollout: RolloutOf<Rollout> = (id, promptId, rewards, ts, seq, polic
  * else for (const group of message.groups) feed(group)
  */
 export function decodeGroupsMessage(bytes: Uint8Array): GroupsEntry | GroupsWatermark {
-  return decodeGroups(bytes, groupRollout)
+  const parsed = parseGroups(bytes)
+  if ('wm' in parsed) return parsed
+  const groups = new Array<GroupMessage>(parsed.promptId.length)
+  forEachGroup(parsed, (k, start, end) => {
+    const rollouts = new Array<GroupRollout>(end - start)
+    for (let i = start; i < end; i++) rollouts[i - start] = rolloutAt(parsed, i, k, groupRollout)
+    groups[k] = groupAt(parsed, k, rollouts)
+  })
+  return { p: parsed.p, n: parsed.n, through: parsed.through, groups, drops: parsed.drops }
 }
-
-/** A GroupsEntry whose groups are ready to score: `rolloutsOf` of each group message. */
-export type ScoringGroupsEntry = Omit<GroupsEntry, 'groups'> & { groups: Group[] }
 
 /**
- * Decodes a message of the GROUPS stream straight into the groups the sequencer scores (as
- * `rolloutsOf` of `decodeGroupsMessage`'s groups, with nothing built in between).
+ * A GroupsEntry whose groups are ready to score: `rolloutsOf` of each group message. From
+ * `decodeGroupsForScoring`, the groups also carry their reward columns and `newestTs` gives
+ * each group's newest rollout time.
+ */
+export type ScoringGroupsEntry = Omit<GroupsEntry, 'groups'> & { groups: Group[]; newestTs?: Float64Array }
+
+/**
+ * Decodes a message of the GROUPS stream straight into the groups the sequencer scores: each
+ * group's rewards as columns (`Group.rewardColumns`: views of one array per message, which is
+ * all the math reads), its rollouts built only when something asks for them (as `rolloutsOf`
+ * of `decodeGroupsMessage`'s groups makes them: the delivering node's trainer record does,
+ * the sequencer does not), and each group's newest rollout time.
  */
 export function decodeGroupsForScoring(bytes: Uint8Array): ScoringGroupsEntry | GroupsWatermark {
-  return decodeGroups(bytes, scoredRollout)
+  const parsed = parseGroups(bytes)
+  if ('wm' in parsed) return parsed
+  const { channels, count } = parsed
+  const rewards = float64sOf(parsed.rewards, count * channels.length)
+  const values: Record<string, Float64Array> = {}
+  for (let ch = 0; ch < channels.length; ch++) values[channels[ch]] = rewards.subarray(ch * count, (ch + 1) * count)
+  const times = float64sOf(parsed.rts, count)
+  const groups = new Array<Group>(parsed.promptId.length)
+  const newestTs = new Float64Array(groups.length)
+  forEachGroup(parsed, (k, start, end) => {
+    let newest = -Infinity
+    for (let i = start; i < end; i++) if (times[i] > newest) newest = times[i]
+    newestTs[k] = newest
+    groups[k] = new ColumnarGroup(parsed, k, { values, start, size: end - start })
+  })
+  return { p: parsed.p, n: parsed.n, through: parsed.through, groups, drops: parsed.drops, newestTs }
 }
 
-function decodeGroups<R>(
-  bytes: Uint8Array,
-  rolloutOf: RolloutOf<R>,
-): (Omit<GroupsEntry, 'groups'> & { groups: { promptId: string; partial: boolean; ts: number; rollouts: R[] }[] }) | GroupsWatermark {
+/**
+ * A group of a decoded GroupsEntry whose rollouts are built from the entry's columns on first
+ * read (the math reads `rewardColumns`). A class, not a property defined per object: that
+ * made every group an object of its own shape and cost more than the rollouts it saved.
+ */
+class ColumnarGroup implements Group {
+  readonly promptId: string
+  readonly partial: boolean
+  readonly ts: number
+  // private fields (not own enumerable properties): a spread or a serialiser sees only the group's own fields
+  readonly #parsed: ParsedGroups
+  readonly #k: number
+  #built: Rollout[] | undefined
+
+  constructor(
+    parsed: ParsedGroups,
+    k: number,
+    readonly rewardColumns: RewardColumns,
+  ) {
+    this.#parsed = parsed
+    this.#k = k
+    this.promptId = parsed.promptId[k]
+    this.partial = parsed.partial.getUint8(k) === 1
+    this.ts = parsed.ts.getFloat64(k * F64, true)
+  }
+
+  /** As `rolloutsOf` makes them from the group message; built once. */
+  get rollouts(): Rollout[] {
+    if (this.#built === undefined) {
+      const { start, size } = this.rewardColumns
+      this.#built = new Array<Rollout>(size)
+      for (let i = 0; i < size; i++) this.#built[i] = rolloutAt(this.#parsed, start + i, this.#k, scoredRollout)
+    }
+    return this.#built
+  }
+}
+
+/** A GroupsEntry's columns, checked (lengths, group sizes): what both decoders build from. */
+interface ParsedGroups {
+  p: number
+  n: number
+  through: number
+  drops: DropCounts
+  where: string
+  channels: string[]
+  promptId: string[]
+  id: string[]
+  count: number
+  partial: DataView
+  ts: DataView
+  size: DataView
+  rts: DataView
+  seq: DataView
+  rewards: DataView
+  policyVersion?: DataView
+  groupSize?: DataView
+  ref?: DataView
+}
+
+function parseGroups(bytes: Uint8Array): ParsedGroups | GroupsWatermark {
   let message: unknown
   try {
     message = wireUnpackr.unpack(bytes)
@@ -317,45 +409,68 @@ function decodeGroups<R>(
   const id = strings(cols, 'id', where)
   const g = promptId.length
   const count = id.length
-  const c = channels.length
-  const partial = columnView(cols, 'partial', g, where)
-  const ts = columnView(cols, 'ts', g * F64, where)
-  const size = columnView(cols, 'size', g * 4, where)
-  const rts = columnView(cols, 'rts', count * F64, where)
-  const seq = columnView(cols, 'seq', count * F64, where)
-  const rewards = columnView(cols, 'rewards', count * c * F64, where)
-  const policyVersion = cols.policyVersion === undefined ? undefined : columnView(cols, 'policyVersion', count * F64, where)
-  const groupSize = cols.groupSize === undefined ? undefined : columnView(cols, 'groupSize', count * F64, where)
-  const ref = cols.ref === undefined ? undefined : columnView(cols, 'ref', count * 3 * F64, where)
-  const groups = new Array<{ promptId: string; partial: boolean; ts: number; rollouts: R[] }>(g)
-  let i = 0
-  for (let k = 0; k < g; k++) {
-    const prompt = promptId[k]
-    const end = i + size.getUint32(k * 4, true)
-    if (end > count) throw new GroupsMessageError(`${where}: the group sizes add up to more than the ${count} rollout ids`)
-    const rollouts = new Array<R>(end - i)
-    for (let j = 0; i < end; i++, j++) {
-      const scores: Record<string, number | null> = {}
-      for (let ch = 0; ch < c; ch++) {
-        const value = rewards.getFloat64((ch * count + i) * F64, true)
-        scores[channels[ch]] = Number.isNaN(value) ? null : value
-      }
-      const frame = ref === undefined ? NaN : ref.getFloat64(i * 3 * F64, true)
-      rollouts[j] = rolloutOf(
-        id[i],
-        prompt,
-        scores,
-        rts.getFloat64(i * F64, true),
-        seq.getFloat64(i * F64, true),
-        policyVersion === undefined ? NaN : policyVersion.getFloat64(i * F64, true),
-        groupSize === undefined ? NaN : groupSize.getFloat64(i * F64, true),
-        frame,
-        Number.isNaN(frame) ? 0 : ref!.getFloat64((i * 3 + 1) * F64, true),
-        Number.isNaN(frame) ? 0 : ref!.getFloat64((i * 3 + 2) * F64, true),
-      )
-    }
-    groups[k] = { promptId: prompt, partial: partial.getUint8(k) === 1, ts: ts.getFloat64(k * F64, true), rollouts }
+  const parsed: ParsedGroups = {
+    p,
+    n,
+    through,
+    drops: message.drops as unknown as DropCounts,
+    where,
+    channels,
+    promptId,
+    id,
+    count,
+    partial: columnView(cols, 'partial', g, where),
+    ts: columnView(cols, 'ts', g * F64, where),
+    size: columnView(cols, 'size', g * 4, where),
+    rts: columnView(cols, 'rts', count * F64, where),
+    seq: columnView(cols, 'seq', count * F64, where),
+    rewards: columnView(cols, 'rewards', count * channels.length * F64, where),
   }
-  if (i !== count) throw new GroupsMessageError(`${where}: the group sizes add up to ${i}, there are ${count} rollout ids`)
-  return { p, n, through, groups, drops: message.drops as unknown as DropCounts }
+  if (cols.policyVersion !== undefined) parsed.policyVersion = columnView(cols, 'policyVersion', count * F64, where)
+  if (cols.groupSize !== undefined) parsed.groupSize = columnView(cols, 'groupSize', count * F64, where)
+  if (cols.ref !== undefined) parsed.ref = columnView(cols, 'ref', count * 3 * F64, where)
+  // the group sizes must add up to the rollouts: checked before anything is built from them
+  let total = 0
+  for (let k = 0; k < g; k++) {
+    total += parsed.size.getUint32(k * 4, true)
+    if (total > count) throw new GroupsMessageError(`${where}: the group sizes add up to more than the ${count} rollout ids`)
+  }
+  if (total !== count) throw new GroupsMessageError(`${where}: the group sizes add up to ${total}, there are ${count} rollout ids`)
+  return parsed
+}
+
+/** Calls `each(k, start, end)` for every group: its rollouts are `start` to `end` (exclusive). */
+function forEachGroup(parsed: ParsedGroups, each: (k: number, start: number, end: number) => void): void {
+  for (let k = 0, start = 0; k < parsed.promptId.length; k++) {
+    const end = start + parsed.size.getUint32(k * 4, true)
+    each(k, start, end)
+    start = end
+  }
+}
+
+function groupAt<R>(parsed: ParsedGroups, k: number, rollouts: R[]): { promptId: string; partial: boolean; ts: number; rollouts: R[] } {
+  return { promptId: parsed.promptId[k], partial: parsed.partial.getUint8(k) === 1, ts: parsed.ts.getFloat64(k * F64, true), rollouts }
+}
+
+/** Rollout `i` (of group `k`) from the columns. */
+function rolloutAt<R>(parsed: ParsedGroups, i: number, k: number, rolloutOf: RolloutOf<R>): R {
+  const { channels, count, rewards, ref, policyVersion, groupSize } = parsed
+  const scores: Record<string, number | null> = {}
+  for (let ch = 0; ch < channels.length; ch++) {
+    const value = rewards.getFloat64((ch * count + i) * F64, true)
+    scores[channels[ch]] = Number.isNaN(value) ? null : value
+  }
+  const frame = ref === undefined ? NaN : ref.getFloat64(i * 3 * F64, true)
+  return rolloutOf(
+    parsed.id[i],
+    parsed.promptId[k],
+    scores,
+    parsed.rts.getFloat64(i * F64, true),
+    parsed.seq.getFloat64(i * F64, true),
+    policyVersion === undefined ? NaN : policyVersion.getFloat64(i * F64, true),
+    groupSize === undefined ? NaN : groupSize.getFloat64(i * F64, true),
+    frame,
+    Number.isNaN(frame) ? 0 : ref!.getFloat64((i * 3 + 1) * F64, true),
+    Number.isNaN(frame) ? 0 : ref!.getFloat64((i * 3 + 2) * F64, true),
+  )
 }

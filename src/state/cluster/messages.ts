@@ -21,6 +21,7 @@ export {
   groupRolloutOf,
   GroupsMessageError,
   rolloutsOf,
+  scoringEntryOf,
   type DropCounts,
   type GroupMessage,
   type GroupRollout,
@@ -39,22 +40,39 @@ export type PartitionEntry =
   { k: 'rollouts'; frame: number; items: number[]; ts: number } | { k: 'watermark'; ts: number } | { k: 'policy'; version: number; ts: number }
 
 /**
- * One step (`ds.R.batches`): the engine's state after it. `record` is the trainer's batch with
- * its payloads by reference to logged frames (outboxEncoder.ts); `resumeFrom` is the GROUPS
- * stream sequence a new sequencer feeds from, with `watermark` as its event time.
+ * Where a run of a batch's groups is on the GROUPS stream: `count` consecutive groups of the
+ * message at stream sequence `seq`, from its group `first` (0-based).
+ */
+export type GroupsRun = [seq: number, first: number, count: number]
+
+/**
+ * One step (`ds.R.batches`): the engine's state after it, and the trainer's batch by reference.
+ * `groupsAt` says where the batch's groups are on GROUPS (runs, in batch order) and `advantages`
+ * holds one little-endian float64 per rollout, in that order: the delivering node reads the
+ * groups back and writes the trainer's record from them (`trainerRecordOf`), so the one serial
+ * role neither writes nor publishes the record (ids, prompts, payload references: ≈ 75 bytes a
+ * rollout against the advantage's 8). `resumeFrom` is the GROUPS stream sequence a new
+ * sequencer feeds from, with `watermark` as its event time; the batch's λ and constraint
+ * measures, as the trainer receives them, are the summary's.
  */
 export interface BatchEntry {
   step: number
   resumeFrom: number
   watermark: number
-  state: DualState
+  /**
+   * The dual state after this step. Like `partitionDrops`, only the last step of a BATCHES
+   * message carries it on the stream (`batchesMessages`): a takeover resumes from a message's
+   * last step, and on every step the two would be a third of the message.
+   */
+  state?: DualState
   pipeline: PipelineCounters
-  /** Cumulative drops per partition (the counters above add them up). */
-  partitionDrops: Record<string, DropCounts>
+  /** Cumulative drops per partition (the counters above add them up); on the stream, on a message's last step only. */
+  partitionDrops?: Readonly<Record<string, DropCounts>>
   summary: BatchSummary
   /** Event time of the newest rollout in the batch. */
   newestTs: number
-  record: Uint8Array
+  groupsAt: GroupsRun[]
+  advantages: Uint8Array
 }
 
 /**
@@ -75,7 +93,8 @@ const STEPS_KEY = Uint8Array.of(0x81, 0xa5, ...new TextEncoder().encode('steps')
 
 /**
  * The BATCHES messages for `entries` (consecutive steps, oldest first): each entry encoded once,
- * as many in a message as keep it within `maxBytes` (an entry larger than that goes alone).
+ * as many in a message as keep it within `maxBytes` (an entry larger than that goes alone), the
+ * `state` and `partitionDrops` of the message's last step only (a takeover resumes from it).
  * The split depends on the entries only, so every sequencer that makes the same steps makes
  * the same messages. Plain MessagePack: `{steps: [entry, …]}`.
  *
@@ -83,28 +102,48 @@ const STEPS_KEY = Uint8Array.of(0x81, 0xa5, ...new TextEncoder().encode('steps')
  * for (const { steps, bytes } of batchesMessages(state.feed(seq, message))) await publish(bytes)
  */
 export function batchesMessages(entries: readonly BatchEntry[], maxBytes = MAX_BATCHES_MESSAGE_BYTES): { steps: BatchEntry[]; bytes: Uint8Array }[] {
+  // each step without its state: what every step but a message's last is
+  const bare = entries.map(({ state: _state, partitionDrops: _drops, ...rest }) => wirePackr.pack(rest))
   const messages: { steps: BatchEntry[]; bytes: Uint8Array }[] = []
-  let steps: BatchEntry[] = []
-  let parts: Uint8Array[] = []
-  let size = 0
-  const close = () => {
-    if (steps.length === 0) return
-    const header = steps.length < 16 ? Uint8Array.of(0x90 | steps.length) : Uint8Array.of(0xdc, steps.length >> 8, steps.length & 0xff)
-    messages.push({ steps, bytes: Buffer.concat([STEPS_KEY, header, ...parts]) })
-    steps = []
-    parts = []
-    size = 0
+  // the key and the widest array header (an array of 16 or more: 3 bytes) around the steps
+  const room = maxBytes - STEPS_KEY.length - 3
+  for (let first = 0; first < entries.length;) {
+    // the most steps whose bare bytes fit, then fewer while the last one's with its state does not
+    let size = bare[first].length
+    let end = first + 1
+    while (end < entries.length && end - first < 0xffff && size + bare[end].length <= room) size += bare[end++].length
+    let last = withState(bare[end - 1], entries[end - 1])
+    while (end - first > 1 && size - bare[end - 1].length + last.length > room) {
+      size -= bare[--end].length
+      last = withState(bare[end - 1], entries[end - 1])
+    }
+    const count = end - first
+    const header = count < 16 ? Uint8Array.of(0x90 | count) : Uint8Array.of(0xdc, count >> 8, count & 0xff)
+    messages.push({ steps: entries.slice(first, end), bytes: Buffer.concat([STEPS_KEY, header, ...bare.slice(first, end - 1), last]) })
+    first = end
   }
-  for (const entry of entries) {
-    const bytes = wirePackr.pack(entry)
-    // the key and the widest array header (an array of 16 or more: 3 bytes) around the entries so far
-    if (steps.length > 0 && (STEPS_KEY.length + 3 + size + bytes.length > maxBytes || steps.length === 0xffff)) close()
-    steps.push(entry)
-    parts.push(bytes)
-    size += bytes.length
-  }
-  close()
   return messages
+}
+
+const isMap = (x: unknown): boolean => typeof x === 'object' && x !== null && !Array.isArray(x)
+
+/** A step's bare map (`bytes`) with its `state` and `partitionDrops` after the other fields. */
+function withState(bytes: Uint8Array, entry: BatchEntry): Uint8Array {
+  if (entry.state === undefined || entry.partitionDrops === undefined)
+    throw new Error(`batchesMessages: step ${entry.step} has no state or partition drops to end a message with`)
+  const more = wirePackr.pack({ state: entry.state, partitionDrops: entry.partitionDrops })
+  const [count, at] = mapHeader(bytes)
+  const [added, from] = mapHeader(more)
+  const total = count + added
+  const header = total < 16 ? Uint8Array.of(0x80 | total) : Uint8Array.of(0xde, total >> 8, total & 0xff)
+  return Buffer.concat([header, bytes.subarray(at), more.subarray(from)])
+}
+
+/** A MessagePack map's entry count and where its entries start (fixmap or map16: a step has a few dozen fields at most). */
+function mapHeader(bytes: Uint8Array): [count: number, at: number] {
+  /* c8 ignore next -- msgpackr writes every plain object as a map16 (it does not size a map up front); a fixmap is read should a version not */
+  if ((bytes[0] & 0xf0) === 0x80) return [bytes[0] & 0x0f, 1]
+  return [(bytes[1] << 8) | bytes[2], 3]
 }
 
 /** A BATCHES message that is not one of this version's (`where` says which). */
@@ -125,6 +164,9 @@ export function decodeBatchesMessage(bytes: Uint8Array, where = 'a message'): Ba
   }
   const steps = (message as Partial<BatchesMessage> | null)?.steps
   if (!Array.isArray(steps) || steps.length === 0) throw new BatchesMessageError(where, 'no "steps" array of batch entries')
+  const last = steps[steps.length - 1] as unknown as Record<string, unknown>
+  if (!isMap(last) || !isMap(last.state) || !isMap(last.partitionDrops))
+    throw new BatchesMessageError(where, 'its last step carries no state and partition drops')
   return steps
 }
 

@@ -18,10 +18,8 @@ import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type 
 import type { NatsConnection } from '@nats-io/transport-node'
 import { Kvm } from '@nats-io/kv'
 import type { Config } from '../../core/config.js'
+import type { Group } from '../../core/types.js'
 import type { BatchRecord } from '../batchRecord.js'
-import { wireUnpackr } from '../codec.js'
-import type { OutboxBatch } from '../engineStore.js'
-import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
 import { checkRunFormat, type RunRecord } from './clusterRun.js'
 import { FrameCache } from './frameCache.js'
 import {
@@ -30,6 +28,7 @@ import {
   decodeMessage,
   emptyDropCounts,
   encodeMessage,
+  scoringEntryOf,
   type BatchEntry,
   type DropCounts,
   type GroupsEntry,
@@ -38,6 +37,7 @@ import {
 import { groupsEntryOf, partitionEntryOf, PartitionState, type PartitionOutput } from './partitionState.js'
 import { runLayout, type RunLayout, CONSUME_EXPIRES_MS } from './runLayout.js'
 import { SequencerState } from './sequencerState.js'
+import { advantagesOf, batchGroupsOf } from './trainerRecord.js'
 
 /** Every message of `stream` (of `subject` only, when given) stored when the call starts, in order. */
 export async function* readStream(
@@ -83,11 +83,14 @@ export interface ReplayRunResult {
   differences: string[]
 }
 
-/** The batch line `replay` prints for a committed step (the fields of `replay --log`'s, from the stored entry). */
-export function batchLineOf(entry: BatchEntry, bytes: Uint8Array): BatchRecord {
+/** The batch line `replay` prints for a committed step (the fields of `replay --log`'s, from the stored entry): `groups` are its groups, in batch order (`batchGroupsOf`). */
+export function batchLineOf(entry: BatchEntry, groups: readonly Group[]): BatchRecord {
   const { advantageMean: _mean, advantageStd: _std, ...summary } = entry.summary
-  const batch = wireUnpackr.unpack(bytes) as OutboxBatch
-  return { ...summary, advantages: Object.fromEntries(batch.rollouts.map((r) => [r.id, r.advantage])) }
+  const values = advantagesOf(entry)
+  const advantages: Record<string, number> = {}
+  let i = 0
+  for (const group of groups) for (const rollout of group.rollouts) advantages[rollout.id] = values[i++]
+  return { ...summary, advantages }
 }
 
 const same = (a: unknown, b: unknown): boolean => Buffer.from(encodeMessage(a as never)).equals(Buffer.from(encodeMessage(b as never)))
@@ -114,6 +117,9 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
   const exact = JSON.stringify(config) === JSON.stringify(record.config)
   const differences: string[] = []
   const frames = new FrameCache({ jsm, stream: layout.streams.rollouts })
+  // the replayed groups of each GROUPS message until all of them are in steps: the lines name their rollouts
+  // (under another config they are not the stored messages' groups)
+  const replayed = new Map<number, { groups: Group[]; left: number }>()
   // each partition's outputs, recomputed from its index, in entry order
   const recomputed = new Map<number, PartitionOutput[]>()
   let partitionEntries = 0
@@ -161,10 +167,27 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
           differences.push(`GROUPS seq ${message.seq}: partition ${p} message ${n} (through partition seq ${through}) differs from what its index produces`)
         fed = mine
       }
-      const entries = sequencer.feed(message.seq, fed)
+      let entries: BatchEntry[]
+      if ('wm' in fed) entries = sequencer.feed(message.seq, fed)
+      else {
+        const scoring = scoringEntryOf(fed)
+        replayed.set(message.seq, { groups: scoring.groups, left: scoring.groups.length })
+        entries = sequencer.feedScoring(message.seq, scoring)
+      }
       for (const entry of entries) {
         batches++
-        onBatch(batchLineOf(entry, await assemble(entry, frames)))
+        onBatch(
+          batchLineOf(
+            entry,
+            batchGroupsOf(entry, (seq) => replayed.get(seq)!.groups),
+          ),
+        )
+        for (const [seq, , count] of entry.groupsAt) replayed.get(seq)!.left -= count
+      }
+      // the oldest messages whose groups are all in steps now: batches take groups in order
+      for (const [seq, kept] of replayed) {
+        if (kept.left > 0) break
+        replayed.delete(seq)
       }
       if (!exact) continue
       // BATCHES holds the steps as the sequencer publishes them: the messages each GROUPS message's steps make
@@ -185,11 +208,4 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
     await storedBatches.return(undefined)
   }
   return { record, partitionEntries, groupMessages, batches, differences }
-}
-
-async function assemble(entry: BatchEntry, frames: FrameCache): Promise<Uint8Array> {
-  const needed = new Map<number, Uint8Array>()
-  const record = entry.record
-  for (const seq of referencedEntries(record)) needed.set(seq, await frames.get(seq))
-  return assembleBatch(record, (seq) => needed.get(seq)!)
 }

@@ -16,6 +16,7 @@
 import { asyncScheduler, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs'
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamExpectations } from '@nats-io/jetstream'
 import type { Config } from '../../core/config.js'
+import type { Group } from '../../core/types.js'
 import { batchesMessages, decodeBatchesMessage, decodeGroupsForScoring, encodeMessage, type BatchEntry, type GroupsWatermark } from './messages.js'
 import type { RunLayout } from './runLayout.js'
 import { SequencerState } from './sequencerState.js'
@@ -42,6 +43,8 @@ export interface SequencerOptions {
   publishWindow?: number
   /** Told that the consumer of GROUPS was replaced (it stalled, ended or failed): reading goes on where it was. */
   onConsumerReplaced?: (why: string) => void
+  /** Told of the groups of each GROUPS message it decoded (a node's deliveries read them from there instead of fetching them). */
+  onGroups?: (seq: number, groups: readonly Group[]) => void
 }
 
 /** Bytes of GROUPS messages the ordered consumer asks for at a time (the messages of an owner that batches groups are large). */
@@ -162,7 +165,9 @@ export class Sequencer {
       let fed = 0
       // once stopped, a message the consumer still yields goes to the closed state, which makes nothing of it
       for await (const message of this.messages) {
-        const entries = this.state.feedScoring(message.seq, decodeGroupsForScoring(message.data))
+        const decoded = decodeGroupsForScoring(message.data)
+        if ('groups' in decoded) this.options.onGroups?.(message.seq, decoded.groups)
+        const entries = this.state.feedScoring(message.seq, decoded)
         for (const { steps, bytes } of batchesMessages(entries)) if (!(await this.publish(steps, bytes))) return
         // the buffered messages come one microtask after another: let the socket be read now and
         // then, or acknowledgements wait behind them until their publishes time out

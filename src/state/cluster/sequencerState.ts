@@ -12,8 +12,7 @@
  * the middle of a GroupsEntry (it filled up, or a group's event time closed it by maxWait and
  * then started the next one), `resumeFrom` is that entry's own seq, and the groups of it
  * already in a batch are skipped when it is fed again: they are those up to the last group of
- * the last batch, found by its last rollout's id and prompt (exact: a partition's owner drops
- * duplicate ids, and a prompt lives in one partition).
+ * the last batch, whose position the entry names (its last `groupsAt` run).
  */
 import { Subject, type Subscription } from 'rxjs'
 import type { Config } from '../../core/config.js'
@@ -23,38 +22,16 @@ import { scoreBatches } from '../../../operators/scoreBatches.js'
 import { windowBatches } from '../../../operators/windowBatches.js'
 import { batchSummary } from '../batchRecord.js'
 import type { PipelineCounters } from '../commitPlan.js'
-import { assembleBatch, encodeBatchForTrainer } from '../outboxEncoder.js'
-import { decodeMessage, rolloutsOf, type BatchEntry, type DropCounts, type GroupsEntry, type GroupsWatermark, type ScoringGroupsEntry } from './messages.js'
-
-/** Which rollout closed a batch: enough to find its group again in a GroupsEntry. */
-interface RolloutIdentity {
-  id: string
-  promptId: string
-}
-
-// The outbox record's layout with payloads by reference (outboxEncoder.ts): a 0xc1 byte, the
-// count (u32), then per reference its position (u32), log entry (f64), offset (u32), length (u32).
-const REFERENCES = 0xc1
-const REFERENCE_BYTES = 20
-const NIL = Uint8Array.of(0xc0)
-
-/**
- * The last rollout of a batch's outbox record. The payloads are not needed (nor at hand: they
- * are in the logged frames), so each reference is pointed at a one-byte nil before decoding.
- */
-function lastRolloutOf(record: Uint8Array): RolloutIdentity | undefined {
-  let bytes = record
-  if (record[0] === REFERENCES) {
-    const copy = Buffer.from(record)
-    const count = copy.readUInt32BE(1)
-    for (let k = 0, at = 5; k < count; k++, at += REFERENCE_BYTES) {
-      copy.writeUInt32BE(0, at + 12)
-      copy.writeUInt32BE(1, at + 16)
-    }
-    bytes = assembleBatch(copy, () => NIL)
-  }
-  return decodeMessage<{ rollouts: RolloutIdentity[] }>(bytes).rollouts.at(-1)
-}
+import { bytesOfFloat64s } from './float64Bytes.js'
+import {
+  scoringEntryOf,
+  type BatchEntry,
+  type DropCounts,
+  type GroupsEntry,
+  type GroupsRun,
+  type GroupsWatermark,
+  type ScoringGroupsEntry,
+} from './messages.js'
 
 /** What the group being fed is: where it came from, so a batch it closes knows where to resume. */
 interface Feeding {
@@ -79,24 +56,31 @@ export class SequencerState {
   private readonly watermarks = new Subject<number>()
   private readonly subscription: Subscription
   private readonly completed: BatchEntry[] = []
-  private readonly partitionDrops: Record<string, DropCounts>
+  // replaced, never changed, when a message brings its partition's drops: the entries made until the next share it
+  private partitionDrops: Readonly<Record<string, DropCounts>>
+  private dropTotals: Omit<DropCounts, 'duplicate'>
   private readonly counters: { batches: number; rolloutsInBatches: number }
   private failure: { error: unknown } | undefined
   private feeding: Feeding | undefined
   private nextSeq: number
   private pending = 0
   private clock = -Infinity
-  // the last batch's last rollout and the seq it resumes at: that entry's groups up to it are in a batch already
-  private readonly resumeAfter: (RolloutIdentity & { seq: number }) | undefined
+  // where each group waiting in a batch came from on GROUPS, [seq, index in its message], and its newest rollout's time
+  private readonly positions = new Map<Group, [number, number, number]>()
+  // the GROUPS message the last batch's last group is in and the groups of it already in a batch (skipped when it is fed again)
+  private readonly resumeAfter: { seq: number; skip: number } | undefined
 
   /** Resumes after `last` (the last BatchEntry on the BATCHES stream), or starts fresh. */
   constructor(config: Config, last?: BatchEntry) {
+    if (last !== undefined && (last.state === undefined || last.partitionDrops === undefined))
+      throw new Error(`sequencer: step ${last.step} carries no state (only the last step of a BATCHES message does): resume from that one`)
     const initialState: DualState = last?.state ?? initialDualState(config.constraints)
     this.nextSeq = last?.resumeFrom ?? 1
     this.partitionDrops = { ...last?.partitionDrops }
+    this.dropTotals = totalsOf(this.partitionDrops)
     this.counters = { batches: last?.pipeline.batches ?? 0, rolloutsInBatches: last?.pipeline.rolloutsInBatches ?? 0 }
-    const lastRollout = last === undefined ? undefined : lastRolloutOf(last.record)
-    this.resumeAfter = lastRollout === undefined ? undefined : { ...lastRollout, seq: this.nextSeq }
+    const lastRun = last?.groupsAt.at(-1)
+    this.resumeAfter = lastRun === undefined ? undefined : { seq: lastRun[0], skip: lastRun[1] + lastRun[2] }
     this.subscription = this.groups
       .pipe(
         windowBatches<unknown>({ size: config.batchGroups, maxWaitMs: config.batchMaxWaitMs, watermarks: this.watermarks }),
@@ -131,11 +115,7 @@ export class SequencerState {
    * reward that is not a number), and from then on.
    */
   feed(seq: number, message: GroupsEntry | GroupsWatermark): BatchEntry[] {
-    if ('wm' in message) return this.feedScoring(seq, message)
-    return this.feedScoring(seq, {
-      ...message,
-      groups: message.groups.map((g) => ({ promptId: g.promptId, partial: g.partial, ts: g.ts, rollouts: rolloutsOf(g) })),
-    })
+    return this.feedScoring(seq, 'wm' in message ? message : scoringEntryOf(message))
   }
 
   /** As `feed`, with the groups ready to score (`decodeGroupsForScoring`: the sequencer's own path, nothing built twice). */
@@ -146,14 +126,15 @@ export class SequencerState {
       this.nextSeq = seq + 1
       this.advance(message.wm)
     } else {
-      this.partitionDrops[message.p] = message.drops
-      const resuming = this.resumeAfter
-      const skip = resuming?.seq === seq ? message.groups.findIndex((g) => isLastOf(g.rollouts, resuming)) + 1 : 0
+      this.partitionDrops = { ...this.partitionDrops, [message.p]: message.drops }
+      this.dropTotals = totalsOf(this.partitionDrops)
+      const skip = this.resumeAfter?.seq === seq ? this.resumeAfter.skip : 0
       const count = message.groups.length
       this.nextSeq = seq + 1
       for (let index = skip; index < count && this.failure === undefined; index++) {
         const group = message.groups[index]
         this.feeding = { seq, group, index, count }
+        this.positions.set(group, [seq, index, message.newestTs?.[index] ?? newestTsOf(group)])
         if (group.ts > this.clock) this.clock = group.ts
         this.pending++
         this.groups.next(group)
@@ -191,30 +172,48 @@ export class SequencerState {
       const through = batch.groups[batch.groups.length - 1] === feeding.group ? feeding.index : feeding.index - 1
       if (through < feeding.count - 1) resumeFrom = feeding.seq
     }
-    const pipeline: PipelineCounters = { ...this.counters, stale: 0, incompleteGroups: 0, incompleteGroupRollouts: 0 }
-    for (const drops of Object.values(this.partitionDrops)) {
-      pipeline.stale += drops.stale
-      pipeline.incompleteGroups += drops.incompleteGroups
-      pipeline.incompleteGroupRollouts += drops.incompleteGroupRollouts
-    }
+    const { batches, rolloutsInBatches } = this.counters
+    const { stale, incompleteGroups, incompleteGroupRollouts } = this.dropTotals
+    const pipeline: PipelineCounters = { batches, rolloutsInBatches, stale, incompleteGroups, incompleteGroupRollouts }
     let newestTs = 0
-    for (const group of batch.groups) for (const rollout of group.rollouts) if (rollout.ts! > newestTs) newestTs = rollout.ts!
+    const groups: GroupsRun[] = []
+    for (const group of batch.groups) {
+      const [seq, index, newest] = this.positions.get(group)!
+      if (newest > newestTs) newestTs = newest
+      this.positions.delete(group)
+      const run = groups[groups.length - 1]
+      if (run !== undefined && run[0] === seq && run[1] + run[2] === index) run[2]++
+      else groups.push([seq, index, 1])
+    }
     return {
       step: batch.step,
       resumeFrom,
       watermark: batch.ts,
       state: batch.dualState,
       pipeline,
-      partitionDrops: { ...this.partitionDrops },
+      partitionDrops: this.partitionDrops,
       summary: batchSummary(batch),
       newestTs,
-      record: encodeBatchForTrainer(batch),
+      groupsAt: groups,
+      advantages: bytesOfFloat64s(batch.advantages),
     }
   }
 }
 
-/** Whether `identity` is the last of `rollouts`. */
-function isLastOf(rollouts: readonly RolloutIdentity[], identity: RolloutIdentity): boolean {
-  const last = rollouts[rollouts.length - 1]
-  return last !== undefined && last.id === identity.id && last.promptId === identity.promptId
+/** The event time of a group's newest rollout. */
+function newestTsOf(group: Group): number {
+  let newest = -Infinity
+  for (const rollout of group.rollouts) if (rollout.ts! > newest) newest = rollout.ts!
+  return newest
+}
+
+/** The drops of every partition added up (duplicates are not a pipeline counter: the ingest's). */
+function totalsOf(partitionDrops: Readonly<Record<string, DropCounts>>): Omit<DropCounts, 'duplicate'> {
+  const totals = { stale: 0, incompleteGroups: 0, incompleteGroupRollouts: 0 }
+  for (const drops of Object.values(partitionDrops)) {
+    totals.stale += drops.stale
+    totals.incompleteGroups += drops.incompleteGroups
+    totals.incompleteGroupRollouts += drops.incompleteGroupRollouts
+  }
+  return totals
 }

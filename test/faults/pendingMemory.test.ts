@@ -22,10 +22,12 @@ t.test('64,000 unacknowledged rollouts × 16 KiB: serve holds references, not pa
   t.equal(report.rolloutsInBatches, 64_000, 'every batch committed (500 × 128)')
   t.equal(report.outbox, 500, 'none acknowledged')
   const grown = report.endAnon - report.startAnon
-  // if serve held the payloads it would grow by their volume; it grows by what the credit lets in
-  // flight (4,096 × 16 KiB = 64 MiB) and the heap's slack (91–209 MiB seen at 375 MiB of payloads)
+  // if serve held the payloads it would grow by their volume (1,000 MiB); it grows by what the
+  // credit lets in flight (4,096 × 16 KiB = 64 MiB), the heap's slack and the freed 1 MB receive
+  // buffers glibc keeps (README): 150–345 MiB over 19 runs on 2026-12-04 (one CI run failed at a
+  // third of the volume), so the bound is half of it, still half of what holding them would be
   t.ok(
-    grown < report.payloadVolume / 3,
+    grown < report.payloadVolume / 2,
     `serve's own memory grew ${(grown / 2 ** 20).toFixed(0)} MiB for ${(report.payloadVolume / 2 ** 20).toFixed(0)} MiB of payloads`,
   )
   t.ok(report.endFile < report.payloadVolume / 3, `LMDB's mapped pages ${(report.endFile / 2 ** 20).toFixed(0)} MiB: payloads are not read back`)

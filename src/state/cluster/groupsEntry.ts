@@ -230,7 +230,8 @@ export class GroupsMessageError extends Error {
   }
 }
 
-const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array)
+/** A MessagePack map as decoded (not an array, not binary). */
+export const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array)
 
 /** A column's bytes as a DataView, after checking its length. */
 function columnView(cols: Record<string, unknown>, key: string, bytes: number, where: string): DataView {
@@ -375,7 +376,6 @@ interface ParsedGroups {
   n: number
   through: number
   drops: DropCounts
-  where: string
   channels: string[]
   promptId: string[]
   id: string[]
@@ -414,7 +414,6 @@ function parseGroups(bytes: Uint8Array): ParsedGroups | GroupsWatermark {
     n,
     through,
     drops: message.drops as unknown as DropCounts,
-    where,
     channels,
     promptId,
     id,

@@ -11,7 +11,7 @@ import type { DualState } from '../../core/types.js'
 import type { BatchSummary } from '../batchRecord.js'
 import { wirePackr, wireUnpackr } from '../codec.js'
 import type { PipelineCounters } from '../commitPlan.js'
-import { encodeGroupsEntry, type DropCounts, type GroupsEntry, type GroupsWatermark } from './groupsEntry.js'
+import { encodeGroupsEntry, isObject, type DropCounts, type GroupsEntry, type GroupsWatermark } from './groupsEntry.js'
 
 export {
   decodeGroupsForScoring,
@@ -125,8 +125,6 @@ export function batchesMessages(entries: readonly BatchEntry[], maxBytes = MAX_B
   return messages
 }
 
-const isMap = (x: unknown): boolean => typeof x === 'object' && x !== null && !Array.isArray(x)
-
 /** A step's bare map (`bytes`) with its `state` and `partitionDrops` after the other fields. */
 function withState(bytes: Uint8Array, entry: BatchEntry): Uint8Array {
   if (entry.state === undefined || entry.partitionDrops === undefined)
@@ -165,7 +163,7 @@ export function decodeBatchesMessage(bytes: Uint8Array, where = 'a message'): Ba
   const steps = (message as Partial<BatchesMessage> | null)?.steps
   if (!Array.isArray(steps) || steps.length === 0) throw new BatchesMessageError(where, 'no "steps" array of batch entries')
   const last = steps[steps.length - 1] as unknown as Record<string, unknown>
-  if (!isMap(last) || !isMap(last.state) || !isMap(last.partitionDrops))
+  if (!isObject(last) || !isObject(last.state) || !isObject(last.partitionDrops))
     throw new BatchesMessageError(where, 'its last step carries no state and partition drops')
   return steps
 }

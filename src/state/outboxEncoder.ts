@@ -12,18 +12,22 @@
  */
 import { wirePackr } from './codec.js'
 import { RawPayload } from './rawPayload.js'
-import type { Group, ScoredBatch } from '../core/types.js'
+import type { Rollout, ScoredBatch } from '../core/types.js'
 import { constraintsRecord, type BatchRecord } from './batchRecord.js'
 
 /** What the trainer's record is made of: a scored batch's step, λ, constraint measures, groups and advantages. */
 export type TrainerBatch = Pick<ScoredBatch, 'step' | 'lambda' | 'constraints' | 'groups' | 'advantages'>
+
+/** What the trainer's record reads of a rollout. */
+export type TrainerRollout = Pick<Rollout, 'id' | 'promptId' | 'payload'>
 
 /** A trainer's record's parts with the constraint measures as the record holds them (`constraintsRecord`: NaN as null), as a batch's summary has them. */
 export interface TrainerRecordParts {
   step: number
   lambda: ScoredBatch['lambda']
   constraints: BatchRecord['constraints']
-  groups: readonly Group[]
+  /** The batch's groups, or only their rollouts' ids, prompts and payloads. */
+  groups: readonly { readonly rollouts: readonly TrainerRollout[] }[]
   /** One per rollout, in group order. */
   advantages: ArrayLike<number>
 }

@@ -11,7 +11,8 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { parseConfig } from '../../src/core/config.js'
 import { ClusterEngine, type ClusterCommittedBatch } from '../../src/state/cluster/clusterEngine.js'
 import { ClusterRoles } from '../../src/state/cluster/clusterRoles.js'
-import { decodeMessage, type AckEntry } from '../../src/state/cluster/messages.js'
+import { decodeAckMessage, decodeMessage, encodeMessage, type AckEntry } from '../../src/state/cluster/messages.js'
+import { clusterStatus } from '../../src/state/cluster/clusterStatus.js'
 import { openRun } from '../../src/state/cluster/clusterRun.js'
 import { connectNats } from '../../src/state/cluster/natsConnect.js'
 import { IngestRefused } from '../../src/state/engine.js'
@@ -180,25 +181,70 @@ t.test('an acknowledgement NATS does not take is tried again, and given up in ti
   const stored = engine.acknowledge(1, 7)
   await waitFor('a first attempt refused', () => lines.length === 1)
   t.match(lines[0], /^the acknowledgement of step 1 was not stored \(.+\); trying again$/)
-  await impatient.acknowledge(2, 8)
+  // three at once: the first alone, the two that came while it was being stored together
+  await Promise.all([impatient.acknowledge(2, 8), impatient.acknowledge(4, 10), impatient.acknowledge(5, 11)])
   t.match(lines[1], /^the acknowledgement of step 2 was not stored \(.+\): the step may be delivered again$/, 'no time to try again: given up')
+  t.match(lines[2], /^the acknowledgement of steps 4, 5 was not stored \(.+\): the steps may be delivered again$/)
   nats.resume(0)
   t.equal(await stored, false, 'step 1 was not pending here (only its policy version was news)')
-  t.match(lines[2], /^the acknowledgement of step 1 is stored \(attempt \d+\)$/)
+  t.match(lines[3], /^the acknowledgement of step 1 is stored \(attempt \d+\)$/)
   // (step 2's attempt, given up, may have been stored after all: it was sent before the pause ended)
   t.same(
-    (await acks()).filter((entry) => entry.step === 1),
-    [{ step: 1, node: 'a', policyVersion: 7 }],
+    (await acks()).filter((entry) => entry.steps.includes(1)),
+    [{ steps: [1], node: 'a', policyVersion: 7 }],
     'stored once NATS answered, once (an attempt that timed out and its retry share a message id)',
   )
   t.equal((await engine.ingest(prompts('q', 1))).acked.length, 2, 'a frame given as items (no raw bytes): stored as bytes')
 
   nats.pause(0)
   const closing = engine.acknowledge(3, 9)
-  await waitFor('a first attempt refused', () => lines.length === 4)
+  await waitFor('a first attempt refused', () => lines.length === 5)
   await engine.close()
   await closing
-  t.match(lines[4], /^the acknowledgement of step 3 was not stored \(.+\): the step may be delivered again$/, 'the engine closed meanwhile: given up')
+  t.match(lines[5], /^the acknowledgement of step 3 was not stored \(.+\): the step may be delivered again$/, 'the engine closed meanwhile: given up')
   nats.resume(0)
   await impatient.close()
 })
+
+t.test(
+  'acknowledgements that come while one is being stored go together in the next message; a foreign ACKS message is skipped',
+  { skip: natsMissing },
+  async (t) => {
+    const nats = await startNats({ servers: 1 })
+    t.teardown(() => nats.stop())
+    const nc = await connectNats({ servers: nats.url, name: 'test' })
+    t.teardown(() => nc.close())
+    const { layout, record } = await openRun({ nc, run: 'coalesce', config, partitions: 1 })
+    const a = await ClusterEngine.open({ nc, layout, config, partitions: record.partitions, node: 'a' })
+    t.teardown(() => a.close())
+    // twenty acknowledgements at once, each with a policy version (news, so each is stored)
+    const stored = await Promise.all(Array.from({ length: 20 }, (_, k) => a.acknowledge(k + 1, k + 1)))
+    t.same(stored, new Array(20).fill(false), 'every one resolves (none of the steps was pending)')
+    const jsm = await jetstreamManager(nc)
+    const info = await jsm.streams.info(layout.streams.acks)
+    const messages: AckEntry[] = []
+    for (let seq = 1; seq <= info.state.last_seq; seq++)
+      messages.push(decodeAckMessage((await jsm.streams.getMessage(layout.streams.acks, { seq }))!.data, `seq ${seq}`))
+    t.same(
+      messages,
+      [
+        { steps: [1], node: 'a', policyVersion: 1 },
+        { steps: Array.from({ length: 19 }, (_, k) => k + 2), node: 'a', policyVersion: 20 },
+      ],
+      'the first alone (nothing was being stored), the nineteen that came meanwhile in one message with their highest policy version',
+    )
+
+    // a message that is not this version's acknowledgement: a node reading ACKS says so and goes on
+    await a.js.publish(layout.subjects.acks, encodeMessage({ step: 21, node: 'old' } as unknown as AckEntry))
+    await a.js.publish(layout.subjects.acks, encodeMessage({ steps: [21], node: 'new', policyVersion: 30 }))
+    const lines: string[] = []
+    const b = await ClusterEngine.open({ nc, layout, config, partitions: record.partitions, node: 'b', log: (line) => lines.push(line) })
+    t.teardown(() => b.close())
+    t.equal(b.policyVersion, 30, 'the messages after it are read')
+    t.match(lines, [
+      /^DS_coalesce_ACKS seq 3: not an acknowledgement message of this dualstream version \(\{steps: \[step ≥ 1\], node, policyVersion\?\}\): .*: skipped$/,
+    ])
+    const status = await clusterStatus(nc, 'coalesce')
+    t.same(status.lastAck, { step: 21, node: 'new', policyVersion: 30 })
+  },
+)

@@ -13,8 +13,10 @@ import fc from 'fast-check'
 import type { Rollout } from '../../src/core/types.js'
 import { wirePackr } from '../../src/state/codec.js'
 import {
+  ackedSteps,
   batchesMessages,
   BatchesMessageError,
+  decodeAckMessage,
   decodeBatchesMessage,
   decodeGroupsForScoring,
   decodeGroupsMessage,
@@ -339,4 +341,29 @@ t.test('a BATCHES message that is not one of this version is refused with where 
     name: 'BatchesMessageError',
     message: /^a message is not a BATCHES message of this dualstream version: not MessagePack \(/,
   })
+})
+
+t.test('an ACKS message: steps, node and policy version, checked; its steps as a log line names them', async (t) => {
+  const entry = { steps: [3, 4, 6], node: 'a', policyVersion: 2 }
+  t.same(decodeAckMessage(encodeMessage(entry), 'DS_r_ACKS seq 1'), entry)
+  const refused = (message: unknown) =>
+    t.throws(
+      () => decodeAckMessage(wirePackr.pack(message), 'DS_r_ACKS seq 5'),
+      { message: /^DS_r_ACKS seq 5: not an acknowledgement message of this dualstream version \(\{steps: \[step ≥ 1\], node, policyVersion\?\}\): / },
+      JSON.stringify(message),
+    )
+  refused({ step: 3, node: 'a' })
+  refused({ steps: [], node: 'a' })
+  refused({ steps: [0], node: 'a' })
+  refused({ steps: [1.5], node: 'a' })
+  refused({ steps: [1], node: 7 })
+  refused({ steps: [1], node: 'a', policyVersion: 'new' })
+  refused([1])
+  refused(null)
+  t.throws(() => decodeAckMessage(Uint8Array.of(0x92, 0x01), 'DS_r_ACKS seq 6'), {
+    message: /^DS_r_ACKS seq 6: not an acknowledgement message \(not MessagePack: /,
+  })
+  t.equal(ackedSteps({ steps: [9], node: 'a' }), 'step 9')
+  t.equal(ackedSteps(entry), 'steps 3, 4, 6')
+  t.equal(ackedSteps({ steps: [1, 2, 3, 4, 5, 6, 7, 8], node: 'a' }), 'steps 1, 2, 3, … 8 (8)')
 })

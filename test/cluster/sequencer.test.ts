@@ -365,7 +365,7 @@ t.test('a publish refused for another reason than the sequence is an error, not 
 t.test('start refuses a BATCHES stream whose last message is gone, or not a BATCHES message of this version', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const run = await freshRun(t, config)
-  await run.js.publish(run.layout.subjects.batches, encodeMessage({ step: 1, node: 'x' }))
+  await run.js.publish(run.layout.subjects.batches, encodeMessage({ k: 'watermark', ts: 1 }))
   await t.rejects(run.start(), {
     name: 'BatchesMessageError',
     message: `${run.layout.streams.batches} seq 1 is not a BATCHES message of this dualstream version: no "steps" array of batch entries`,

@@ -10,15 +10,15 @@ import { connect } from '@nats-io/transport-node'
 import type { Group, ScoredBatch } from '../../src/core/types.js'
 import { batchSummary } from '../../src/state/batchRecord.js'
 import { wirePackr } from '../../src/state/codec.js'
-import { decodeGroupsForScoring, emptyDropCounts, encodeMessage, type BatchEntry, type GroupsEntry } from '../../src/state/cluster/messages.js'
+import { decodeGroupsForScoring, emptyDropCounts, encodeMessage, scoringEntryOf, type BatchEntry, type GroupsEntry } from '../../src/state/cluster/messages.js'
 import { runLayout } from '../../src/state/cluster/runLayout.js'
 import { createRunStreams } from '../../src/state/cluster/runStreams.js'
 import { advantagesOf, batchGroupsOf, groupsOfEntry, groupsSeqsOf, GroupsCache, trainerRecordOf } from '../../src/state/cluster/trainerRecord.js'
 import { encodeBatchForTrainer, referencedEntries } from '../../src/state/outboxEncoder.js'
 import { natsMissing, startNats } from '../support/natsServers.js'
 
-/** A GROUPS entry of partition `p` with `groups` groups of `size` rollouts (ids `<tag>.<group>.<rollout>`), every other one with a payload reference. */
-function groupsEntry(tag: string, groups: number, size: number, p = 0): GroupsEntry {
+/** A GROUPS entry of partition `p` with `groups` groups of `size` rollouts (ids `<tag>.<group>.<rollout>`), every other one with a payload reference (with `payloads`). */
+function groupsEntry(tag: string, groups: number, size: number, p = 0, payloads = true): GroupsEntry {
   return {
     p,
     n: 1,
@@ -34,7 +34,7 @@ function groupsEntry(tag: string, groups: number, size: number, p = 0): GroupsEn
         rewards: { acc: (g + i) % 2, len: i === 0 ? null : i / size },
         ts: 10 + g,
         seq: 100 * g + i,
-        ...(i % 2 === 0 ? { ref: [7, 16 * i, 16] as [number, number, number] } : {}),
+        ...(payloads && i % 2 === 0 ? { ref: [7, 16 * i, 16] as [number, number, number] } : {}),
       })),
     })),
   }
@@ -105,6 +105,24 @@ t.test('the record: the one a single node writes for the same batch, from the gr
   const record = trainerRecordOf(entry, (seq) => messages.get(seq)!)
   t.ok(record.equals(encodeBatchForTrainer(batch)), 'byte for byte')
   t.same(referencedEntries(record), [7], 'its payloads by reference to the logged frame')
+})
+
+t.test('the record from groups whose rollouts were never built: the same bytes from their ids, prompts and payloads alone', async (t) => {
+  for (const payloads of [true, false]) {
+    const entry5 = groupsEntry('a', 4, 3, 0, payloads)
+    // the reference batch, over groups whose whole rollouts are built (stepOf reads them)
+    const { batch, entry } = stepOf(decoded(entry5).slice(1, 4), [[5, 1, 3]])
+    const fresh = decoded(entry5)
+    // one group's rollouts built already (the sequencer's node may have): those are used as they are
+    t.equal(fresh[2].rollouts.length, 3)
+    const record = trainerRecordOf(entry, () => fresh)
+    t.ok(record.equals(encodeBatchForTrainer(batch)), `byte for byte, ${payloads ? 'with' : 'without'} payloads`)
+    t.same(referencedEntries(record), payloads ? [7] : [])
+  }
+  // groups that are plain objects (not decoded from GROUPS bytes): their rollouts as they are
+  const plain = scoringEntryOf(groupsEntry('c', 2, 3)).groups
+  const { batch, entry } = stepOf(plain, [[9, 0, 2]])
+  t.ok(trainerRecordOf(entry, () => plain).equals(encodeBatchForTrainer(batch)), 'byte for byte from plain groups')
 })
 
 t.test('an entry that does not fit its messages is an error naming the step', async (t) => {

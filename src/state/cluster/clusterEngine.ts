@@ -30,7 +30,16 @@ import { emptyIngestCounters, type Delivery, type IngestCounters, type OutboxBat
 import { assembleBatch, referencedEntries } from '../outboxEncoder.js'
 import { FrameCache } from './frameCache.js'
 import { GroupsCache, groupsOfEntry, trainerRecordOf } from './trainerRecord.js'
-import { decodeBatchesMessage, decodeMessage, encodeMessage, ITEMS_PER_FRAME, type AckEntry, type BatchEntry, type PartitionEntry } from './messages.js'
+import {
+  ackedSteps,
+  decodeAckMessage,
+  decodeBatchesMessage,
+  encodeMessage,
+  ITEMS_PER_FRAME,
+  type AckEntry,
+  type BatchEntry,
+  type PartitionEntry,
+} from './messages.js'
 import { partitionOf, type RunLayout } from './runLayout.js'
 import { StreamFollower } from './streamFollower.js'
 
@@ -90,6 +99,9 @@ export class ClusterEngine implements Engine {
   private readonly pending = new Map<number, Delivery>()
   // acknowledged steps above `ackedThrough` (an ack may be read before its batch)
   private readonly acked = new Set<number>()
+  // acknowledgements waiting for the message being stored (storingAcks) to be stored
+  private queuedAcks: (AckEntry & { stored: (() => void)[] }) | undefined
+  private storingAcks: Promise<void> | undefined
   private ackedThrough = 0
   private last: BatchEntry | undefined
   private lastState: Required<Pick<BatchEntry, 'state' | 'partitionDrops'>> | undefined
@@ -130,7 +142,18 @@ export class ClusterEngine implements Engine {
   static async open(options: ClusterEngineOptions): Promise<ClusterEngine> {
     const jsm = await jetstreamManager(options.nc)
     const engine = new ClusterEngine(options, jsm)
-    await engine.follow(options.layout.streams.acks, (seq, data, live) => engine.onAck(decodeMessage<AckEntry>(data), live))
+    const acks = options.layout.streams.acks
+    await engine.follow(acks, (seq, data, live) => {
+      let entry: AckEntry
+      try {
+        entry = decodeAckMessage(data, `${acks} seq ${seq}`)
+      } catch (error) {
+        // not this version's (or not ours): its steps cannot be known; at worst they are delivered again
+        options.log?.(`${(error as Error).message}: skipped`)
+        return
+      }
+      engine.onAck(entry, live)
+    })
     const batches = options.layout.streams.batches
     await engine.follow(batches, (seq, data, live) => {
       for (const entry of decodeBatchesMessage(data, `${batches} seq ${seq}`)) engine.onBatch(entry, live)
@@ -177,9 +200,11 @@ export class ClusterEngine implements Engine {
       this.policyVersion = entry.policyVersion
       this.policyVersions.next(entry.policyVersion)
     }
-    if (this.isAcked(entry.step)) return
-    this.markAcked(entry.step)
-    if (this.pending.delete(entry.step) && live) this.acknowledgedElsewhere.next(entry.step)
+    for (const step of entry.steps) {
+      if (this.isAcked(step)) continue
+      this.markAcked(step)
+      if (this.pending.delete(step) && live) this.acknowledgedElsewhere.next(step)
+    }
   }
 
   private isAcked(step: number): boolean {
@@ -315,6 +340,7 @@ export class ClusterEngine implements Engine {
   /**
    * A trainer acknowledged `step` here: recorded in the ACKS stream (with the policy version)
    * so every node and `replay --nats` see it; resolves once stored, to whether it was pending.
+   * Acknowledgements that come while one message is being stored go together in the next.
    */
   async acknowledge(step: number, policyVersion?: number): Promise<boolean> {
     if (this.closed) throw new Error('the engine is closed')
@@ -324,37 +350,56 @@ export class ClusterEngine implements Engine {
       this.policyVersion = policyVersion
       this.policyVersions.next(policyVersion)
     }
-    if (known || policyVersion !== undefined) {
-      const entry: AckEntry = { step, node: this.options.node }
-      if (policyVersion !== undefined) entry.policyVersion = policyVersion
-      await this.storeAck(entry)
-    }
+    if (known || policyVersion !== undefined) await this.queueAck(step, policyVersion)
     return known
   }
 
+  /** Resolves once an ACKS message holding `step` is stored (or given up: `storeAck`). */
+  private queueAck(step: number, policyVersion: number | undefined): Promise<void> {
+    const queued = (this.queuedAcks ??= { steps: [], node: this.options.node, stored: [] })
+    queued.steps.push(step)
+    if (policyVersion !== undefined && !(policyVersion <= (queued.policyVersion ?? -Infinity))) queued.policyVersion = policyVersion
+    const stored = new Promise<void>((resolve) => queued.stored.push(resolve))
+    this.storingAcks ??= this.storeQueuedAcks()
+    return stored
+  }
+
+  /** Stores the queued acknowledgements, one message at a time, until none are queued. */
+  private async storeQueuedAcks(): Promise<void> {
+    for (let queued = this.queuedAcks; queued !== undefined; queued = this.queuedAcks) {
+      this.queuedAcks = undefined
+      const { stored, ...entry } = queued
+      await this.storeAck(entry)
+      for (const resolve of stored) resolve()
+    }
+    this.storingAcks = undefined
+  }
+
   /**
-   * Stores an acknowledgement in ACKS, trying again while NATS does not take it (a leader
-   * election, a server down) for up to `ackRetryMs`. An outage is not a failure of the node: an
-   * acknowledgement never stored only means that the step may be delivered again (by another
-   * node, or this one after a restart), which the protocol's trainer skips.
+   * Stores an acknowledgement message in ACKS, trying again while NATS does not take it (a
+   * leader election, a server down) for up to `ackRetryMs`. An outage is not a failure of the
+   * node: an acknowledgement never stored only means that the step may be delivered again (by
+   * another node, or this one after a restart), which the protocol's trainer skips.
    */
   private async storeAck(entry: AckEntry): Promise<void> {
     const giveUpAt = this.now() + (this.options.ackRetryMs ?? DEFAULT_ACK_RETRY_MS)
+    const bytes = encodeMessage(entry)
+    // an attempt that timed out may be stored after all: the message id (of the contents) makes its retry a no-op
+    const msgID = `${this.options.layout.run}.a.${entry.node}.${createHash('sha256').update(bytes).digest('base64url')}`
     for (let attempt = 0; ; attempt++) {
       try {
-        // an attempt that timed out may be stored after all: the message id makes its retry a no-op
-        await this.js.publish(this.options.layout.subjects.acks, encodeMessage(entry), {
-          msgID: `${this.options.layout.run}.a.${entry.node}.${entry.step}.${entry.policyVersion ?? ''}`,
-        })
-        if (attempt > 0) this.options.log?.(`the acknowledgement of step ${entry.step} is stored (attempt ${attempt + 1})`)
+        await this.js.publish(this.options.layout.subjects.acks, bytes, { msgID })
+        if (attempt > 0) this.options.log?.(`the acknowledgement of ${ackedSteps(entry)} is stored (attempt ${attempt + 1})`)
         return
       } catch (error) {
         const why = (error as Error).message
         if (this.closed || this.now() >= giveUpAt) {
-          this.options.log?.(`the acknowledgement of step ${entry.step} was not stored (${why}): the step may be delivered again`)
+          this.options.log?.(
+            `the acknowledgement of ${ackedSteps(entry)} was not stored (${why}): the ${entry.steps.length === 1 ? 'step' : 'steps'} may be delivered again`,
+          )
           return
         }
-        if (attempt === 0) this.options.log?.(`the acknowledgement of step ${entry.step} was not stored (${why}); trying again`)
+        if (attempt === 0) this.options.log?.(`the acknowledgement of ${ackedSteps(entry)} was not stored (${why}); trying again`)
         await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** attempt)))
       }
     }

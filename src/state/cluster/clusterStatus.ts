@@ -11,7 +11,7 @@ import { lambdasOf } from '../../math/dual.js'
 import { readNodeRecords, type NodeRecord } from './clusterRoles.js'
 import type { RunRecord } from './clusterRun.js'
 import { Lease } from './lease.js'
-import { decodeBatchesMessage, decodeMessage, type AckEntry } from './messages.js'
+import { decodeAckMessage, decodeBatchesMessage } from './messages.js'
 import { runLayout } from './runLayout.js'
 
 export interface ClusterStatus {
@@ -28,7 +28,8 @@ export interface ClusterStatus {
   lambda: Record<string, number>
   /** Committed steps not acknowledged by the trainer. */
   pending: number
-  lastAck: AckEntry | undefined
+  /** The last acknowledgement stored: its step, the policy version its message reported, the node that received it. */
+  lastAck: { step: number; policyVersion?: number; node: string } | undefined
 }
 
 /**
@@ -70,7 +71,7 @@ export async function clusterStatus(nc: NatsConnection, run: string): Promise<Cl
     lastBatch === null || lastBatch === undefined ? undefined : decodeBatchesMessage(lastBatch.data, `${layout.streams.batches} seq ${lastBatch.seq}`).at(-1)
   // the acknowledged steps: every ack message (small)
   const acked = new Set<number>()
-  let lastAck: AckEntry | undefined
+  let lastAck: ClusterStatus['lastAck']
   const ackCount = streams[layout.streams.acks].messages
   if (ackCount > 0) {
     const info = await jsm.streams.info(layout.streams.acks)
@@ -78,8 +79,16 @@ export async function clusterStatus(nc: NatsConnection, run: string): Promise<Cl
       const message = await jsm.streams.getMessage(layout.streams.acks, { seq }).catch(() => null)
       /* c8 ignore next -- a purged ack message; steps not acknowledged at a status read (the fault suite reads status mid-run) */
       if (message === null) continue
-      lastAck = decodeMessage<AckEntry>(message.data)
-      acked.add(lastAck.step)
+      let entry
+      try {
+        entry = decodeAckMessage(message.data, `${layout.streams.acks} seq ${seq}`)
+      } catch {
+        // not this version's acknowledgement (nodes skip it too): its steps count as not acknowledged
+        continue
+      }
+      for (const step of entry.steps) acked.add(step)
+      lastAck = { step: entry.steps.at(-1)!, node: entry.node }
+      if (entry.policyVersion !== undefined) lastAck.policyVersion = entry.policyVersion
     }
   }
   const step = batch?.step ?? 0

@@ -26,6 +26,7 @@
 import { describe } from '../../core/describe.js'
 import type { Group, RewardColumns, Rollout } from '../../core/types.js'
 import { wirePackr, wireUnpackr } from '../codec.js'
+import type { TrainerRollout } from '../outboxEncoder.js'
 import { RawPayload } from '../rawPayload.js'
 import { float64sOf } from './float64Bytes.js'
 
@@ -92,12 +93,16 @@ export const emptyDropCounts = (): DropCounts => ({ stale: 0, duplicate: 0, inco
 export function groupRolloutOf(rollout: Rollout, channels: readonly string[]): GroupRollout {
   const rewards: Record<string, number | null> = {}
   for (const channel of channels) rewards[channel] = rollout.rewards[channel] ?? null
-  const out: GroupRollout = { id: rollout.id, promptId: rollout.promptId, rewards, ts: rollout.ts!, seq: rollout.seq! }
+  const payload = rollout.payload
+  if (payload !== undefined && !(payload instanceof RawPayload && payload.entry !== undefined))
+    throw new Error(`rollout ${JSON.stringify(rollout.id)}: its payload is not a logged frame's bytes`)
+  // the reference in the literal (most rollouts have one): added after, it costs each a property store
+  const out: GroupRollout =
+    payload === undefined
+      ? { id: rollout.id, promptId: rollout.promptId, rewards, ts: rollout.ts!, seq: rollout.seq! }
+      : { id: rollout.id, promptId: rollout.promptId, rewards, ts: rollout.ts!, seq: rollout.seq!, ref: [payload.entry!, payload.offset, payload.length] }
   if (rollout.policyVersion !== undefined) out.policyVersion = rollout.policyVersion
   if (rollout.groupSize !== undefined) out.groupSize = rollout.groupSize
-  const payload = rollout.payload
-  if (payload instanceof RawPayload && payload.entry !== undefined) out.ref = [payload.entry, payload.offset, payload.length]
-  else if (payload !== undefined) throw new Error(`rollout ${JSON.stringify(rollout.id)}: its payload is not a logged frame's bytes`)
   return out
 }
 
@@ -261,20 +266,21 @@ type RolloutOf<R> = (
   length: number,
 ) => R
 
+// (the payload in the literal, as in groupRolloutOf)
 const groupRollout: RolloutOf<GroupRollout> = (id, promptId, rewards, ts, seq, policyVersion, groupSize, frame, offset, length) => {
-  const r: GroupRollout = { id, promptId, rewards, ts, seq }
+  const r: GroupRollout = Number.isNaN(frame) ? { id, promptId, rewards, ts, seq } : { id, promptId, rewards, ts, seq, ref: [frame, offset, length] }
   if (!Number.isNaN(policyVersion)) r.policyVersion = policyVersion
   if (!Number.isNaN(groupSize)) r.groupSize = groupSize
-  if (!Number.isNaN(frame)) r.ref = [frame, offset, length]
   return r
 }
 
 // the same rollout as `rolloutsOf` makes it from the group message, without the message in between
 const scoredRollout: RolloutOf<Rollout> = (id, promptId, rewards, ts, seq, policyVersion, groupSize, frame, offset, length) => {
-  const r: Rollout = { id, promptId, rewards, ts, seq }
+  const r: Rollout = Number.isNaN(frame)
+    ? { id, promptId, rewards, ts, seq }
+    : { id, promptId, rewards, ts, seq, payload: RawPayload.at(frame, offset, length) }
   if (!Number.isNaN(policyVersion)) r.policyVersion = policyVersion
   if (!Number.isNaN(groupSize)) r.groupSize = groupSize
-  if (!Number.isNaN(frame)) r.payload = RawPayload.at(frame, offset, length)
   return r
 }
 
@@ -359,6 +365,29 @@ class ColumnarGroup implements Group {
     this.ts = parsed.ts.getFloat64(k * F64, true)
   }
 
+  /**
+   * What the trainer's record reads of the rollouts: their ids, prompts and payload
+   * references, without the rewards the whole rollouts would build (the delivering node writes
+   * a record per step and reads nothing else of them). The whole rollouts when built already.
+   */
+  trainerRollouts(): TrainerRollout[] {
+    if (this.#built !== undefined) return this.#built
+    const { start, size } = this.rewardColumns
+    const { id, ref } = this.#parsed
+    const rollouts = new Array<TrainerRollout>(size)
+    for (let i = start; i < start + size; i++) {
+      const frame = ref === undefined ? NaN : ref.getFloat64(i * 3 * F64, true)
+      rollouts[i - start] = Number.isNaN(frame)
+        ? { id: id[i], promptId: this.promptId }
+        : {
+            id: id[i],
+            promptId: this.promptId,
+            payload: RawPayload.at(frame, ref!.getFloat64((i * 3 + 1) * F64, true), ref!.getFloat64((i * 3 + 2) * F64, true)),
+          }
+    }
+    return rollouts
+  }
+
   /** As `rolloutsOf` makes them from the group message; built once. */
   get rollouts(): Rollout[] {
     if (this.#built === undefined) {
@@ -368,6 +397,14 @@ class ColumnarGroup implements Group {
     }
     return this.#built
   }
+}
+
+/**
+ * What the trainer's record reads of a group's rollouts (ids, prompts, payloads): for a group of
+ * `decodeGroupsForScoring`, built from its columns without the rest; otherwise its rollouts.
+ */
+export function trainerRolloutsOf(group: Group): readonly TrainerRollout[] {
+  return group instanceof ColumnarGroup ? group.trainerRollouts() : group.rollouts
 }
 
 /** A GroupsEntry's columns, checked (lengths, group sizes): what both decoders build from. */

@@ -7,6 +7,7 @@
  * and the sequencer's input, the batch entries the sequencer's output: each stage is a pure
  * function of the stream before it, which is what makes a takeover and `replay --nats` exact.
  */
+import { describe } from '../../core/describe.js'
 import type { DualState } from '../../core/types.js'
 import type { BatchSummary } from '../batchRecord.js'
 import { wirePackr, wireUnpackr } from '../codec.js'
@@ -22,6 +23,7 @@ export {
   GroupsMessageError,
   rolloutsOf,
   scoringEntryOf,
+  trainerRolloutsOf,
   type DropCounts,
   type GroupMessage,
   type GroupRollout,
@@ -168,11 +170,46 @@ export function decodeBatchesMessage(bytes: Uint8Array, where = 'a message'): Ba
   return steps
 }
 
-/** A trainer's acknowledgement (`ds.R.acks`), as the node that received it recorded it. */
+/**
+ * Trainer acknowledgements (`ds.R.acks`), as the node that received them recorded them: the
+ * steps acknowledged while the node's previous message was being stored, in the order they
+ * came, and the highest policy version they reported. (One message per acknowledgement was
+ * a third of a node's NATS traffic: a trainer acknowledges every step.)
+ */
 export interface AckEntry {
-  step: number
+  steps: number[]
   policyVersion?: number
   node: string
+}
+
+/**
+ * An ACKS message, checked: throws naming `where` and what is wrong when it is not one (a
+ * message of another version, or not ours).
+ */
+export function decodeAckMessage(bytes: Uint8Array, where: string): AckEntry {
+  let message: unknown
+  try {
+    message = wireUnpackr.unpack(bytes)
+  } catch (error) {
+    throw new Error(`${where}: not an acknowledgement message (not MessagePack: ${(error as Error).message})`)
+  }
+  const entry = message as Partial<AckEntry> | null
+  if (
+    !isObject(entry) ||
+    typeof entry.node !== 'string' ||
+    !Array.isArray(entry.steps) ||
+    entry.steps.length === 0 ||
+    !entry.steps.every((step) => Number.isSafeInteger(step) && step >= 1) ||
+    (entry.policyVersion !== undefined && !Number.isSafeInteger(entry.policyVersion))
+  )
+    throw new Error(`${where}: not an acknowledgement message of this dualstream version ({steps: [step ≥ 1], node, policyVersion?}): ${describe(message)}`)
+  return entry as AckEntry
+}
+
+/** "step 3" or "steps 3, 4, 6": the steps of an acknowledgement message, for a log line. */
+export function ackedSteps(entry: AckEntry): string {
+  const shown = entry.steps.length <= 6 ? entry.steps.join(', ') : `${entry.steps.slice(0, 3).join(', ')}, … ${entry.steps.at(-1)} (${entry.steps.length})`
+  return `${entry.steps.length === 1 ? 'step' : 'steps'} ${shown}`
 }
 
 /** Encodes any of the messages above (a GroupsEntry as columns: groupsEntry.ts). */

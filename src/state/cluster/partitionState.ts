@@ -258,7 +258,7 @@ export class PartitionState {
     return { seq, groups, drops: { ...this.drops } }
   }
 
-  /** The rollouts of a rollouts entry, validated, with seqs and payload references (ts is stamped later); throws on anything unreadable. */
+  /** The rollouts of a rollouts entry, validated, with seqs and payload references (ts is stamped by `feed`); throws on anything unreadable. */
   private read(entry: Extract<PartitionEntry, { k: 'rollouts' }>, frame: PartitionFrame | undefined, where: string): Rollout[] {
     const at = `${where}, frame ${entry.frame}`
     if (frame === undefined) throw new Error(`${at}: a rollouts entry was fed without its frame`)
@@ -268,17 +268,26 @@ export class PartitionState {
       const result = validateRollout(frame.items[index], DEFAULT_LIMITS, true)
       if (!result.ok) throw new Error(`${at}, item ${index}: not a valid rollout: ${result.errors.map(formatFieldError).join('; ')}`)
       const item = result.rollout
-      const rollout: Rollout = { id: item.id, promptId: item.promptId, rewards: item.rewards, seq: rolloutSeq(entry.frame, index) }
-      if (item.policyVersion !== undefined) rollout.policyVersion = item.policyVersion
-      if (item.groupSize !== undefined) rollout.groupSize = item.groupSize
       const payload = item.payload
+      let reference: RawPayload | undefined
       if (payload !== undefined) {
         // a reference to the payload's bytes in the logged frame; the frame's items stay untouched
         if (!(payload instanceof RawPayload) || payload.bytes === undefined || payload.bytes.buffer !== frame.bytes.buffer)
           throw new Error(`${at}, item ${index}: its payload is not a view of the frame's bytes (${describe(payload)})`)
-        rollout.payload = RawPayload.at(entry.frame, payload.bytes.byteOffset - frame.bytes.byteOffset, payload.length)
+        reference = RawPayload.at(entry.frame, payload.bytes.byteOffset - frame.bytes.byteOffset, payload.length)
       }
-      rollouts.push(rollout)
+      // every field in one literal, absent ones undefined, ts stamped by feed: a field added
+      // later gives each rollout a property store of its own (these rollouts stay in the owner)
+      rollouts.push({
+        id: item.id,
+        promptId: item.promptId,
+        rewards: item.rewards,
+        seq: rolloutSeq(entry.frame, index),
+        ts: 0,
+        policyVersion: item.policyVersion,
+        groupSize: item.groupSize,
+        payload: reference,
+      })
     }
     return rollouts
   }

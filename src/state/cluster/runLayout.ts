@@ -79,23 +79,48 @@ export function runLayout(run: string): RunLayout {
   }
 }
 
-const encoder = new TextEncoder()
-
 /**
  * The partition of a prompt: FNV-1a (32 bits) of its UTF-8 bytes, modulo `partitions`. Fixed
  * for the life of a run (a prompt's rollouts must meet in one partition), and simple enough to
- * compute in any language.
+ * compute in any language. The UTF-8 bytes are those `TextEncoder` gives (a lone surrogate is
+ * U+FFFD), hashed as they are produced: ingest asks this of every rollout, and encoding each
+ * prompt into a new array first was ≈ 2% of a cluster node's time.
  *
  * @example
  * partitionOf('prompt-17', 8) // → the same number on every node, every time
  */
 export function partitionOf(promptId: string, partitions: number): number {
   let hash = 0x811c9dc5
-  for (const byte of encoder.encode(promptId)) {
-    hash ^= byte
-    hash = Math.imul(hash, 0x01000193) >>> 0
+  const n = promptId.length
+  for (let i = 0; i < n; i++) {
+    let c = promptId.charCodeAt(i)
+    if (c < 0x80) {
+      hash = fnv1a(hash, c)
+      continue
+    }
+    if (c < 0x800) {
+      hash = fnv1a(fnv1a(hash, 0xc0 | (c >> 6)), 0x80 | (c & 0x3f))
+      continue
+    }
+    if (c >= 0xd800 && c <= 0xdfff) {
+      const low = i + 1 < n ? promptId.charCodeAt(i + 1) : 0
+      if (c <= 0xdbff && low >= 0xdc00 && low <= 0xdfff) {
+        // a surrogate pair: one code point of four bytes
+        const point = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00)
+        hash = fnv1a(fnv1a(fnv1a(fnv1a(hash, 0xf0 | (point >> 18)), 0x80 | ((point >> 12) & 0x3f)), 0x80 | ((point >> 6) & 0x3f)), 0x80 | (point & 0x3f))
+        i++
+        continue
+      }
+      c = 0xfffd
+    }
+    hash = fnv1a(fnv1a(fnv1a(hash, 0xe0 | (c >> 12)), 0x80 | ((c >> 6) & 0x3f)), 0x80 | (c & 0x3f))
   }
   return hash % partitions
+}
+
+/** One byte into an FNV-1a (32-bit) hash. */
+function fnv1a(hash: number, byte: number): number {
+  return Math.imul(hash ^ byte, 0x01000193) >>> 0
 }
 
 /**

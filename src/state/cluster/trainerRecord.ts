@@ -16,7 +16,7 @@ import { encodeTrainerRecord } from '../outboxEncoder.js'
 import { float64sOf } from './float64Bytes.js'
 import { fetchStreamMessage } from './frameCache.js'
 import { WeightedLru } from './weightedLru.js'
-import { decodeGroupsForScoring, type BatchEntry } from './messages.js'
+import { decodeGroupsForScoring, trainerRolloutsOf, type BatchEntry } from './messages.js'
 
 /** A step's advantages (little-endian float64, one per rollout); throws naming the step when the bytes are not that. */
 export function advantagesOf(entry: BatchEntry): Float64Array {
@@ -60,7 +60,7 @@ export function batchGroupsOf(entry: BatchEntry, messageAt: (seq: number) => rea
  * not match the groups' rollouts.
  */
 export function trainerRecordOf(entry: BatchEntry, messageAt: (seq: number) => readonly Group[]): Buffer {
-  const groups = batchGroupsOf(entry, messageAt)
+  const groups = batchGroupsOf(entry, messageAt).map((group) => ({ rollouts: trainerRolloutsOf(group) }))
   const advantages = advantagesOf(entry)
   let rollouts = 0
   for (const group of groups) rollouts += group.rollouts.length

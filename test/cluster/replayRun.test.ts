@@ -157,6 +157,28 @@ t.test('replay --nats of a run with coalesced group messages: exact, and what di
     `steps 5–6: the replayed batches differ from the stored message (BATCHES seq ${five.seq})`,
     `BATCHES seq ${extra.seq}: stored, but the replay of GROUPS does not reach it`,
   ])
+  const appended = [five.seq, extra.seq, extra.seq + 1]
+  const replaceAppended = async (...entries: BatchEntry[]) => {
+    for (const seq of appended.splice(0)) await jsm.streams.deleteMessage(layout.streams.batches, seq)
+    const stored = await js.publish(layout.subjects.batches, message(...entries))
+    appended.push(stored.seq)
+    return stored.seq
+  }
+  // a stored message that holds more steps than the replay makes
+  const longer = await replaceAppended({ ...first, step: 5 }, { ...first, step: 6 }, { ...first, step: 7 })
+  t.same((await replayRun({ nc, run: 'rp' }, () => {})).differences.slice(2), [
+    'steps 5–6: replayed, but the stored message that holds them has more',
+    `BATCHES seq ${longer}: stored, but the replay of GROUPS does not reach it`,
+  ])
+  // one that holds step 5 alone, not as replayed, and nothing after it
+  const alone = await replaceAppended({ ...first, step: 5 })
+  t.same((await replayRun({ nc, run: 'rp' }, () => {})).differences.slice(2), [
+    `step 5: the replayed batches differ from the stored message (BATCHES seq ${alone})`,
+    'step 6: replayed, not in the BATCHES stream (it ends before)',
+  ])
+  // and one that starts at another step than the replay's next
+  const skipping = await replaceAppended({ ...first, step: 6 })
+  t.same((await replayRun({ nc, run: 'rp' }, () => {})).differences.slice(2), [`BATCHES seq ${skipping} holds steps 6–6; the replay makes step 5 next`])
 
   // a subject with no message reads as nothing; a run whose record was deleted is no run
   const none: unknown[] = []

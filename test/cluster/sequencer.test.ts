@@ -1,7 +1,8 @@
 /**
- * The sequencer against a real nats-server: it turns a GROUPS stream into the BATCHES stream
- * the pure SequencerState makes of it, byte for byte; one stopped in the middle and another
- * started after it leave the same BATCHES as an uninterrupted run; a deposed one and one
+ * The sequencer against a real nats-server: it turns a GROUPS stream into the steps the pure
+ * SequencerState makes of it, each BATCHES message byte for byte what its steps make (where it
+ * cuts them depends on when its publishes return); one stopped in the middle and another
+ * started after it leave the same steps as an uninterrupted run; a deposed one and one
  * without its lease publish nothing; the watermark timer ends a batch's wait through the
  * stream; errors stop it and are reported.
  */
@@ -70,25 +71,45 @@ function groupsStream(entries: number): GroupsMessage[] {
 }
 
 /**
- * What the pure state makes of the whole stream: the BATCHES messages (base64) an uninterrupted
- * run must hold — the steps of each GROUPS message together — with the steps they hold, the
- * GROUPS seq that completed each, and the groups left waiting.
+ * What the pure state makes of the whole stream: the steps an uninterrupted run must hold, the
+ * last step made once each GROUPS message is fed, and the groups left waiting.
  */
 function expectedBatches(
   config: Config,
   messages: readonly GroupsMessage[],
-): string[] & { pendingGroups: number; steps: number; groupsSeq: number[]; lastStep: number[] } {
+): { entries: BatchEntry[]; steps: number; stepAfter: number[]; pendingGroups: number } {
   const state = new SequencerState(config)
-  const groupsSeq: number[] = []
-  const lastStep: number[] = []
-  const bytes = messages.flatMap((m, i) =>
-    batchesMessages(state.feed(i + 1, m)).map(({ steps, bytes }) => {
-      groupsSeq.push(i + 1)
-      lastStep.push(steps[steps.length - 1].step)
-      return Buffer.from(bytes).toString('base64')
-    }),
-  )
-  return Object.assign(bytes, { pendingGroups: state.pendingGroups, steps: lastStep.at(-1) ?? 0, groupsSeq, lastStep })
+  const entries: BatchEntry[] = []
+  const stepAfter = messages.map((m, i) => {
+    entries.push(...state.feed(i + 1, m))
+    return entries.length
+  })
+  return { entries, steps: entries.length, stepAfter, pendingGroups: state.pendingGroups }
+}
+
+/**
+ * What BATCHES holds must be the steps of `expected` (the first `through` of them), each once, in
+ * order, and each message exactly what its steps make (`batchesMessages`): the sequencer cuts its
+ * messages where its publishes returned, so where is not checked. Returns the messages' last steps.
+ */
+function checkBatches(t: Test, batches: readonly string[], expected: { entries: BatchEntry[] }, through = expected.entries.length, what = 'BATCHES'): number[] {
+  const wrong: string[] = []
+  const lastSteps: number[] = []
+  let next = 1
+  for (const [k, b] of batches.entries()) {
+    const bytes = Buffer.from(b, 'base64')
+    const held = decodeBatchesMessage(bytes)
+    const first = held[0].step
+    const last = held[held.length - 1].step
+    if (first !== next) wrong.push(`message ${k + 1} starts at step ${first}, ${next} expected`)
+    const made = batchesMessages(expected.entries.slice(first - 1, last))
+    if (made.length !== 1 || !Buffer.from(made[0].bytes).equals(bytes)) wrong.push(`message ${k + 1} (steps ${first}–${last}) is not what its steps make`)
+    lastSteps.push(last)
+    next = last + 1
+  }
+  t.same(wrong, [], `${what}: each message what its steps make`)
+  t.equal(next - 1, through, `${what}: steps 1–${through}, each once`)
+  return lastSteps
 }
 
 interface Run {
@@ -155,21 +176,22 @@ async function freshRun(t: Test, config: Config): Promise<Run> {
   }
 }
 
-const entriesOf = (batches: string[]) => batches.flatMap((b) => decodeBatchesMessage(Buffer.from(b, 'base64')))
-const steps = (batches: string[]) => entriesOf(batches).map((entry) => entry.step)
-
 t.test('an uninterrupted run: BATCHES holds what the pure state makes of GROUPS, byte for byte', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const messages = groupsStream(40)
   const expected = expectedBatches(config, messages)
-  t.ok(expected.length > 10)
-  t.ok(expected.steps > expected.length, `${expected.steps} steps in ${expected.length} messages: some GROUPS messages complete several`)
+  t.ok(expected.steps > 20)
   const run = await freshRun(t, config)
   await run.publishGroups(messages)
   const seen: number[] = []
   const sequencer = await run.start({ onBatch: (entry) => seen.push(entry.step) })
   await waitFor('every batch published', () => sequencer.stats().step === expected.steps)
-  t.same(await run.batches(), expected)
+  const lastSteps = checkBatches(t, await run.batches(), expected)
+  // the stream was there at once: steps made while a publish was in flight went together
+  t.ok(
+    lastSteps.length < expected.stepAfter.filter((step, i) => step > (expected.stepAfter[i - 1] ?? 0)).length,
+    `${expected.steps} steps in ${lastSteps.length} messages`,
+  )
   t.same(
     seen,
     Array.from({ length: expected.steps }, (_, i) => i + 1),
@@ -178,22 +200,33 @@ t.test('an uninterrupted run: BATCHES holds what the pure state makes of GROUPS,
   t.same(sequencer.stats(), { step: expected.steps, resumeFrom: messages.length + 1, pendingGroups: expected.pendingGroups })
 })
 
-t.test('stopped mid-run, another takes over: the same BATCHES as an uninterrupted run, no step twice', { skip: natsMissing }, async (t) => {
+t.test('stopped mid-run, another takes over: the same steps as an uninterrupted run, no step twice', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const messages = groupsStream(40)
   const expected = expectedBatches(config, messages)
-  const entries = entriesOf(expected)
-  // the BATCHES messages whose last step leaves groups of its GROUPS message waiting: a successor resumes inside that message
-  const inside = expected.lastStep.flatMap((step, m) => (entries[step - 1].resumeFrom === expected.groupsSeq[m] ? [step] : []))
+  // the first sequencer given the first k GROUPS messages only: it stops after their last step,
+  // which leaves groups of message k waiting for those that come next (a successor resumes inside it)
+  const inside = expected.stepAfter.flatMap((step, i) => (step > 0 && expected.entries[step - 1].resumeFrom === i + 1 ? [i + 1] : []))
   t.ok(inside.length >= 2, 'batches close inside GROUPS messages, leaving some of their groups waiting')
-  const cases = [
-    { stopAfter: inside[0], publishWindow: 1 },
-    { stopAfter: inside[1], publishWindow: 1 },
-    { stopAfter: Math.floor(expected.steps / 2), publishWindow: 1 },
+  for (const k of [inside[0], inside[1], inside[Math.floor(inside.length / 2)]]) {
+    const run = await freshRun(t, config)
+    await run.publishGroups(messages.slice(0, k))
+    const first = await run.start()
+    await waitFor(`the steps of the first ${k} GROUPS messages`, () => first.stats().step === expected.stepAfter[k - 1])
+    await first.stop()
+    checkBatches(t, await run.batches(), expected, expected.stepAfter[k - 1], `after ${k} GROUPS messages`)
+    await run.publishGroups(messages.slice(k))
+    const second = await run.start()
+    t.equal(second.stats().step, expected.stepAfter[k - 1], 'the second resumes after the last step on BATCHES')
+    await waitFor('the rest published', () => second.stats().step === expected.steps)
+    checkBatches(t, await run.batches(), expected, expected.steps, `taken over inside GROUPS message ${k}`)
+  }
+  // stopped at any step, with the whole stream there: the publish in flight lands, the rest is the successor's
+  for (const { stopAfter, publishWindow } of [
     { stopAfter: 2, publishWindow: undefined },
+    { stopAfter: Math.floor(expected.steps / 2), publishWindow: 4 },
     { stopAfter: expected.steps - 5, publishWindow: undefined },
-  ]
-  for (const { stopAfter, publishWindow } of cases) {
+  ]) {
     const run = await freshRun(t, config)
     await run.publishGroups(messages)
     let first: Sequencer | undefined
@@ -209,24 +242,29 @@ t.test('stopped mid-run, another takes over: the same BATCHES as an uninterrupte
     })
     await stopped
     const reached = first!.stats().step
-    // one at a time it stops after the message that holds the step; with publishes in flight, those land too
-    const through = expected.lastStep.findIndex((step) => step >= stopAfter)
-    if (publishWindow === 1) t.equal(reached, expected.lastStep[through], `the first sequencer stopped after the message of step ${stopAfter}`)
-    else t.ok(reached >= stopAfter, `the first sequencer stopped after step ${reached}`)
-    const published = expected.lastStep.indexOf(reached) + 1
-    t.ok(published > 0, 'at the end of a message')
-    t.same(await run.batches(), expected.slice(0, published))
+    t.ok(reached >= stopAfter, `the first sequencer stopped after step ${reached}`)
+    const lastSteps = checkBatches(t, await run.batches(), expected, reached, `stopped after step ${stopAfter}`)
+    t.equal(lastSteps.at(-1), reached, 'at the end of a message')
     const second = await run.start({ publishWindow })
     t.equal(second.stats().step, reached, 'the second resumes after the last step on BATCHES')
     await waitFor('the rest published', () => second.stats().step === expected.steps)
-    const batches = await run.batches()
-    t.same(batches, expected, `taken over after step ${reached}`)
-    t.same(
-      steps(batches),
-      Array.from({ length: expected.steps }, (_, i) => i + 1),
-      'each step once',
-    )
+    checkBatches(t, await run.batches(), expected, expected.steps, `taken over after step ${reached}`)
   }
+})
+
+t.test('steps waiting for a publish are bounded: past the bound, reading waits', { skip: natsMissing }, async (t) => {
+  const config = configOf({ batchGroups: 1 })
+  const messages = groupsStream(40)
+  const expected = expectedBatches(config, messages)
+  const run = await freshRun(t, config)
+  await run.publishGroups(messages)
+  const sequencer = await run.start({ maxWaitingSteps: 2 })
+  await waitFor('every batch published', () => sequencer.stats().step === expected.steps)
+  const lastSteps = checkBatches(t, await run.batches(), expected)
+  // a message holds what waited (fewer than 2 steps) and what the GROUPS message read then made
+  const mostPerGroupsMessage = Math.max(...expected.stepAfter.map((step, i) => step - (expected.stepAfter[i - 1] ?? 0)))
+  const sizes = lastSteps.map((last, k) => last - (lastSteps[k - 1] ?? 0))
+  t.ok(Math.max(...sizes) <= 1 + mostPerGroupsMessage, `messages of ${Math.min(...sizes)}–${Math.max(...sizes)} steps`)
 })
 
 t.test('GROUPS published while the sequencer runs: it follows, and a watermark entry closes nothing without maxWait', { skip: natsMissing }, async (t) => {
@@ -238,38 +276,38 @@ t.test('GROUPS published while the sequencer runs: it follows, and a watermark e
   await run.publishGroups(messages.slice(0, 5))
   await run.publishGroups(messages.slice(5))
   await waitFor('caught up', () => sequencer.stats().resumeFrom === messages.length + 1 && sequencer.stats().step === expected.steps)
-  t.same(await run.batches(), expected)
+  checkBatches(t, await run.batches(), expected)
 })
 
 t.test('a deposed sequencer (BATCHES moved on without it) is told so and publishes nothing more', { skip: natsMissing }, async (t) => {
   const config = configOf()
   const messages = groupsStream(30)
   const expected = expectedBatches(config, messages)
-  const prefix = expectedBatches(config, messages.slice(0, 15))
+  const prefix = expected.stepAfter[14]
   const run = await freshRun(t, config)
   await run.publishGroups(messages.slice(0, 15))
   let deposed: string | undefined
   const published: number[] = []
-  const sequencer = await run.start({ onDeposed: (reason) => (deposed = reason), onBatch: (e) => published.push(e.step) })
-  await waitFor('the first half published', () => sequencer.stats().step === prefix.steps && sequencer.stats().resumeFrom === 16)
+  // a window of 4: the burst below is published in several messages at once
+  const sequencer = await run.start({ publishWindow: 4, onDeposed: (reason) => (deposed = reason), onBatch: (e) => published.push(e.step) })
+  await waitFor('the first half published', () => sequencer.stats().step === prefix && sequencer.stats().resumeFrom === 16)
+  const before = (await run.batches()).length
   // another sequencer (that this one does not know of) publishes; then GROUPS grows by a burst,
-  // so that the next entries are published together: the one after the refused one expects the
-  // foreign message's sequence, and is refused because that is not the refused one
+  // so that the next steps are published in several messages at once: the first expects the
+  // stream's last sequence to be this sequencer's previous message's, and is refused; the one
+  // after it expects the refused one's, and is refused too (reported once)
   await run.js.publish(run.layout.subjects.batches, new TextEncoder().encode('foreign'))
   await Promise.all(messages.slice(15).map((m) => run.js.publish(run.layout.subjects.groups((m as GroupsEntry).p), encodeMessage(m))))
   await waitFor('deposed', () => deposed)
-  t.match(
-    deposed,
-    new RegExp(`${run.layout.streams.batches} moved on without this sequencer \\(step ${prefix.steps + 1} expected last sequence ${prefix.length}\\)`),
-  )
-  t.ok(expected.steps > prefix.steps)
+  t.match(deposed, new RegExp(`${run.layout.streams.batches} moved on without this sequencer \\(step ${prefix + 1} expected last sequence ${before}\\)`))
+  t.ok(expected.steps > prefix)
   const batches = await run.batches()
-  t.same(batches.slice(0, -1), prefix)
+  checkBatches(t, batches.slice(0, -1), expected, prefix)
   t.equal(Buffer.from(batches.at(-1)!, 'base64').toString(), 'foreign', 'nothing after the foreign message')
-  t.equal(sequencer.stats().step, prefix.steps)
+  t.equal(sequencer.stats().step, prefix)
   t.same(
     published,
-    Array.from({ length: prefix.steps }, (_, i) => i + 1),
+    Array.from({ length: prefix }, (_, i) => i + 1),
   )
 })
 
@@ -400,8 +438,6 @@ t.test('the sequencer bench: a prepared GROUPS stream, the full batches it makes
     streams.some((name) => name.endsWith('_TRANSPORT')),
     'its stream is removed',
   )
-  const batches = await run.batches()
-  t.equal(batches.length, 35)
   const entries = syntheticGroupsEntries(config, 560, 16, 3)
   t.same(entries.map((e) => [e.p, e.n, e.groups.length]).slice(0, 4), [
     [0, 1, 16],
@@ -409,7 +445,9 @@ t.test('the sequencer bench: a prepared GROUPS stream, the full batches it makes
     [2, 1, 16],
     [0, 2, 16],
   ])
-  t.same(batches, expectedBatches(config, entries))
+  const batches = await run.batches()
+  t.ok(batches.length < 35, `35 steps in ${batches.length} messages: those made while one was in flight went together`)
+  checkBatches(t, batches, expectedBatches(config, entries))
   t.equal(syntheticGroupsEntries(config, 330, 64, 8).at(-1)!.groups.length, 10, 'the last entry takes what is left')
 })
 

@@ -215,7 +215,7 @@ export function formatClusterTables(report: ClusterBenchReport): string {
     ),
     `cluster node on a 1-server NATS: ${report.percentOfSingleNode.toFixed(0)}% of one node with LMDB`,
     '',
-    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; its CPU: its process, every thread (not the NATS server); NATS alone: the same GROUPS messages read and the same BATCHES messages (the steps of each GROUPS message) published, nothing computed',
+    'the sequencer alone over a prepared GROUPS stream (1-server NATS): read, decode, score, encode, publish with the expected-sequence check; its CPU: its process, every thread (not the NATS server); NATS alone: the same GROUPS messages read and the steps they completed published as the sequencer does (coalesced while a publish is in flight, encoded then), nothing scored',
     textTable(
       [
         'groups per entry',

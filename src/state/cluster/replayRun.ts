@@ -8,9 +8,10 @@
  * coalesces what waits while a publish is in flight). So a stored message of partition p
  * through entry T is recomputed as the outputs of p's entries in (T of p's previous message,
  * T], with p's drops after T, numbered 1, 2, … per partition (`groupsEntryOf`), and that is
- * what the sequencer is fed. Under the run's own config every recomputed group message and
- * BATCHES message (the steps one GROUPS message completed) must equal the stored one, byte for
- * byte: a difference is reported with where it is.
+ * what the sequencer is fed. Under the run's own config every recomputed group message must
+ * equal the stored one, and every stored BATCHES message what its steps, replayed, make (the
+ * sequencer cuts its messages by timing too), byte for byte: a difference is reported with
+ * where it is.
  * Under another config it is a counterfactual (the same cuts, other groups). Only committed
  * steps are replayed (no flush of a last partial batch, unlike `--log`).
  */
@@ -24,6 +25,7 @@ import { checkRunFormat, type RunRecord } from './clusterRun.js'
 import { FrameCache } from './frameCache.js'
 import {
   batchesMessages,
+  decodeBatchesMessage,
   decodeGroupsMessage,
   decodeMessage,
   emptyDropCounts,
@@ -93,6 +95,10 @@ export function batchLineOf(entry: BatchEntry, groups: readonly Group[]): BatchR
   return { ...summary, advantages }
 }
 
+/** "step 4" or "steps 4–6". */
+const stepsNamed = (steps: readonly BatchEntry[]): string =>
+  steps.length === 1 ? `step ${steps[0].step}` : `steps ${steps[0].step}–${steps[steps.length - 1].step}`
+
 const same = (a: unknown, b: unknown): boolean => Buffer.from(encodeMessage(a as never)).equals(Buffer.from(encodeMessage(b as never)))
 
 /**
@@ -143,6 +149,17 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
   // the sequencer over the GROUPS stream's order, with the recomputed messages in the stored ones' places
   const sequencer = new SequencerState(config)
   const storedBatches = readStream(js, jsm, layout.streams.batches)
+  // the next stored BATCHES message not yet matched, with the steps it holds
+  let storedNext: { seq: number; data: Uint8Array; first: number; last: number } | undefined
+  const nextStored = async (): Promise<typeof storedNext> => {
+    const next = await storedBatches.next()
+    if (next.done === true) return undefined
+    const where = `${layout.streams.batches} seq ${next.value.seq}`
+    const steps = decodeBatchesMessage(next.value.data, where)
+    return { seq: next.value.seq, data: next.value.data, first: steps[0].step, last: steps[steps.length - 1].step }
+  }
+  // steps replayed and not yet matched with a stored message
+  const unmatched: BatchEntry[] = []
   let groupMessages = 0
   let batches = 0
   try {
@@ -190,18 +207,37 @@ export async function replayRun(options: ReplayRunOptions, onBatch: (line: Batch
         replayed.delete(seq)
       }
       if (!exact) continue
-      // BATCHES holds the steps as the sequencer publishes them: the messages each GROUPS message's steps make
-      for (const { steps, bytes } of batchesMessages(entries)) {
-        const named = steps.length === 1 ? `step ${steps[0].step}` : `steps ${steps[0].step}–${steps[steps.length - 1].step}`
-        const next = await storedBatches.next()
-        if (next.done === true) differences.push(`${named}: replayed, not in the BATCHES stream (it ends before)`)
-        else if (!Buffer.from(next.value.data).equals(Buffer.from(bytes)))
-          differences.push(`${named}: the replayed batches differ from the stored message (BATCHES seq ${next.value.seq})`)
+      // BATCHES holds the steps as the sequencer published them, cut where it cut them (it sends
+      // together the steps made while its previous messages were in flight): each stored message
+      // must be what its steps, replayed, make
+      unmatched.push(...entries)
+      while (unmatched.length > 0) {
+        storedNext ??= await nextStored()
+        if (storedNext === undefined) {
+          differences.push(`${stepsNamed(unmatched)}: replayed, not in the BATCHES stream (it ends before)`)
+          unmatched.length = 0
+          break
+        }
+        const { seq, data, first, last } = storedNext
+        if (first !== unmatched[0].step) {
+          differences.push(`BATCHES seq ${seq} holds steps ${first}–${last}; the replay makes step ${unmatched[0].step} next`)
+          unmatched.length = 0
+          storedNext = undefined
+          break
+        }
+        // the message's steps are not all replayed yet: the next GROUPS messages complete them
+        if (unmatched[unmatched.length - 1].step < last) break
+        const steps = unmatched.splice(0, last - first + 1)
+        const made = batchesMessages(steps)
+        if (made.length !== 1 || !Buffer.from(data).equals(Buffer.from(made[0].bytes)))
+          differences.push(`${stepsNamed(steps)}: the replayed batches differ from the stored message (BATCHES seq ${seq})`)
+        storedNext = undefined
       }
     }
     if (exact) {
-      const extra = await storedBatches.next()
-      if (extra.done !== true) differences.push(`BATCHES seq ${extra.value.seq}: stored, but the replay of GROUPS does not reach it`)
+      if (unmatched.length > 0) differences.push(`${stepsNamed(unmatched)}: replayed, but the stored message that holds them has more`)
+      const extra = storedNext ?? (await nextStored())
+      if (extra !== undefined) differences.push(`BATCHES seq ${extra.seq}: stored, but the replay of GROUPS does not reach it`)
     }
   } finally {
     sequencer.close()

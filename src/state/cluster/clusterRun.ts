@@ -53,11 +53,11 @@ export const DEFAULT_PARTITIONS = 8
 
 /**
  * The format of a run's messages this version reads and writes: 2 since GROUPS carries
- * columns (groupsEntry.ts), 3 since a BATCHES message carries the steps one GROUPS message
- * completed (`BatchesMessage`), 4 since a step names its groups' places on GROUPS and carries
- * its advantages instead of the trainer's record (trainerRecord.ts), 5 since an ACKS message
- * carries the steps acknowledged while the node's previous one was stored. A run of another format
- * is refused rather than half read.
+ * columns (groupsEntry.ts), 3 since a BATCHES message carries several steps
+ * (`BatchesMessage`), 4 since a step names its groups' places on GROUPS and carries its
+ * advantages instead of the trainer's record (trainerRecord.ts), 5 since an ACKS message
+ * carries the steps acknowledged while the node's previous one was stored. A run of another
+ * format is refused rather than half read.
  */
 export const MESSAGES_FORMAT = 5
 

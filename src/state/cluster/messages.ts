@@ -78,10 +78,10 @@ export interface BatchEntry {
 }
 
 /**
- * A message of the BATCHES stream: consecutive steps, oldest first — those one GROUPS message
- * completed, as many as fit in `MAX_BATCHES_MESSAGE_BYTES` (`batchesMessages` splits them).
- * One publish (a PubAck, an expected-last-sequence check) then serves several steps: an owner
- * coalesces groups, so one GROUPS message often completes a few batches.
+ * A message of the BATCHES stream: consecutive steps, oldest first — those the sequencer made
+ * while its previous publish was in flight, as many as fit in `MAX_BATCHES_MESSAGE_BYTES`
+ * (`batchesMessages` splits them). One publish (a PubAck, an expected-last-sequence check)
+ * then serves several steps, and under load many.
  */
 export interface BatchesMessage {
   steps: BatchEntry[]
@@ -97,11 +97,11 @@ const STEPS_KEY = Uint8Array.of(0x81, 0xa5, ...new TextEncoder().encode('steps')
  * The BATCHES messages for `entries` (consecutive steps, oldest first): each entry encoded once,
  * as many in a message as keep it within `maxBytes` (an entry larger than that goes alone), the
  * `state` and `partitionDrops` of the message's last step only (a takeover resumes from it).
- * The split depends on the entries only, so every sequencer that makes the same steps makes
- * the same messages. Plain MessagePack: `{steps: [entry, …]}`.
+ * The split depends on the entries only: given the same steps, the same messages (what
+ * `replay --nats` checks a stored message against). Plain MessagePack: `{steps: [entry, …]}`.
  *
  * @example
- * for (const { steps, bytes } of batchesMessages(state.feed(seq, message))) await publish(bytes)
+ * for (const { steps, bytes } of batchesMessages(stepsMadeMeanwhile)) await publish(bytes)
  */
 export function batchesMessages(entries: readonly BatchEntry[], maxBytes = MAX_BATCHES_MESSAGE_BYTES): { steps: BatchEntry[]; bytes: Uint8Array }[] {
   // each step without its state: what every step but a message's last is

@@ -67,6 +67,9 @@ export interface ClusterEngineOptions {
 /** How long an acknowledgement is tried again by default (ms). */
 export const DEFAULT_ACK_RETRY_MS = 30_000
 
+/** A message id from a message's bytes (SHA-256, base64url): a resend of the same bytes is the same message to JetStream. */
+const contentId = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('base64url')
+
 /** Summaries kept for `/history` (a longer range is answered from the telemetry's whole-run history). */
 const SUMMARIES_KEPT = 50_000
 
@@ -294,8 +297,7 @@ export class ClusterEngine implements Engine {
       else list.push(validIndex[k])
     }
     try {
-      const frameId = createHash('sha256').update(bytes).digest('base64url')
-      const stored = await this.js.publish(layout.subjects.frames, bytes, { msgID: frameId })
+      const stored = await this.js.publish(layout.subjects.frames, bytes, { msgID: contentId(bytes) })
       // the partitions' owners on this node read it from memory: a frame from the ingest endpoint
       // as it decoded it (its items are what decoding its bytes gives), another as bytes
       if (asReceived) this.frames.putDecoded(stored.seq, { items: items as unknown[], bytes })
@@ -358,7 +360,7 @@ export class ClusterEngine implements Engine {
   private queueAck(step: number, policyVersion: number | undefined): Promise<void> {
     const queued = (this.queuedAcks ??= { steps: [], node: this.options.node, stored: [] })
     queued.steps.push(step)
-    if (policyVersion !== undefined && !(policyVersion <= (queued.policyVersion ?? -Infinity))) queued.policyVersion = policyVersion
+    if (policyVersion !== undefined && (queued.policyVersion === undefined || policyVersion > queued.policyVersion)) queued.policyVersion = policyVersion
     const stored = new Promise<void>((resolve) => queued.stored.push(resolve))
     this.storingAcks ??= this.storeQueuedAcks()
     return stored
@@ -385,7 +387,7 @@ export class ClusterEngine implements Engine {
     const giveUpAt = this.now() + (this.options.ackRetryMs ?? DEFAULT_ACK_RETRY_MS)
     const bytes = encodeMessage(entry)
     // an attempt that timed out may be stored after all: the message id (of the contents) makes its retry a no-op
-    const msgID = `${this.options.layout.run}.a.${entry.node}.${createHash('sha256').update(bytes).digest('base64url')}`
+    const msgID = `${this.options.layout.run}.a.${entry.node}.${contentId(bytes)}`
     for (let attempt = 0; ; attempt++) {
       try {
         await this.js.publish(this.options.layout.subjects.acks, bytes, { msgID })
